@@ -1,0 +1,23 @@
+"""vaelab: train variational autoencoders on images, generate with them, measure how they generalize.
+
+Python API::
+
+    from vaelab import RunConfig, load_config, train, load_run
+
+    cfg = load_config(overrides=["train.epochs=2", "model.latent_dim=16"])
+    result = train(cfg, "runs/quick")
+    run = load_run("runs/quick")          # later, anywhere: no dataset needed
+    images = run.sample(16, temperature=0.8)
+"""
+
+__version__ = "0.1.0"
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config  # noqa: E402
+from .errors import VaelabError  # noqa: E402
+from .runs import Run, load_run  # noqa: E402
+from .train import TrainResult, train  # noqa: E402
+
+__all__ = [
+    "DataConfig", "ModelConfig", "Run", "RunConfig", "TrainConfig", "TrainResult", "VaelabError",
+    "__version__", "load_config", "load_run", "train",
+]

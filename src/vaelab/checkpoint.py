@@ -1,0 +1,196 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else. Nothing is unpickled.
+
+A checkpoint is a directory `<run>/checkpoints/<name>/` (name: `last`, `best`)
+holding `model.safetensors`, optionally `optimizer.safetensors`, and
+`meta.json` (format version, config, image shape, epoch, step, RNG states, and
+the size and SHA-256 of every tensor file).
+
+Writes are atomic: the new checkpoint is written into a temporary directory
+and fsynced; the previous one is renamed to `<name>.old`, the new one renamed
+into place, and only then is `<name>.old` removed. At every instant a complete
+checkpoint exists under `<name>` or `<name>.old`, and loading falls back to
+`<name>.old` (with a warning) when `<name>` is missing, truncated or altered.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+FORMAT = "vaelab-checkpoint"
+FORMAT_VERSION = 1
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]]  # file stem ("model", "optimizer") -> tensors
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, torch.Tensor]],
+                    meta: dict[str, Any]) -> Path:
+    """Atomically write checkpoint `name` under `root`; returns its directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final, old = root / name, root / f"{name}.old"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = {}
+        for stem, group in tensors.items():
+            path = tmp / f"{stem}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(path))
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
+        _write_file(tmp / META, json.dumps(full_meta, indent=1, sort_keys=True).encode())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _load_dir(path: Path) -> LoadedCheckpoint:
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {META}; it is incomplete")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {META} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vaelab checkpoint ({META} lacks format={FORMAT!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta['format_version']}, newer than this vaelab reads "
+            f"({FORMAT_VERSION}); upgrade vaelab"
+        )
+    files = meta.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"checkpoint {path}: {META} does not list model.safetensors")
+    tensors = {}
+    for fname, info in files.items():
+        fpath = path / fname
+        if not (isinstance(fname, str) and fname.endswith(".safetensors") and "/" not in fname and fname[0] != "."):
+            raise CheckpointError(f"checkpoint {path}: {META} names an unexpected file {fname!r}")
+        if not fpath.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {fname}")
+        size = fpath.stat().st_size
+        if size != info.get("bytes"):
+            raise CheckpointError(f"checkpoint {path}: {fname} has {size} bytes, expected {info.get('bytes')} (truncated?)")
+        if _sha256(fpath) != info.get("sha256"):
+            raise CheckpointError(f"checkpoint {path}: {fname} does not match its SHA-256 (damaged or altered)")
+        try:
+            tensors[fname[: -len(".safetensors")]] = load_file(str(fpath))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: {fname} is not a valid safetensors file ({exc})") from None
+    return LoadedCheckpoint(path, meta, tensors)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Load a checkpoint directory, verifying sizes and hashes.
+
+    If it is missing or damaged and a complete `<path>.old` exists (a write was
+    interrupted), that one is loaded instead, with a warning.
+    """
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    try:
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return _load_dir(path)
+    except CheckpointError as exc:
+        if old.is_dir():
+            try:
+                loaded = _load_dir(old)
+            except CheckpointError:
+                raise exc from None
+            warnings.warn(f"{exc}; using the previous checkpoint {old}", stacklevel=2)
+            return loaded
+        raise
+
+
+# --------------------------------------------------------------------------- optimizer and RNG state
+
+
+def optimizer_state_to_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON."""
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in info.get("scalars", {}).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def encode_rng(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()

@@ -1,0 +1,341 @@
+"""The `vaelab` command line: a thin layer over the Python API.
+
+Every user mistake (bad config key, missing data, corrupt checkpoint) is a
+`VaelabError`: printed as one line `vaelab: error: ...`, exit code 2, no
+traceback. Usage errors from argparse are printed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .config import describe_keys, load_config
+from .errors import VaelabError
+
+CONVENTIONS = """\
+loss conventions (the same everywhere in vaelab):
+  every number is per image, in nats, summed over all pixels (and channels)
+  and over all latent dimensions; a batch or split reports its mean.
+    loss  = recon + beta * KL     what Adam minimises (beta: train.beta, default 1)
+    recon = -log p(x|z)           Bernoulli: binary cross-entropy summed over pixels;
+                                  Gaussian: SSE/(2 sigma^2) + D log(sigma sqrt(2 pi)),
+                                  sigma fixed (model.gaussian_std, default 0.1)
+    KL    = KL(q(z|x) || N(0,I))  closed form, summed over latent dimensions
+    -ELBO = recon + KL            independent of beta; 0 KL for the plain autoencoder
+  gap = test -ELBO minus train -ELBO (positive: worse on unseen images)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file ([data], [model], [train] tables)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files (= data.data_dir)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory written by `vaelab train`")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which weights (default: best)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vaelab", formatter_class=_formatter,
+        description="Train variational autoencoders on images, generate with them, and measure how they "
+                    "generalize to data they never saw.",
+        epilog=CONVENTIONS,
+    )
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a VAE or autoencoder, writing a run directory",
+                       formatter_class=_formatter,
+                       description="Train a model and write a run directory: config.toml, metrics.jsonl, "
+                                   "checkpoints (best and last), image grids, evaluation.json.",
+                       epilog=CONVENTIONS + "\n\nconfig keys (TOML [section] key = value, or --set section.key=value):\n"
+                       + describe_keys())
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<dataset>-<model>-<time>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw images from the prior into a PNG grid", formatter_class=_formatter,
+                       description="Decode n latent codes drawn from the prior (std scaled by the temperature).")
+    _add_run_args(p)
+    p.add_argument("-n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier (default 1.0)")
+    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/samples_seedS_tT.png)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("reconstruct", help="inputs beside their reconstructions, as a PNG grid",
+                       formatter_class=_formatter,
+                       description="Encode images (posterior mean) and decode them; originals and "
+                                   "reconstructions alternate in the grid.")
+    _add_run_args(p)
+    p.add_argument("-n", type=int, default=32, help="number of images (default 32)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
+    p.add_argument("--seed", type=int, default=0, help="which images: a random choice with this seed")
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/reconstructions_SPLIT.png)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("interpolate", help="walk the latent space between pairs of images",
+                       formatter_class=_formatter,
+                       description="For each pair of images, decode codes along the linear and the "
+                                   "spherical (slerp) path between their posterior means.")
+    _add_run_args(p)
+    p.add_argument("--pairs", type=int, default=4, help="number of random image pairs (default 4)")
+    p.add_argument("--index", type=int, nargs=2, metavar=("I", "J"), help="interpolate between these two images")
+    p.add_argument("--steps", type=int, default=10, help="images per path, end points included (default 10)")
+    p.add_argument("--method", default="both", choices=["both", "lerp", "slerp"], help="path (default both)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random pairs")
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("evaluate", help="loss terms on the test split and the train-test gap",
+                       formatter_class=_formatter,
+                       description="Evaluate a run on its train, validation and test splits (each binarized "
+                                   "once with a fixed seed when training binarizes): -ELBO, recon, KL per image, "
+                                   "and the generalization gap.",
+                       epilog=CONVENTIONS)
+    _add_run_args(p)
+    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("datasets", help="which datasets vaelab can see, where from, their sizes",
+                       formatter_class=_formatter,
+                       description="List the built-in datasets (and any given as arguments, e.g. folder:PATH) "
+                                   "with where they were found and their sizes.")
+    p.add_argument("specs", nargs="*", metavar="DATASET", help="datasets to describe (default: the built-in ones)")
+    p.add_argument("--data-dir", metavar="DIR", help="also search this directory first")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("demo", help="train the VAE and the AE baseline on Fashion-MNIST and compare them",
+                       formatter_class=_formatter,
+                       description="The main job: train the default VAE and the plain autoencoder with the same "
+                                   "encoder/decoder, write samples, reconstructions and interpolations, and "
+                                   "print train / validation / test loss, the gap, and VAE against AE. Falls "
+                                   "back to scikit-learn's digits when Fashion-MNIST is not available.",
+                       epilog=CONVENTIONS)
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="demo directory (default: runs/demo-<time>)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _default_run_name(dataset: str, kind: str, arch: str) -> str:
+    name = dataset if not dataset.startswith("folder:") else "folder-" + Path(dataset[7:]).name
+    return f"{name}-{kind}-{arch}-{_stamp()}"
+
+
+def _config_from_args(args: argparse.Namespace):
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _config_from_args(args)
+    out = args.out or str(Path("runs") / _default_run_name(cfg.data.dataset, cfg.model.kind, cfg.model.arch))
+    train(cfg, out)
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .runs import load_run
+
+    return load_run(args.run, checkpoint=args.checkpoint, device=args.device)
+
+
+def _positive(value: int, flag: str) -> None:
+    if value <= 0:
+        raise VaelabError(f"{flag} must be a positive integer, got {value}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .images import save_png, square_grid
+
+    _positive(args.n, "-n")
+    if not args.temperature > 0:
+        raise VaelabError(f"--temperature must be > 0, got {args.temperature}")
+    run = _load(args)
+    images = run.sample(args.n, temperature=args.temperature, seed=args.seed)
+    out = Path(args.out) if args.out else run.path / "images" / f"samples_seed{args.seed}_t{args.temperature:g}.png"
+    save_png(square_grid(images), out)
+    print(f"wrote {args.n} samples (seed {args.seed}, temperature {args.temperature:g}) to {out}")
+    return 0
+
+
+def _run_split(run, split: str, data_dir: str | None):
+    """The split of the run's own dataset, loaded as in training (grey values)."""
+    from dataclasses import replace
+
+    from .data import load_dataset
+
+    data_cfg = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
+    return load_dataset(data_cfg).split(split)
+
+
+def _pick(n_total: int, n: int, seed: int):
+    import torch
+
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .images import pairs_grid, save_png
+
+    _positive(args.n, "-n")
+    run = _load(args)
+    split = _run_split(run, args.split, args.data_dir)
+    idx = _pick(len(split), min(args.n, len(split)), args.seed)
+    x = split.images[idx].float() / 255
+    out = Path(args.out) if args.out else run.path / "images" / f"reconstructions_{args.split}.png"
+    save_png(pairs_grid(x, run.reconstruct(x)), out)
+    print(f"wrote {len(idx)} {args.split} images beside their reconstructions to {out}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .images import make_grid, save_png
+
+    if args.steps < 2:
+        raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
+    _positive(args.pairs, "--pairs")
+    run = _load(args)
+    split = _run_split(run, args.split, args.data_dir)
+    if args.index:
+        for i in args.index:
+            if not 0 <= i < len(split):
+                raise VaelabError(f"--index {i} is out of range: the {args.split} split has {len(split)} images")
+        pairs = [tuple(args.index)]
+    else:
+        idx = _pick(len(split), 2 * args.pairs, args.seed).tolist()
+        pairs = list(zip(idx[0::2], idx[1::2]))
+    methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
+    rows = []
+    for i, j in pairs:
+        x0, x1 = split.images[i].float() / 255, split.images[j].float() / 255
+        for m in methods:
+            rows.append(run.interpolate(x0, x1, steps=args.steps, method=m).cpu())
+    out = Path(args.out) if args.out else run.path / "images" / f"interpolations_{args.split}.png"
+    save_png(make_grid(torch.cat(rows), nrow=args.steps), out)
+    print(f"wrote {len(pairs)} interpolation(s) ({', '.join(methods)}; one row each) to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .data import eval_view, load_dataset
+    from .evaluate import evaluate_images, format_table, generalization_gap
+    from .runs import write_json
+    from .train import evaluation_protocol
+
+    run = _load(args)
+    cfg = run.config
+    data_cfg = cfg.data if args.data_dir is None else replace(cfg.data, data_dir=args.data_dir)
+    splits = load_dataset(data_cfg)
+    summaries = {}
+    for name in ("train", "val", "test"):
+        split = splits.split(name)
+        if len(split):
+            view = eval_view(split, name, cfg.data.binarize, cfg.data.binarize_seed)
+            summaries[name] = evaluate_images(run.model, view, beta=cfg.train.beta,
+                                              batch_size=cfg.train.eval_batch_size, device=run.device)
+    gap = generalization_gap(summaries["train"], summaries["test"])
+    result = {
+        "run": str(run.path), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),
+        "model": cfg.model.kind, "dataset": splits.name, "protocol": evaluation_protocol(cfg),
+        "splits": {k: v.as_dict() for k, v in summaries.items()}, "gap_test_minus_train": gap,
+    }
+    print(format_table(list(summaries.items()),
+                       title=f"{run.path} ({cfg.model.kind}, {args.checkpoint} checkpoint, epoch "
+                             f"{run.meta.get('epoch')}) on {splits.name}, nats per image:"))
+    print(f"generalization gap (test - train): {gap:.2f} nats per image")
+    out = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
+    write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import BUILTIN, describe
+
+    specs = args.specs or list(BUILTIN)
+    descriptions = [describe(spec, args.data_dir) for spec in specs]
+    w = max(16, *(len(d.name) + 2 for d in descriptions))
+    head = f"{'dataset':<{w}}{'status':<10}{'train':>8}{'test':>8}  {'shape':<10}  where"
+    print(head)
+    print("-" * len(head))
+    for d in descriptions:
+        shape = "x".join(map(str, d.image_shape)) if d.image_shape else "-"
+        train = str(d.train) if d.train is not None else "-"
+        test = str(d.test) if d.test is not None else "-"
+        print(f"{d.name:<{w}}{'found' if d.available else 'missing':<10}{train:>8}{test:>8}  {shape:<10}  {d.where}")
+        if d.note:
+            print(f"{'':<{w}}{d.note}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    cfg = _config_from_args(args)
+    explicit_dataset = any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None
+    run_demo(cfg, Path(args.out or f"runs/demo-{_stamp()}"), allow_fallback=not explicit_dataset)
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except VaelabError as exc:
+        print(f"vaelab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

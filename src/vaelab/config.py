@@ -1,0 +1,349 @@
+"""Typed, frozen run configuration: defaults, TOML files, `key=value` overrides.
+
+A run is configured by one `RunConfig`, made of three sections that mirror the
+TOML file layout::
+
+    [data]              # which images, how they are split and binarized
+    dataset = "fashion-mnist"
+    [model]             # which network and likelihood
+    latent_dim = 20
+    [train]             # optimisation
+    epochs = 10
+
+Every key has a default, so an empty file (or no file) is a valid config.
+Unknown sections or keys, wrong types and out-of-range values raise
+`ConfigError` naming the key. TOML has no null: a key whose default is
+"none" (e.g. `data.image_size`) is left out, or given the string "none".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .errors import ConfigError
+
+_UNION_TYPE = getattr(types, "UnionType", None)  # `int | None` on Python >= 3.10
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field with a help text (shown by `vaelab train --help`)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _opt("fashion-mnist", "fashion-mnist | mnist | digits | folder:PATH")
+    data_dir: str | None = _opt(None, "directory holding the dataset's files (searched first)")
+    image_size: int | None = _opt(None, "resize images to SIZE x SIZE (none: native size)")
+    resize: Literal["resize", "pad"] = _opt("resize", "how to reach image_size: resample, or pad with zeros")
+    channels: int | None = _opt(None, "1 (grayscale) or 3 (RGB); none: the dataset's own")
+    val_size: int = _opt(5000, "validation images carved from the training split (0: none)")
+    test_fraction: float = _opt(0.2, "share held out as test split by datasets that have none (digits, folders)")
+    split_seed: int = _opt(0, "seed of the train/validation/test carving")
+    binarize: Literal["dynamic", "static", "none"] = _opt(
+        "dynamic", "training pixels: resampled Bernoulli each use, binarized once, or grey values"
+    )
+    binarize_seed: int = _opt(1234, "seed of static binarization (evaluation splits are always binarized once with it)")
+    download: bool = _opt(True, "download missing datasets into the cache (set VAELAB_OFFLINE=1 to forbid)")
+    max_train: int | None = _opt(None, "use only the first N training images (quick runs)")
+    max_eval: int | None = _opt(None, "use only the first N validation and test images (quick runs)")
+
+    def __post_init__(self) -> None:
+        _check_types(self, "data")
+        if not self.dataset:
+            raise ConfigError("data.dataset is empty; use fashion-mnist, mnist, digits or folder:PATH")
+        _positive(self, "data", "image_size", allow_none=True)
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3 (or none), got {self.channels}")
+        _non_negative(self, "data", "val_size")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
+        _positive(self, "data", "max_train", allow_none=True)
+        _positive(self, "data", "max_eval", allow_none=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["vae", "ae"] = _opt("vae", "vae (variational) or ae (plain autoencoder baseline)")
+    arch: Literal["conv", "mlp"] = _opt("conv", "conv (strided convolutions) or mlp (fully connected)")
+    latent_dim: int = _opt(20, "size of the latent code z")
+    conv_channels: tuple[int, ...] = _opt((32, 64), "channels of the stride-2 conv layers (decoder mirrors them)")
+    kernel_size: int = _opt(4, "conv kernel size (even sizes downsample exactly by 2)")
+    fc_hidden: int = _opt(0, "conv: width of an extra fully connected layer before z (0: none)")
+    mlp_hidden: tuple[int, ...] = _opt((400,), "mlp: hidden layer widths (784-400-20 is the classic)")
+    likelihood: Literal["bernoulli", "gaussian"] = _opt(
+        "bernoulli", "p(x|z): bernoulli (pixels in [0,1]) or gaussian with fixed std"
+    )
+    gaussian_std: float = _opt(0.1, "gaussian likelihood: the fixed standard deviation sigma")
+
+    def __post_init__(self) -> None:
+        _check_types(self, "model")
+        _positive(self, "model", "latent_dim")
+        _positive(self, "model", "kernel_size")
+        if self.kernel_size < 2:
+            raise ConfigError("model.kernel_size must be at least 2 for stride-2 convolutions")
+        if not self.conv_channels or any(c <= 0 for c in self.conv_channels):
+            raise ConfigError(f"model.conv_channels must be a non-empty list of positive ints, got {list(self.conv_channels)}")
+        if any(h <= 0 for h in self.mlp_hidden):
+            raise ConfigError(f"model.mlp_hidden must hold positive ints, got {list(self.mlp_hidden)}")
+        _non_negative(self, "model", "fc_hidden")
+        if not self.gaussian_std > 0:
+            raise ConfigError(f"model.gaussian_std must be > 0, got {self.gaussian_std}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(10, "passes over the training split")
+    batch_size: int = _opt(128, "images per Adam step")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    beta: float = _opt(1.0, "weight of the KL term: loss = recon + beta * KL")
+    seed: int = _opt(0, "seed of weights, data order, binarization and sampling")
+    eval_batch_size: int = _opt(1000, "images per batch when evaluating")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
+    grid_every: int = _opt(1, "write a sample grid every N epochs (0: only at the end)")
+    grid_size: int = _opt(64, "images in each sample / reconstruction grid")
+
+    def __post_init__(self) -> None:
+        _check_types(self, "train")
+        for name in ("epochs", "batch_size", "eval_batch_size", "grid_size"):
+            _positive(self, "train", name)
+        _non_negative(self, "train", "threads")
+        _non_negative(self, "train", "grid_every")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.beta >= 0:
+            raise ConfigError(f"train.beta must be >= 0, got {self.beta}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        """A copy with some sections or keys replaced: `cfg.replace(train={"epochs": 1})`."""
+        return apply_mapping(self, sections)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(obj: Any, section: str, name: str, allow_none: bool = False) -> None:
+    value = getattr(obj, name)
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{section}.{name} must be a positive integer, got {value}")
+
+
+def _non_negative(obj: Any, section: str, name: str) -> None:
+    value = getattr(obj, name)
+    if value < 0:
+        raise ConfigError(f"{section}.{name} must be >= 0, got {value}")
+
+
+def _check_types(obj: Any, section: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        coerced = _coerce(value, hints[f.name], f"{section}.{f.name}")
+        if coerced is not value:
+            object.__setattr__(obj, f.name, coerced)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of integers"
+    if origin in (typing.Union, _UNION_TYPE):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, _UNION_TYPE):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value if isinstance(value, tuple) else tuple(value)
+        raise ConfigError(f"{key} must be a list of integers like [32, 64], got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def apply_mapping(base: RunConfig, mapping: Mapping[str, Any], origin: str = "config") -> RunConfig:
+    """Return `base` with the sections/keys of a nested mapping replaced.
+
+    Unknown sections and keys raise `ConfigError` listing the valid ones.
+    """
+    new_sections = {}
+    for section, values in mapping.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown section [{section}] in {origin}; valid sections: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] in {origin} must be a table of key = value pairs")
+        current = getattr(base, section)
+        names = {f.name for f in dataclasses.fields(current)}
+        for key in values:
+            if key not in names:
+                hint = _closest(key, names)
+                raise ConfigError(
+                    f"unknown key {section}.{key} in {origin}"
+                    + (f"; did you mean {section}.{hint}?" if hint else f"; valid keys: {', '.join(sorted(names))}")
+                )
+        merged = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+        merged.update(values)
+        new_sections[section] = type(current)(**merged)
+    return dataclasses.replace(base, **new_sections)
+
+
+def _closest(key: str, names: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `section.key=value`; the value is read as TOML, else as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    if dotted.count(".") != 1:
+        raise ConfigError(
+            f"override key {dotted!r} must be section.key (sections: {', '.join(SECTIONS)}), e.g. train.epochs=5"
+        )
+    section, key = dotted.split(".")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the path given to --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the TOML file (if any), then `section.key=value` overrides."""
+    cfg = RunConfig()
+    if path is not None:
+        cfg = apply_mapping(cfg, load_toml(path), origin=str(path))
+    for text in overrides:
+        section, key, value = parse_override(text)
+        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (tuples become lists), suitable for JSON."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        sub = getattr(cfg, section)
+        out[section] = {
+            f.name: list(v) if isinstance((v := getattr(sub, f.name)), tuple) else v for f in dataclasses.fields(sub)
+        }
+    return out
+
+
+def from_dict(data: Mapping[str, Any], origin: str = "config") -> RunConfig:
+    """Inverse of `to_dict`; `None` values are accepted (JSON has null)."""
+    return apply_mapping(RunConfig(), data, origin=origin)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The full resolved config as TOML (keys whose value is none are written as comments)."""
+    lines = ["# vaelab run config: the full resolved configuration of this run.",
+             "# Re-run it with: vaelab train --config config.toml", ""]
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = none")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe_keys() -> str:
+    """One line per config key with its default and help, for `--help`."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default
+            shown = "none" if default is None else json.dumps(list(default) if isinstance(default, tuple) else default)
+            lines.append(f"  {section}.{f.name} = {shown}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,364 @@
+"""Where images come from: IDX datasets, scikit-learn's digits, image folders.
+
+Each loader returns raw uint8 tensors (N, C, H, W) for a train split and, when
+the dataset has one, a test split. Resizing, splitting and binarization happen
+later (`vaelab.data.splits`), the same way for every source.
+
+IDX datasets (fashion-mnist, mnist) are looked for, in this order:
+  1. the directory given by the user (`--data-dir` / `data.data_dir`),
+  2. `$VAELAB_DATA/<name>/`, then `$VAELAB_DATA/` itself,
+  3. the user cache, `$XDG_CACHE_HOME/vaelab/datasets/<name>/` (~/.cache/...),
+  4. `/usr/share/datasets/<name>/` (Debian's `dataset-fashion-mnist`).
+A directory counts when it holds the training images and labels (gzipped or
+not). If none does and downloads are allowed, the four official files are
+downloaded into the cache and their SHA-256 verified before use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import DataError, DatasetNotFoundError, DownloadError
+from . import download as dl
+from .idx import read_idx, read_idx_header
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Images as loaded, before resizing and splitting."""
+
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    source: str  # where the files were found, for humans
+    classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    name: str
+    files: dict[str, str]  # role -> file name (without .gz)
+    sha256: dict[str, str]  # role -> SHA-256 of the official .gz file
+    mirrors: tuple[str, ...]
+    classes: tuple[str, ...]
+    homepage: str
+
+
+_ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+_MNIST_FILES = dict(
+    train_images="train-images-idx3-ubyte",
+    train_labels="train-labels-idx1-ubyte",
+    test_images="t10k-images-idx3-ubyte",
+    test_labels="t10k-labels-idx1-ubyte",
+)
+
+IDX_DATASETS: dict[str, IdxDataset] = {
+    "fashion-mnist": IdxDataset(
+        name="fashion-mnist",
+        files=_MNIST_FILES,
+        sha256=dict(
+            train_images="3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            train_labels="a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            test_images="346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            test_labels="67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        ),
+        mirrors=(
+            "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    ),
+    "mnist": IdxDataset(
+        name="mnist",
+        files=_MNIST_FILES,
+        sha256=dict(
+            train_images="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            train_labels="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            test_images="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            test_labels="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        classes=tuple(str(i) for i in range(10)),
+        homepage="http://yann.lecun.com/exdb/mnist/",
+    ),
+}
+
+BUILTIN = ("fashion-mnist", "mnist", "digits")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# --------------------------------------------------------------------------- locating IDX files
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vaelab" / "datasets"
+
+
+def search_path(name: str, data_dir: str | None) -> list[tuple[Path, str]]:
+    """Candidate directories for dataset `name`, in search order, with where each came from."""
+    found: list[tuple[Path, str]] = []
+    if data_dir:
+        found += [(Path(data_dir), "--data-dir"), (Path(data_dir) / name, "--data-dir")]
+    env = os.environ.get("VAELAB_DATA")
+    if env:
+        found += [(Path(env) / name, "VAELAB_DATA"), (Path(env), "VAELAB_DATA")]
+    found.append((cache_root() / name, "cache"))
+    found.append((Path("/usr/share/datasets") / name, "system"))
+    return found
+
+
+def _file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_idx_files(spec: IdxDataset, data_dir: str | None) -> tuple[dict[str, Path], str] | None:
+    """The first directory on the search path that holds the training files."""
+    for directory, origin in search_path(spec.name, data_dir):
+        files = {role: _file(directory, stem) for role, stem in spec.files.items()}
+        if files["train_images"] and files["train_labels"]:
+            return {r: p for r, p in files.items() if p is not None}, f"{directory} ({origin})"
+    return None
+
+
+def download_idx(spec: IdxDataset, log: Callable[[str], None] | None = None) -> Path:
+    """Download the four official files into the cache; returns the directory."""
+    target = cache_root() / spec.name
+    mirrors = spec.mirrors
+    override = os.environ.get("VAELAB_MIRROR")
+    if override:
+        mirrors = (override.rstrip("/") + f"/{spec.name}/",)
+    for role, stem in spec.files.items():
+        dest = target / f"{stem}.gz"
+        if dest.is_file() and dl.sha256_file(dest) == spec.sha256[role]:
+            continue
+        errors = []
+        for mirror in mirrors:
+            try:
+                dl.download_file(mirror + f"{stem}.gz", dest, spec.sha256[role], log=log)
+                break
+            except DownloadError as exc:
+                errors.append(str(exc))
+        else:
+            raise DownloadError(errors[-1])
+    return target
+
+
+def locate_idx(spec: IdxDataset, data_dir: str | None, download: bool,
+               log: Callable[[str], None] | None = None) -> tuple[dict[str, Path], str]:
+    found = find_idx_files(spec, data_dir)
+    if found:
+        return found
+    searched = ", ".join(dict.fromkeys(str(d) for d, _ in search_path(spec.name, data_dir)))
+    if not download or dl.offline():
+        why = "downloads are off (VAELAB_OFFLINE=1)" if dl.offline() else "downloads are off (data.download=false)"
+        raise DatasetNotFoundError(
+            f"{spec.name} not found (searched {searched}) and {why}; "
+            f"put its IDX files in a directory and pass --data-dir DIR"
+        )
+    try:
+        download_idx(spec, log=log)
+    except DownloadError as exc:
+        raise DatasetNotFoundError(
+            f"{spec.name} not found (searched {searched}) and the download failed: {exc}"
+        ) from None
+    found = find_idx_files(spec, None)
+    assert found is not None
+    return found
+
+
+def _load_pair(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path, expected_ndim=1)
+    if images.ndim == 3:
+        images = images[:, None]  # (N, H, W) -> (N, 1, H, W)
+    elif images.ndim == 4:  # (N, H, W, C) as in some RGB IDX files
+        images = images.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{images_path} holds an array of shape {images.shape}; expected images (N, H, W)")
+    if images.dtype != np.uint8:
+        raise DataError(f"{images_path} holds {images.dtype} values; vaelab reads 8-bit (ubyte) images")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path.name} holds {len(images)} images but {labels_path.name} holds {len(labels)} labels; "
+            "the files belong to different datasets or one is damaged"
+        )
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_idx_dataset(name: str, data_dir: str | None, download: bool,
+                     log: Callable[[str], None] | None = None) -> RawData:
+    spec = IDX_DATASETS[name]
+    files, where = locate_idx(spec, data_dir, download, log=log)
+    train_x, train_y = _load_pair(files["train_images"], files["train_labels"])
+    test_x = test_y = None
+    if "test_images" in files and "test_labels" in files:
+        test_x, test_y = _load_pair(files["test_images"], files["test_labels"])
+        if test_x.shape[1:] != train_x.shape[1:]:
+            raise DataError(f"test images are {tuple(test_x.shape[1:])} but training images {tuple(train_x.shape[1:])}")
+    return RawData(train_x, train_y, test_x, test_y, source=where, classes=spec.classes)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def load_digits() -> RawData:
+    """scikit-learn's bundled 8x8 digits (1,797 images, grey levels 0..16 -> 0..255)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+    return RawData(
+        torch.from_numpy(images), torch.from_numpy(bunch.target.astype(np.int64)), None, None,
+        source="scikit-learn (bundled)", classes=tuple(str(i) for i in range(10)),
+    )
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def load_folder(path: str, image_size: int | None, channels: int | None, resize: str) -> RawData:
+    """Every PNG/JPEG/BMP/WebP below `path`; sub-folder names become class labels.
+
+    Non-square images are centre-cropped (resize="resize") or zero-padded
+    (resize="pad") to a square before resizing to `image_size`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory; check folder:PATH")
+    files = _list_images(root)
+    if not files:
+        raise DataError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+
+    def open_image(p: Path) -> "Image.Image":
+        try:
+            img = Image.open(p)
+            img.load()
+            return img
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
+
+    # first pass: headers only, for the colour mode and sizes
+    modes, sizes = set(), set()
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                modes.add(img.mode)
+                sizes.add(img.size)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
+    if channels is None:
+        channels = 1 if modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3
+    if image_size is None and len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise DataError(
+            f"images in {root} have different sizes ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
+            "set data.image_size to resize them all"
+        )
+    mode = "L" if channels == 1 else "RGB"
+    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    class_index = {name: i for i, name in enumerate(subdirs)}
+    arrays, labels = [], []
+    for p in files:
+        img = open_image(p).convert(mode)
+        if image_size is not None:
+            img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        parts = p.relative_to(root).parts
+        labels.append(class_index[parts[0]] if len(parts) > 1 else 0)
+    images = torch.from_numpy(np.stack(arrays))
+    return RawData(images, torch.tensor(labels, dtype=torch.int64), None, None,
+                   source=f"{root} ({len(files)} files)", classes=tuple(subdirs))
+
+
+def _square(img, resize: str):
+    from PIL import Image
+
+    w, h = img.size
+    if w == h:
+        return img
+    side = min(w, h) if resize == "resize" else max(w, h)
+    if resize == "resize":
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.crop((left, top, left + side, top + side))
+    canvas = Image.new(img.mode, (side, side))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_raw(dataset: str, *, data_dir: str | None = None, download: bool = True,
+             image_size: int | None = None, channels: int | None = None, resize: str = "resize",
+             log: Callable[[str], None] | None = None) -> RawData:
+    """Load dataset `dataset` (a built-in name or folder:PATH) as raw uint8 tensors."""
+    if dataset.startswith("folder:"):
+        return load_folder(dataset[len("folder:"):], image_size, channels, resize)
+    if dataset == "digits":
+        return load_digits()
+    if dataset in IDX_DATASETS:
+        return load_idx_dataset(dataset, data_dir, download, log=log)
+    raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    name: str
+    available: bool
+    where: str
+    train: int | None
+    test: int | None
+    image_shape: tuple[int, ...] | None
+    note: str = ""
+
+
+def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
+    """What `vaelab datasets` shows: found or not, where, sizes (from headers, cheaply)."""
+    if dataset == "digits":
+        return DatasetDescription("digits", True, "scikit-learn (bundled)", 1797, None, (1, 8, 8),
+                                  "no test split: one is carved out (data.test_fraction)")
+    if dataset.startswith("folder:"):
+        try:
+            raw = load_folder(dataset[len("folder:"):], None, None, "resize")
+        except DataError as exc:
+            return DatasetDescription(dataset, False, str(exc), None, None, None)
+        return DatasetDescription(dataset, True, raw.source, len(raw.train_images), None,
+                                  tuple(raw.train_images.shape[1:]), "no test split: one is carved out")
+    if dataset not in IDX_DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")
+    spec = IDX_DATASETS[dataset]
+    found = find_idx_files(spec, data_dir)
+    if not found:
+        how = "offline (VAELAB_OFFLINE=1)" if dl.offline() else f"downloadable from {spec.mirrors[0]}"
+        return DatasetDescription(dataset, False, "not found", None, None, None, how)
+    files, where = found
+    _, train_shape = read_idx_header(files["train_images"])
+    test = None
+    if "test_images" in files:
+        test = read_idx_header(files["test_images"])[1][0]
+    note = "" if test is not None else "no test files: a test split is carved out (data.test_fraction)"
+    return DatasetDescription(dataset, True, where, train_shape[0], test, (1, *train_shape[1:]), note)

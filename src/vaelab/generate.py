@@ -1,0 +1,56 @@
+"""Generation: samples from the prior, reconstructions, latent interpolations.
+
+All functions return images in [0, 1] (the mean of p(x|z)), shape (N, C, H, W),
+and run without gradients in eval mode. Randomness comes from an explicit
+`torch.Generator`, so the same seed gives the same images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models import Model, eval_mode
+
+
+def sample(model: Model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n images decoded from z ~ prior, its std scaled by `temperature` (1 = the model's prior)."""
+    with eval_mode(model):
+        return model.decode_mean(model.prior_sample(n, temperature, generator))
+
+
+def reconstruct(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """Decode the deterministic code of x (the posterior mean for a VAE)."""
+    with eval_mode(model):
+        return model.decode_mean(model.code(x))
+
+
+def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation, one row per t: (T, D)."""
+    t = t.view(-1, 1)
+    return (1 - t) * z0 + t * z1
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Spherical interpolation (White 2016), one row per t: (T, D).
+
+    Follows the great circle between the two codes, so intermediate points keep
+    a norm typical of Gaussian samples; falls back to lerp when they are parallel.
+    """
+    t = t.view(-1, 1)
+    cos = torch.dot(z0, z1) / (z0.norm() * z1.norm()).clamp_min(eps)
+    omega = torch.arccos(cos.clamp(-1 + eps, 1 - eps))
+    so = torch.sin(omega)
+    if so.abs() < 1e-5:
+        return lerp(z0, z1, t)
+    return (torch.sin((1 - t) * omega) / so) * z0 + (torch.sin(t * omega) / so) * z1
+
+
+def interpolate(model: Model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10,
+                method: str = "slerp") -> torch.Tensor:
+    """Images along the path between the codes of two images x0, x1 (C, H, W): (steps, C, H, W)."""
+    if method not in ("lerp", "slerp"):
+        raise ValueError(f"interpolation method must be lerp or slerp, got {method!r}")
+    with eval_mode(model):
+        codes = model.code(torch.stack([x0, x1]))
+        t = torch.linspace(0, 1, steps, device=codes.device)
+        return model.decode_mean((lerp if method == "lerp" else slerp)(codes[0], codes[1], t))

@@ -1,0 +1,48 @@
+"""Models: build one from a `ModelConfig` and the image shape of the data."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from ..config import ModelConfig
+from .conv import ConvDecoder, ConvEncoder
+from .distributions import BernoulliLikelihood, DiagonalGaussian, GaussianLikelihood, make_likelihood
+from .mlp import MLPDecoder, MLPEncoder
+from .vae import VAE, Autoencoder, ModelOutput
+
+Model = VAE | Autoencoder
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
+    """A VAE or autoencoder sized for images of shape (C, H, W)."""
+    image_shape = tuple(int(s) for s in image_shape)
+    code_dim = 2 * cfg.latent_dim if cfg.kind == "vae" else cfg.latent_dim  # (mean, logvar) or the code
+    if cfg.arch == "conv":
+        encoder = ConvEncoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, code_dim)
+        decoder = ConvDecoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, cfg.latent_dim)
+    else:
+        encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim)
+        decoder = MLPDecoder(image_shape, cfg.mlp_hidden, cfg.latent_dim)
+    cls = VAE if cfg.kind == "vae" else Autoencoder
+    return cls(encoder, decoder, make_likelihood(cfg.likelihood, cfg.gaussian_std), image_shape, cfg.latent_dim)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put `model` in eval mode and disable gradients; restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+__all__ = [
+    "Autoencoder", "BernoulliLikelihood", "ConvDecoder", "ConvEncoder", "DiagonalGaussian",
+    "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelOutput", "VAE", "build_model", "eval_mode",
+]

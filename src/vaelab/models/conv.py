@@ -1,0 +1,85 @@
+"""Convolutional encoder and its mirror-image transposed-convolution decoder.
+
+Both size themselves from the image shape (C, H, W): each conv layer halves
+the resolution (stride 2, padding (k-1)//2), and each transposed conv of the
+decoder restores the exact size the encoder saw (output_padding 0 or 1), so
+odd sizes like 28 -> 14 -> 7 or 30 -> 15 -> 8 round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def conv_sizes(height: int, width: int, n_layers: int, kernel: int) -> list[tuple[int, int]]:
+    """Spatial size after each stride-2 conv, starting with the input's."""
+    pad = (kernel - 1) // 2
+    sizes = [(height, width)]
+    for _ in range(n_layers):
+        h, w = sizes[-1]
+        sizes.append(((h + 2 * pad - kernel) // 2 + 1, (w + 2 * pad - kernel) // 2 + 1))
+    if min(min(s) for s in sizes) < 1:
+        raise ConfigError(
+            f"images of {height}x{width} are too small for {n_layers} stride-2 conv layers; "
+            "use fewer model.conv_channels or a larger data.image_size"
+        )
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, H, W) -> features (B, out_dim) via stride-2 convs, then linear layers."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], kernel: int,
+                 fc_hidden: int, out_dim: int) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        sizes = conv_sizes(h, w, len(channels), kernel)
+        layers: list[nn.Module] = []
+        prev = c
+        for ch in channels:
+            layers += [nn.Conv2d(prev, ch, kernel, stride=2, padding=(kernel - 1) // 2), nn.ReLU()]
+            prev = ch
+        layers.append(nn.Flatten())
+        features = prev * sizes[-1][0] * sizes[-1][1]
+        if fc_hidden:
+            layers += [nn.Linear(features, fc_hidden), nn.ReLU()]
+            features = fc_hidden
+        layers.append(nn.Linear(features, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """z (B, latent) -> image parameters (B, C, H, W), mirroring `ConvEncoder`."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], kernel: int,
+                 fc_hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        sizes = conv_sizes(h, w, len(channels), kernel)
+        pad = (kernel - 1) // 2
+        top = (channels[-1], *sizes[-1])
+        layers: list[nn.Module] = []
+        features = latent_dim
+        if fc_hidden:
+            layers += [nn.Linear(features, fc_hidden), nn.ReLU()]
+            features = fc_hidden
+        layers += [nn.Linear(features, top[0] * top[1] * top[2]), nn.ReLU(), nn.Unflatten(1, top)]
+        outs = list(reversed(channels[:-1])) + [c]
+        ins = list(reversed(channels))
+        for i, (cin, cout) in enumerate(zip(ins, outs)):
+            (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
+            base_h, base_w = (hi - 1) * 2 - 2 * pad + kernel, (wi - 1) * 2 - 2 * pad + kernel
+            layers.append(nn.ConvTranspose2d(cin, cout, kernel, stride=2, padding=pad,
+                                             output_padding=(ho - base_h, wo - base_w)))
+            if i < len(ins) - 1:  # no activation on the output: logits / pre-sigmoid means
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

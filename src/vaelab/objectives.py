@@ -1,0 +1,117 @@
+"""The math of VAEs as small pure functions on tensors.
+
+Conventions, used everywhere in vaelab (README, `--help`, metrics, reports):
+every quantity is **per image**, **summed** over pixels (and channels) and
+over latent dimensions, in **nats**; a batch is summarised by its mean.
+
+    loss  = recon + beta * KL          (what the optimiser minimises)
+    recon = -log p(x | z),  z ~ q(z|x) (one reparameterized sample)
+    KL    = KL(q(z|x) || p(z))         (closed form for Gaussians)
+    nelbo = recon + KL                 (the negative ELBO; equals loss at beta = 1)
+
+Functions return per-example tensors of shape (B,); reducing is the caller's
+choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_per_example(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(1)
+
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mean + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, sec. 2.4).
+
+    Differentiable in `mean` and `logvar`; with a `generator`, eps is drawn
+    from it (on its device) and moved to the mean's device.
+    """
+    if generator is None:
+        eps = torch.randn_like(mean)
+    else:
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype).to(mean.device)
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, diag(exp(logvar))) || N(0, I)), per example, in nats.
+
+    = 0.5 * sum(mean^2 + exp(logvar) - 1 - logvar)  (Kingma & Welling 2014, appendix B).
+    """
+    return 0.5 * _sum_per_example(mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_diag_gaussians(mean_q: torch.Tensor, logvar_q: torch.Tensor,
+                      mean_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) for diagonal Gaussians, per example, in nats."""
+    return 0.5 * _sum_per_example(
+        logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).pow(2)) / logvar_p.exp() - 1.0
+    )
+
+
+def log_normal_diag(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(exp(logvar))), summed per example."""
+    return -0.5 * _sum_per_example(LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp())
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed per example."""
+    return -0.5 * _sum_per_example(LOG_2PI + z.pow(2))
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x | logits) for pixels x in [0, 1], summed per example (= -binary cross-entropy).
+
+    For binary x this is an exact log-probability; for grey x it is the usual
+    "continuous Bernoulli without normaliser" and is not a normalised density.
+    """
+    return -_sum_per_example(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; mean, std^2 I), summed per example: -SSE / (2 std^2) - D log(std sqrt(2 pi))."""
+    d = x[0].numel()
+    sse = _sum_per_example((x - mean).pow(2))
+    return -sse / (2.0 * std * std) - d * (math.log(std) + 0.5 * LOG_2PI)
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted bound log (1/K) sum_k w_k from log w of shape (K, B) (Burda et al. 2015)."""
+    k = log_weights.shape[0]
+    return torch.logsumexp(log_weights, dim=0) - math.log(k)
+
+
+def bits_per_dim(nats_per_image: float | torch.Tensor, dims: int) -> float | torch.Tensor:
+    """Convert nats per image to bits per dimension."""
+    return nats_per_image / (dims * math.log(2.0))
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Named terms of one batch. `loss` is a scalar to backpropagate; the rest are per image (B,)."""
+
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+    @property
+    def nelbo(self) -> torch.Tensor:
+        """Negative ELBO per image, independent of beta."""
+        return self.recon + self.kl
+
+
+def beta_vae_loss(log_px_z: torch.Tensor, kl: torch.Tensor, beta: float) -> LossTerms:
+    """loss = mean over the batch of (-log p(x|z) + beta * KL)  (Higgins et al. 2017 for beta != 1).
+
+    With kl = 0 (a deterministic autoencoder) this is the reconstruction loss alone.
+    """
+    recon = -log_px_z
+    return LossTerms(loss=(recon + beta * kl).mean(), recon=recon, kl=kl)

@@ -1,0 +1,206 @@
+"""Run directories, and loading a trained run for inference (`load_run`).
+
+A run directory holds everything one `vaelab train` produced::
+
+    config.toml          the full resolved config (re-run with --config)
+    run.json             versions, dataset, image shape, status, timings
+    metrics.jsonl        one JSON object per epoch
+    train.log            the log lines printed during training
+    checkpoints/best/    weights with the lowest validation loss
+    checkpoints/last/    weights, optimizer and RNG state after the last epoch
+    images/              sample grids per epoch, final samples,
+                         reconstructions and interpolations
+    evaluation.json      loss terms on train / val / test and the gap
+
+`load_run(path)` needs only the checkpoint (its meta.json carries the config
+and image shape), so a run copied to another machine loads without the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import generate
+from .checkpoint import load_checkpoint
+from .config import RunConfig, from_dict
+from .errors import CheckpointError, DataError
+from .models import Model, build_model, eval_mode
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints / name
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor],
+                          origin: str) -> tuple[Model, RunConfig]:
+    """Rebuild the model described by a checkpoint's meta and load its weights, checking every shape."""
+    try:
+        config = from_dict(meta["config"], origin=f"{origin} meta.json")
+        image_shape = tuple(int(s) for s in meta["image_shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {origin}: meta.json lacks a valid config or image_shape ({exc})") from None
+    model = build_model(config.model, image_shape)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {origin}: weights do not match its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the files were mixed up or altered"
+        )
+    for key, tensor in expected.items():
+        if weights[key].shape != tensor.shape or weights[key].dtype != tensor.dtype:
+            raise CheckpointError(
+                f"checkpoint {origin}: {key} has shape {tuple(weights[key].shape)} {weights[key].dtype}, "
+                f"the config needs {tuple(tensor.shape)} {tensor.dtype}"
+            )
+    model.load_state_dict(weights)
+    return model, config
+
+
+class Run:
+    """A trained model loaded from its run directory, for inference from Python.
+
+    >>> run = load_run("runs/my-vae")              # doctest: +SKIP
+    >>> images = run.sample(16, temperature=0.8)   # (16, C, H, W) in [0, 1]
+    >>> q = run.encode(images)                     # DiagonalGaussian (mean, logvar)
+    """
+
+    def __init__(self, path: Path, model: Model, config: RunConfig, meta: dict[str, Any], device: torch.device):
+        self.path = path
+        self.model = model.to(device).eval()
+        self.config = config
+        self.meta = meta
+        self.device = device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.model.image_shape
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.image_shape:
+            shape = "x".join(map(str, self.image_shape))
+            raise DataError(
+                f"images have shape {'x'.join(map(str, x.shape[1:]))} but this model was trained on {shape} "
+                "(channels x height x width); resize them first"
+            )
+        return x.float().to(self.device)
+
+    def encode(self, x: torch.Tensor):
+        """q(z|x) as a DiagonalGaussian for a VAE; the code tensor for an autoencoder."""
+        with eval_mode(self.model):
+            return self.model.encode(self._images(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x|z] in [0, 1] for latent codes z (N, latent_dim)."""
+        with eval_mode(self.model):
+            return self.model.decode_mean(torch.as_tensor(z, dtype=torch.float32).to(self.device))
+
+    def sample(self, n: int = 64, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return generate.sample(self.model, n, temperature, gen)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return generate.reconstruct(self.model, self._images(x))
+
+    def interpolate(self, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10, method: str = "slerp") -> torch.Tensor:
+        pair = self._images(torch.stack([torch.as_tensor(x0), torch.as_tensor(x1)]))
+        return generate.interpolate(self.model, pair[0], pair[1], steps, method)
+
+    def __repr__(self) -> str:
+        kind = self.config.model.kind
+        return f"Run({str(self.path)!r}, {kind}, image_shape={self.image_shape}, epoch={self.meta.get('epoch')})"
+
+
+def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint directory of a run (or `path` itself if it is a checkpoint)."""
+    path = Path(path)
+    if (path / "meta.json").is_file() or path.name in ("best", "last") and path.parent.name == "checkpoints":
+        return path
+    if not path.exists():
+        raise CheckpointError(f"run directory {path} does not exist; pass the directory `vaelab train` wrote")
+    ckpt_root = RunPaths(path).checkpoints
+    if not ckpt_root.is_dir():
+        raise CheckpointError(f"{path} is not a vaelab run directory (no checkpoints/ inside)")
+    candidate = ckpt_root / checkpoint
+    if not candidate.exists() and not (ckpt_root / f"{checkpoint}.old").exists():
+        available = sorted(p.name for p in ckpt_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise CheckpointError(f"run {path} has no checkpoint {checkpoint!r}; available: {', '.join(available) or 'none'}")
+    return candidate
+
+
+def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Run:
+    """Load a trained run for inference: one call, from its directory, no dataset needed.
+
+    `checkpoint` is "best" (lowest validation loss; the last epoch's weights
+    when the run had no validation split) or "last".
+    """
+    ckpt_path = find_checkpoint(path, checkpoint)
+    loaded = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(loaded.meta, loaded.tensors["model"], str(ckpt_path))
+    root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path
+    dev = resolve_device(str(device)) if isinstance(device, str) else device
+    return Run(root, model, config, loaded.meta, dev)

@@ -1,0 +1,333 @@
+"""Training: Adam on recon + beta * KL, with validation, checkpoints, grids and metrics.
+
+`train(config, run_dir)` is the whole job behind `vaelab train`:
+
+1. load and split the data (or take `splits` already loaded),
+2. build the model, seed everything, write config.toml and run.json,
+3. per epoch: Adam steps on shuffled batches (dynamically binarized if asked),
+   the validation loss on the validation split binarized once, a line in
+   metrics.jsonl, the `last` checkpoint, the `best` one when validation
+   improved, and a grid of samples from a fixed set of latent draws,
+4. at the end, with the best weights: samples, reconstructions and
+   interpolations, and the loss terms on train / val / test (evaluation.json).
+
+A step whose loss is NaN or infinite is skipped and counted (never applied);
+many in a row stop the run with an error naming the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .checkpoint import encode_rng, optimizer_state_to_tensors, save_checkpoint
+from .config import RunConfig, to_dict, to_toml
+from .data import DatasetSplits, ImageSet, batches, eval_view, load_dataset, train_view
+from .errors import ConfigError, VaelabError
+from .evaluate import LossSummary, evaluate_images, format_table, generalization_gap
+from .generate import interpolate, reconstruct, sample
+from .images import make_grid, pairs_grid, save_png, square_grid
+from .models import Model, build_model, eval_mode
+from .objectives import beta_vae_loss
+from .runs import RunPaths, resolve_device, write_json
+
+MAX_SKIPS_IN_A_ROW = 50
+CODE_FIT_IMAGES = 10_000
+
+
+class TrainingDiverged(VaelabError):
+    """The loss stayed NaN/inf for many steps in a row."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: Model
+    splits: DatasetSplits
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_interactive() -> bool:
+    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+def _check_run_dir(root: Path) -> None:
+    paths = RunPaths(root)
+    if paths.config.exists() or paths.checkpoints.exists():
+        raise ConfigError(
+            f"run directory {root} already holds a run; choose another --out (or delete it to start over)"
+        )
+
+
+def _summaries(model: Model, views: dict[str, ImageSet], cfg: RunConfig, device: torch.device) -> dict[str, LossSummary]:
+    return {
+        name: evaluate_images(model, view, beta=cfg.train.beta, batch_size=cfg.train.eval_batch_size, device=device)
+        for name, view in views.items()
+    }
+
+
+class Trainer:
+    """Owns the optimizer, the RNGs, the run directory and the loop; the model only computes."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, splits: DatasetSplits | None = None,
+                 log: Callable[[str], None] = print, progress: bool | None = None) -> None:
+        self.cfg = config
+        self.paths = RunPaths(Path(run_dir))
+        _check_run_dir(self.paths.root)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.paths.log, "a", encoding="utf-8")
+        self._print = log
+        self.progress = _is_interactive() if progress is None else progress
+        tc = config.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc.device)
+        self.splits = splits if splits is not None else load_dataset(config.data, log=self.log)
+        for note in self.splits.notes:
+            self.log(f"note: {note}")
+        torch.manual_seed(tc.seed)
+        self.model = build_model(config.model, self.splits.image_shape).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.data_gen = torch.Generator().manual_seed(tc.seed + 1)
+        dc = config.data
+        self.train_images, self.dynamic = train_view(self.splits.train, dc.binarize, dc.binarize_seed)
+        self.val_images = eval_view(self.splits.val, "val", dc.binarize, dc.binarize_seed) if len(self.splits.val) else None
+        self.epoch = 0
+        self.step = 0
+        self.skipped = 0
+        self.best_val = math.inf
+        self.best_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_time = 0.0
+
+    # ------------------------------------------------------------------ logging and files
+
+    def log(self, message: str) -> None:
+        self._print(message)
+        self._log_file.write(message + "\n")
+        self._log_file.flush()
+
+    def _write_start_files(self) -> None:
+        self.paths.config.write_text(to_toml(self.cfg), encoding="utf-8")
+        write_json(self.paths.info, self._info(status="running"))
+
+    def _info(self, status: str, **extra: Any) -> dict[str, Any]:
+        s = self.splits
+        return {
+            "status": status,
+            "vaelab_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "dataset": {
+                "name": s.name, "source": s.source, "image_shape": list(s.image_shape),
+                "sizes": {"train": len(s.train), "val": len(s.val), "test": len(s.test)},
+                "notes": list(s.notes),
+            },
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "config": to_dict(self.cfg),
+            **extra,
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        meta = {
+            "vaelab_version": __version__,
+            "config": to_dict(self.cfg),
+            "image_shape": list(self.splits.image_shape),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val": None if math.isinf(self.best_val) else self.best_val,
+            "best_epoch": self.best_epoch,
+            "skipped_steps": self.skipped,
+            "rng": {"torch": encode_rng(torch.get_rng_state()), "data": encode_rng(self.data_gen.get_state())},
+        }
+        if self.device.type == "cuda":
+            meta["rng"]["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
+        return meta
+
+    def save(self, name: str, with_optimizer: bool) -> None:
+        tensors = {"model": self.model.state_dict()}
+        meta = self._meta()
+        if with_optimizer:
+            opt_tensors, opt_info = optimizer_state_to_tensors(self.optimizer.state_dict())
+            tensors["optimizer"] = opt_tensors
+            meta["optimizer"] = {"type": "Adam", **opt_info}
+        save_checkpoint(self.paths.checkpoints, name, tensors, meta)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_epoch(self) -> dict[str, float]:
+        tc = self.cfg.train
+        model, lik = self.model, self.model.likelihood
+        model.train()
+        n_batches = math.ceil(len(self.train_images) / tc.batch_size)
+        sums = torch.zeros(3, dtype=torch.float64)  # recon, kl, images
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr)
+        skips_in_a_row = 0
+        for x in batches(self.train_images.images, tc.batch_size, shuffle=True, generator=self.data_gen,
+                         dynamic=self.dynamic, device=self.device):
+            out = model(x)
+            terms = beta_vae_loss(lik.log_prob(x, out.x_params), out.kl, tc.beta)
+            self.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(terms.loss):
+                self.skipped += 1
+                skips_in_a_row += 1
+                if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise TrainingDiverged(
+                        f"the loss was NaN or infinite for {skips_in_a_row} steps in a row (last at step "
+                        f"{self.step + 1}); lower train.lr or check the data"
+                    )
+                continue
+            skips_in_a_row = 0
+            terms.loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            with torch.no_grad():
+                sums += torch.stack([terms.recon.sum(), terms.kl.sum(), torch.tensor(float(len(x)))]).double().cpu()
+            if bar is not None:
+                bar.update(1)
+                if self.step % 20 == 0:
+                    bar.set_postfix(loss=f"{terms.loss.item():.1f}")
+        if bar is not None:
+            bar.close()
+        n = max(sums[2].item(), 1.0)
+        recon, kl = (sums[0] / n).item(), (sums[1] / n).item()
+        return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": int(sums[2])}
+
+    def _fit_codes(self) -> None:
+        """For the autoencoder: fit its sampling Gaussian to codes of training images."""
+        if not hasattr(self.model, "fit_code_distribution"):
+            return
+        images = self.train_images.images[:CODE_FIT_IMAGES]
+        with eval_mode(self.model):
+            codes = torch.cat([self.model.code(x) for x in batches(images, self.cfg.train.eval_batch_size,
+                                                                   device=self.device)])
+        self.model.fit_code_distribution(codes)
+
+    def _sample_grid(self, path: Path) -> None:
+        images = sample(self.model, self.cfg.train.grid_size, 1.0, torch.Generator().manual_seed(self.cfg.train.seed + 2))
+        save_png(square_grid(images), path)
+
+    def run(self) -> TrainResult:
+        tc = self.cfg.train
+        self._write_start_files()
+        s = self.splits
+        self.log(
+            f"training a {self.cfg.model.kind.upper()} ({self.cfg.model.arch}, latent {self.cfg.model.latent_dim}, "
+            f"{sum(p.numel() for p in self.model.parameters()):,} parameters) on {s.name} {s.image_shape} "
+            f"from {s.source}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}; device {self.device}"
+        )
+        self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
+        with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
+            for _ in range(tc.epochs):
+                t0 = time.perf_counter()
+                train_terms = self.train_epoch()
+                epoch_time = time.perf_counter() - t0
+                self.train_time += epoch_time
+                self.epoch += 1
+                self._fit_codes()
+                val = None
+                if self.val_images is not None:
+                    val = evaluate_images(self.model, self.val_images, beta=tc.beta,
+                                          batch_size=tc.eval_batch_size, device=self.device)
+                val_score = val.loss if val is not None else -float(self.epoch)
+                improved = val_score < self.best_val
+                if improved:
+                    self.best_val, self.best_epoch = val_score, self.epoch
+                record = {
+                    "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
+                    "train_time_s": round(self.train_time, 3),
+                    "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
+                    "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
+                    "train": {k: v for k, v in train_terms.items() if k != "images"},
+                    "val": val.as_dict() if val is not None else None, "best": improved,
+                }
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                self.history.append(record)
+                self.save("last", with_optimizer=True)
+                if improved:
+                    self.save("best", with_optimizer=False)
+                if tc.grid_every and self.epoch % tc.grid_every == 0:
+                    self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
+                val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
+                            if val is not None else "no validation split")
+                self.log(
+                    f"epoch {self.epoch}/{tc.epochs}  train loss {train_terms['loss']:.2f} "
+                    f"(recon {train_terms['recon']:.2f}, KL {train_terms['kl']:.2f})  {val_text}"
+                    f"{'  *best' if improved else ''}  {record['images_per_s']:.0f} img/s"
+                )
+        return self.finish()
+
+    def finish(self) -> TrainResult:
+        """Reload the best weights, write the final images and the evaluation."""
+        from .checkpoint import load_checkpoint
+
+        best = load_checkpoint(self.paths.checkpoint("best"))
+        self.model.load_state_dict(best.tensors["model"])
+        self.write_images()
+        dc = self.cfg.data
+        views = {name: eval_view(self.splits.split(name), name, dc.binarize, dc.binarize_seed)
+                 for name in ("train", "val", "test") if len(self.splits.split(name))}
+        summaries = _summaries(self.model, views, self.cfg, self.device)
+        evaluation = {
+            "checkpoint": "best", "epoch": self.best_epoch,
+            "protocol": evaluation_protocol(self.cfg),
+            "splits": {k: v.as_dict() for k, v in summaries.items()},
+            "gap_test_minus_train": generalization_gap(summaries["train"], summaries["test"]),
+        }
+        write_json(self.paths.evaluation, evaluation)
+        self.log(format_table(list(summaries.items()),
+                              title=f"evaluation of the best epoch ({self.best_epoch}), nats per image:"))
+        self.log(f"generalization gap (test - train -ELBO): {evaluation['gap_test_minus_train']:.2f} nats")
+        write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
+                                               epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch))
+        self.log(f"run written to {self.paths.root}")
+        self._log_file.close()
+        return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
+
+    def write_images(self) -> None:
+        self._sample_grid(self.paths.images / "samples.png")
+        test = self.splits.test.images[: max(2, self.cfg.train.grid_size // 2)].float().div(255).to(self.device)
+        save_png(pairs_grid(test, reconstruct(self.model, test)), self.paths.images / "reconstructions.png")
+        rows = []
+        for i in range(min(4, len(test) // 2)):
+            for method in ("lerp", "slerp"):
+                rows.append(interpolate(self.model, test[2 * i], test[2 * i + 1], steps=10, method=method))
+        if rows:
+            save_png(make_grid(torch.cat(rows), nrow=10), self.paths.images / "interpolations.png")
+
+
+def evaluation_protocol(cfg: RunConfig) -> dict[str, Any]:
+    """How the evaluation numbers were computed, stored beside them."""
+    dc = cfg.data
+    return {
+        "estimator": "negative ELBO, one reparameterized sample per image (fixed seed)",
+        "units": "nats per image, summed over pixels and latent dimensions",
+        "train_binarization": dc.binarize,
+        "eval_binarization": "none" if dc.binarize == "none" else f"static, seed {dc.binarize_seed} (+1000 per split)",
+        "beta": cfg.train.beta,
+    }
+
+
+def train(config: RunConfig, run_dir: str | Path, *, splits: DatasetSplits | None = None,
+          log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
+    """Train a model as `config` says, writing everything into `run_dir` (which must be new)."""
+    return Trainer(config, run_dir, splits=splits, log=log, progress=progress).run()
