@@ -11,7 +11,7 @@ import torch
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0,
-              min_cell: int = 32) -> np.ndarray:
+              min_cell: int = 24) -> np.ndarray:
     """Tile images (N, C, H, W) with values in [0, 1] into one uint8 array (H', W') or (H', W', 3).
 
     `nrow` images per row. Images smaller than `min_cell` pixels are enlarged

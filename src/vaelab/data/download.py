@@ -10,6 +10,7 @@ interface (used by the tests' local server).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import os
 import time
@@ -107,7 +108,7 @@ def download_file(
         except ChecksumError:
             tmp.unlink(missing_ok=True)
             raise
-        except (DownloadError, urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+        except (DownloadError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
             last_error = exc
     reason = getattr(last_error, "reason", last_error)

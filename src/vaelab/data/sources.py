@@ -96,6 +96,7 @@ IDX_DATASETS: dict[str, IdxDataset] = {
 }
 
 BUILTIN = ("fashion-mnist", "mnist", "digits")
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -116,7 +117,7 @@ def search_path(name: str, data_dir: str | None) -> list[tuple[Path, str]]:
     if env:
         found += [(Path(env) / name, "VAELAB_DATA"), (Path(env), "VAELAB_DATA")]
     found.append((cache_root() / name, "cache"))
-    found.append((Path("/usr/share/datasets") / name, "system"))
+    found.append((SYSTEM_DATA_DIR / name, "system"))
     return found
 
 

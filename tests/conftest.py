@@ -1,0 +1,61 @@
+"""Shared fixtures. Fast by default; `--runslow` also runs the tests marked slow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.data.sources import IDX_DATASETS, find_idx_files
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache dir, no VAELAB_DATA, no network, fixed seeds."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    monkeypatch.delenv("VAELAB_MIRROR", raising=False)
+    monkeypatch.setenv("VAELAB_OFFLINE", "1")
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def _missing(what: str, how: str):
+    # In CI the data is installed by .ci/run: a missing dataset there is a failure, not a skip.
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        pytest.fail(f"{what} is missing in CI; {how}")
+    pytest.skip(f"{what} not installed ({how})")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    found = find_idx_files(IDX_DATASETS["fashion-mnist"], None)
+    if not found:
+        _missing("Fashion-MNIST", "apt-get install -y dataset-fashion-mnist")
+    return found[0]["train_images"].parent
+
+
+@pytest.fixture(scope="session")
+def mnist10k_dir() -> Path:
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        _missing("../shared/data/mnist-10k", "the shared data folder beside the checkout")
+    return SHARED_MNIST

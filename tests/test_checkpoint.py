@@ -1,0 +1,139 @@
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from vaelab.checkpoint import (
+    decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors, optimizer_state_to_tensors,
+    save_checkpoint,
+)
+from vaelab.config import ModelConfig, RunConfig, to_dict
+from vaelab.errors import CheckpointError
+from vaelab.models import build_model
+from vaelab.runs import load_run, model_from_checkpoint
+
+
+def _save(root, name="last", scale=1.0):
+    t = {"model": {"w": torch.arange(6, dtype=torch.float32) * scale}}
+    return save_checkpoint(root, name, t, {"step": int(scale)})
+
+
+def test_save_replaces_atomically_and_keeps_no_leftovers(tmp_path):
+    _save(tmp_path, scale=1.0)
+    _save(tmp_path, scale=2.0)
+    loaded = load_checkpoint(tmp_path / "last")
+    assert loaded.meta["step"] == 2 and torch.equal(loaded.tensors["model"]["w"], torch.arange(6.0) * 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_truncated_file_falls_back_to_previous_with_warning(tmp_path):
+    _save(tmp_path, scale=1.0)
+    # simulate a crash between "rename old away" and "rename new in": the new one is damaged
+    shutil.copytree(tmp_path / "last", tmp_path / "last.old")
+    _save(tmp_path / "scratch", scale=5.0)
+    shutil.rmtree(tmp_path / "last")
+    shutil.copytree(tmp_path / "scratch" / "last", tmp_path / "last")
+    weights = tmp_path / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.warns(UserWarning, match="truncated"):
+        loaded = load_checkpoint(tmp_path / "last")
+    assert loaded.meta["step"] == 1
+
+
+def test_altered_file_is_detected(tmp_path):
+    _save(tmp_path)
+    weights = tmp_path / "last" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(tmp_path / "last")
+
+
+def test_missing_checkpoint_and_missing_meta(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "last")
+    (tmp_path / "odd").mkdir()
+    with pytest.raises(CheckpointError, match="no meta.json"):
+        load_checkpoint(tmp_path / "odd")
+
+
+def test_pickle_renamed_as_checkpoint_is_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+    d = tmp_path / "last"
+    d.mkdir()
+    payload = pickle.dumps({"model": Boom()})
+    (d / "model.safetensors").write_bytes(payload)
+    import hashlib
+
+    meta = {"format": "vaelab-checkpoint", "format_version": 1,
+            "files": {"model.safetensors": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}}
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        load_checkpoint(d)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_meta_naming_other_files_is_refused(tmp_path):
+    _save(tmp_path)
+    meta = json.loads((tmp_path / "last" / "meta.json").read_text())
+    meta["files"]["../../etc/passwd.safetensors"] = {"bytes": 1, "sha256": "0"}
+    (tmp_path / "last" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unexpected file"):
+        load_checkpoint(tmp_path / "last")
+
+
+def test_shapes_that_do_not_match_the_config_are_refused(tmp_path):
+    cfg = RunConfig()
+    model = build_model(cfg.model, (1, 28, 28))
+    save_checkpoint(tmp_path, "best", {"model": model.state_dict()},
+                    {"config": to_dict(cfg.replace(model={"latent_dim": 8})), "image_shape": [1, 28, 28]})
+    loaded = load_checkpoint(tmp_path / "best")
+    with pytest.raises(CheckpointError, match="the config needs"):
+        model_from_checkpoint(loaded.meta, loaded.tensors["model"], "best")
+
+
+def test_optimizer_state_round_trip_continues_identically(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", latent_dim=4, mlp_hidden=(16,)), (1, 4, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(8, 1, 4, 4)
+
+    def step(m, o):
+        torch.manual_seed(1)
+        out = m(x)
+        loss = (-(m.likelihood.log_prob(x, out.x_params)) + out.kl).mean()
+        o.zero_grad()
+        loss.backward()
+        o.step()
+
+    step(model, opt)
+    tensors, info = optimizer_state_to_tensors(opt.state_dict())
+    save_checkpoint(tmp_path, "last", {"model": model.state_dict(), "optimizer": tensors}, {"optimizer": info})
+    loaded = load_checkpoint(tmp_path / "last")
+    model2 = build_model(ModelConfig(arch="mlp", latent_dim=4, mlp_hidden=(16,)), (1, 4, 4))
+    model2.load_state_dict(loaded.tensors["model"])
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    opt2.load_state_dict(optimizer_state_from_tensors(loaded.tensors["optimizer"], loaded.meta["optimizer"]))
+    step(model, opt)
+    step(model2, opt2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, model2.state_dict()[k])
+
+
+def test_rng_state_round_trip():
+    state = torch.get_rng_state()
+    assert torch.equal(decode_rng(encode_rng(state)), state)
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_run(tmp_path / "nothing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match="not a vaelab run directory"):
+        load_run(tmp_path / "plain")

@@ -1,0 +1,142 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vaelab.cli import main
+
+TINY = ["--set", "train.epochs=1", "--set", "data.max_train=512", "--set", "data.max_eval=256",
+        "--set", "train.grid_size=16"]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True, text=True, env=full_env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", ["", "train", "sample", "reconstruct", "interpolate", "evaluate",
+                                     "datasets", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"] if command else ["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: vaelab" in out
+    if command in ("", "train", "evaluate", "demo"):
+        assert "summed over all pixels" in out and "beta" in out  # the loss conventions
+    if command == "train":
+        assert "model.latent_dim = 20" in out and "train.beta = 1.0" in out  # every key with its default
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fashion_mnist_dir):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_every_promised_file(tiny_run):
+    for rel in ["config.toml", "run.json", "metrics.jsonl", "train.log", "evaluation.json",
+                "checkpoints/best/model.safetensors", "checkpoints/best/meta.json",
+                "checkpoints/last/model.safetensors", "checkpoints/last/optimizer.safetensors",
+                "checkpoints/last/meta.json", "images/samples.png", "images/samples_epoch_001.png",
+                "images/reconstructions.png", "images/interpolations.png"]:
+        assert (tiny_run / rel).is_file(), rel
+    lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    for split in ("train", "val"):
+        assert {"loss", "recon", "kl", "nelbo"} <= set(record[split])
+        assert record[split]["recon"] > 0 and record[split]["kl"] > 0
+    assert "max_train = 512" in (tiny_run / "config.toml").read_text()
+    meta = json.loads((tiny_run / "checkpoints/last/meta.json").read_text())
+    assert meta["config"]["data"]["max_train"] == 512 and meta["step"] == 4 and "torch" in meta["rng"]
+    ev = json.loads((tiny_run / "evaluation.json").read_text())
+    assert set(ev["splits"]) == {"train", "val", "test"}
+    assert ev["gap_test_minus_train"] == pytest.approx(ev["splits"]["test"]["nelbo"] - ev["splits"]["train"]["nelbo"])
+    img = Image.open(tiny_run / "images/samples.png")
+    assert img.size[0] > 28 * 4
+
+
+def test_sample_reconstruct_interpolate_evaluate(tiny_run, tmp_path, capsys):
+    assert main(["sample", str(tiny_run), "-n", "9", "--temperature", "0.5", "--out", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size == (3 * 30 + 2, 3 * 30 + 2)
+    assert main(["reconstruct", str(tiny_run), "-n", "8", "--out", str(tmp_path / "r.png")]) == 0
+    assert Image.open(tmp_path / "r.png").size[0] == 4 * 30 + 2  # 2 pairs per row
+    assert main(["interpolate", str(tiny_run), "--pairs", "2", "--steps", "7", "--out", str(tmp_path / "i.png")]) == 0
+    assert Image.open(tmp_path / "i.png").size == (7 * 30 + 2, 4 * 30 + 2)  # 2 pairs x (lerp, slerp)
+    assert main(["evaluate", str(tiny_run), "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "-ELBO" in out and "generalization gap" in out
+    ev = json.loads((tmp_path / "e.json").read_text())
+    train_ev = json.loads((tiny_run / "evaluation.json").read_text())
+    # the same checkpoint, the same fixed binarization and seed: the same numbers as at the end of training
+    assert ev["splits"]["test"]["nelbo"] == pytest.approx(train_ev["splits"]["test"]["nelbo"], rel=1e-9)
+
+
+def test_bad_config_key_exits_2_with_one_line():
+    r = run_cli("train", "--set", "model.latentdim=3")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.latentdim" in lines[0] and "did you mean model.latent_dim" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_exits_2_with_one_line(tmp_path):
+    r = run_cli("train", "--set", "data.dataset=mnist", "--set", "data.download=false", "--out", str(tmp_path / "r"),
+                env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "mnist not found" in r.stderr and "--data-dir" in r.stderr
+    r = run_cli("train", "--set", f"data.dataset=folder:{tmp_path / 'nope'}")
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path):
+    r = run_cli("sample")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("sample", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "missing.toml does not exist" in r.stderr
+
+
+def test_corrupt_checkpoint_exits_2(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    for name in ("best", "last"):
+        (copy / "checkpoints" / name / "model.safetensors").write_bytes(b"not safetensors")
+    r = run_cli("sample", str(copy))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "checkpoint" in r.stderr
+
+
+def test_existing_run_directory_is_refused(tiny_run, capsys):
+    assert main(["train", *TINY, "--out", str(tiny_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_datasets_command(mnist10k_dir, capsys):
+    assert main(["datasets", "--data-dir", str(mnist10k_dir), "mnist", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "10000" in out and "1797" in out and "found" in out and "carved" in out
+
+
+def test_folder_of_rgb_images_trains_with_no_code_change(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (70, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "--set", f"data.dataset=folder:{tmp_path}", "--set", "data.image_size=64",
+                 "--set", "data.val_size=4", "--set", "data.binarize=none", "--set", "model.likelihood=gaussian",
+                 "--set", "train.epochs=1", "--set", "train.grid_size=4", "--out", str(out)]) == 0
+    meta = json.loads((out / "checkpoints/best/meta.json").read_text())
+    assert meta["image_shape"] == [3, 64, 64]
+    assert Image.open(out / "images/samples.png").mode == "RGB"

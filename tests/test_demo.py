@@ -1,0 +1,32 @@
+import json
+
+from vaelab import load_config
+from vaelab.cli import main
+from vaelab.data import sources
+from vaelab.demo import run_demo
+
+
+def test_demo_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", tmp_path / "no-system")  # and VAELAB_OFFLINE=1 (conftest)
+    lines = []
+    cfg = load_config(overrides=["train.epochs=1", "train.grid_every=0", "train.grid_size=4"])
+    monkeypatch.setattr("vaelab.demo.FALLBACK_EPOCHS", 1)
+    summary = run_demo(cfg, tmp_path / "demo", log=lines.append)
+    text = "\n".join(lines)
+    assert "falling back to scikit-learn's digits" in text
+    assert summary["dataset"] == "digits" and summary["image_shape"] == [1, 28, 28]
+    assert (tmp_path / "demo" / "samples_vae_vs_ae.png").is_file()
+    for kind in ("vae", "ae"):
+        assert (tmp_path / "demo" / kind / "images" / "interpolations.png").is_file()
+    assert "VAE -ELBO" in (tmp_path / "demo" / "summary.txt").read_text()
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["evaluation"]["ae"]["splits"]["test"]["nelbo"] is None
+    assert saved["evaluation"]["vae"]["splits"]["test"]["nelbo"] > 0
+
+
+def test_demo_command_on_fashion_mnist(tmp_path, fashion_mnist_dir, capsys):
+    assert main(["demo", "--set", "train.epochs=1", "--set", "data.max_train=1000", "--set", "data.max_eval=500",
+                 "--set", "train.grid_every=0", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "summary: fashion-mnist" in out and "gap" in out and "falling back" not in out
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2  # never overwrites a finished demo

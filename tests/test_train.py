@@ -1,0 +1,108 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from vaelab import load_config, load_run, train
+from vaelab.data import load_dataset
+from vaelab.errors import VaelabError
+
+DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4"]
+
+
+@pytest.fixture(scope="module")
+def digits_splits():
+    return load_dataset(load_config(overrides=DIGITS).data)
+
+
+def _weights(run_dir, name="last"):
+    return load_run(run_dir, checkpoint=name).model.state_dict()
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path, digits_splits):
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=2"])
+    for name in ("a", "b"):
+        train(cfg, tmp_path / name, splits=digits_splits, log=lambda m: None)
+    train(cfg.replace(train={"seed": 1}), tmp_path / "c", splits=digits_splits, log=lambda m: None)
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    ma = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    mb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
+    assert [strip(x) for x in ma] == [strip(x) for x in mb]
+
+
+def test_loss_goes_down_and_best_checkpoint_tracks_validation(tmp_path, digits_splits):
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=6", "data.image_size=none"])
+    result = train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
+    hist = result.history
+    assert hist[-1]["train"]["loss"] < hist[0]["train"]["loss"] - 5
+    assert hist[-1]["val"]["loss"] < hist[0]["val"]["loss"]
+    best_epoch = min(hist, key=lambda r: r["val"]["loss"])["epoch"]
+    assert result.best_epoch == best_epoch
+    assert load_run(tmp_path / "r").meta["epoch"] == best_epoch
+    assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 6
+
+
+def test_autoencoder_trains_with_the_same_command(tmp_path, digits_splits):
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=3", "model.kind=ae"])
+    result = train(cfg, tmp_path / "ae", splits=digits_splits, log=lambda m: None)
+    assert all(r["train"]["kl"] == 0 for r in result.history)
+    assert result.history[-1]["train"]["recon"] < result.history[0]["train"]["recon"]
+    ev = result.evaluation["splits"]["test"]
+    assert ev["nelbo"] is None and ev["kl"] == 0 and ev["recon"] > 0
+    run = load_run(tmp_path / "ae")
+    assert not torch.allclose(run.model.code_std, torch.ones_like(run.model.code_std))  # fitted to the codes
+    assert run.sample(4).shape == (4, 1, 8, 8)
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path, digits_splits, monkeypatch):
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    calls = {"n": 0}
+    original = BernoulliLikelihood.log_prob
+
+    def flaky(self, x, params):
+        calls["n"] += 1
+        out = original(self, x, params)
+        return out * float("nan") if calls["n"] in (2, 3) else out
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", flaky)
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=1"])
+    result = train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
+    assert result.history[0]["skipped_steps"] == 2
+    assert result.history[0]["step"] == math.ceil(len(digits_splits.train) / 128) - 2
+    w = _weights(tmp_path / "r")
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_persistent_nan_stops_with_a_clear_error(tmp_path, digits_splits, monkeypatch):
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", lambda self, x, p: torch.full((len(x),), float("nan")))
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=10", "train.batch_size=16"])
+    with pytest.raises(VaelabError, match="NaN or infinite for 50 steps in a row.*lower train.lr"):
+        train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
+
+
+def test_fashion_mnist_learns(tmp_path, fashion_mnist_dir):
+    """Two epochs on 6,000 real Fashion-MNIST images: the -ELBO falls well below the ~543 nats
+    of a model that predicts every pixel at 1/2, and far from where it starts."""
+    cfg = load_config(overrides=["data.max_train=6000", "data.max_eval=2000", "train.epochs=2",
+                                 "train.grid_every=0", "train.grid_size=4"])
+    result = train(cfg, tmp_path / "f", log=lambda m: None)
+    test = result.evaluation["splits"]["test"]
+    assert test["nelbo"] < 320, test
+    assert 5 < test["kl"] < 60
+    assert abs(result.evaluation["gap_test_minus_train"]) < 15
+
+
+@pytest.mark.slow
+def test_default_vae_reaches_the_reference_on_fashion_mnist(tmp_path, fashion_mnist_dir):
+    """The issue's reference: a plain PyTorch implementation of this design reaches about
+    241 nats of test -ELBO in 10 epochs; the default vaelab run must do at least as well."""
+    result = train(load_config(), tmp_path / "default", log=print, progress=False)
+    assert result.evaluation["splits"]["test"]["nelbo"] <= 241.0
