@@ -75,8 +75,9 @@ def test_sample_reconstruct_interpolate_evaluate(tiny_run, tmp_path, capsys):
     assert "-ELBO" in out and "generalization gap" in out
     ev = json.loads((tmp_path / "e.json").read_text())
     train_ev = json.loads((tiny_run / "evaluation.json").read_text())
-    # the same checkpoint, the same fixed binarization and seed: the same numbers as at the end of training
-    assert ev["splits"]["test"]["nelbo"] == pytest.approx(train_ev["splits"]["test"]["nelbo"], rel=1e-9)
+    # the same checkpoint, binarization and seed: the numbers of the end of training (to float rounding:
+    # training ran in channels-last memory format)
+    assert ev["splits"]["test"]["nelbo"] == pytest.approx(train_ev["splits"]["test"]["nelbo"], rel=1e-6)
 
 
 def test_bad_config_key_exits_2_with_one_line():

@@ -113,6 +113,7 @@ class TrainConfig:
     eval_batch_size: int = _opt(1000, "images per batch when evaluating")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
+    channels_last: bool = _opt(True, "conv models: channels-last memory format (faster convolutions on CPU)")
     grid_every: int = _opt(1, "write a sample grid every N epochs (0: only at the end)")
     grid_size: int = _opt(64, "images in each sample / reconstruction grid")
 

@@ -98,7 +98,10 @@ class Trainer:
         for note in self.splits.notes:
             self.log(f"note: {note}")
         torch.manual_seed(tc.seed)
-        self.model = build_model(config.model, self.splits.image_shape).to(self.device)
+        self.memory_format = (torch.channels_last if tc.channels_last and config.model.arch == "conv"
+                              else torch.contiguous_format)
+        self.model = build_model(config.model, self.splits.image_shape).to(self.device,
+                                                                           memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.data_gen = torch.Generator().manual_seed(tc.seed + 1)
         dc = config.data
@@ -182,7 +185,7 @@ class Trainer:
             bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr)
         skips_in_a_row = 0
         for x in batches(self.train_images.images, tc.batch_size, shuffle=True, generator=self.data_gen,
-                         dynamic=self.dynamic, device=self.device):
+                         dynamic=self.dynamic, device=self.device, memory_format=self.memory_format):
             out = model(x)
             terms = beta_vae_loss(lik.log_prob(x, out.x_params), out.kl, tc.beta)
             self.optimizer.zero_grad(set_to_none=True)

@@ -198,6 +198,7 @@ def batches(
     generator: torch.Generator | None = None,
     dynamic: bool = False,
     device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Iterator[torch.Tensor]:
     """Float batches in [0, 1] of uint8 images; resampled as Bernoulli if `dynamic`.
 
@@ -211,4 +212,4 @@ def batches(
         x = images[idx].to(dtype=torch.float32).div_(255.0)
         if dynamic:  # sampled on the CPU with `generator`, so runs repeat exactly on any device
             x = torch.bernoulli(x, generator=generator)
-        yield x.to(device, non_blocking=True)
+        yield x.to(device, non_blocking=True).contiguous(memory_format=memory_format)

@@ -1,0 +1,45 @@
+# vaelab: `make demo` runs the main job, `make test` the tests, on a fresh clone.
+#
+#   make demo     create .venv, install torch + vaelab, get Fashion-MNIST (apt, when
+#                 missing and usable), train the VAE and the AE baseline, print a summary
+#   make test     the fast test suite (the slow ones: make test-slow)
+#   make bench    training-throughput benchmark against a plain PyTorch loop
+#
+# TORCH_SPEC picks the PyTorch build: the default is the CPU wheel of 2.13.0; with a
+# GPU, e.g. `make demo TORCH_SPEC=torch` (any torch>=2.4 works).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vaelab-installed
+
+.PHONY: install data demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist, when it is missing and apt can be used (as root or with sudo).
+data:
+	@sh scripts/get-fashion-mnist.sh
+
+demo: install data
+	$(VENV)/bin/vaelab demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install data
+	$(PY) -m pytest -q --runslow
+
+bench: install data
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
