@@ -197,14 +197,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_split(run, split: str, data_dir: str | None):
-    """The split of the run's own dataset, loaded as in training (grey values)."""
+def _run_data(run, data_dir: str | None):
+    """The run's own dataset and splits, loaded as in training (grey values)."""
     from dataclasses import replace
 
     from .data import load_dataset
 
-    data_cfg = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
-    return load_dataset(data_cfg).split(split)
+    return load_dataset(run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir))
 
 
 def _pick(n_total: int, n: int, seed: int):
@@ -218,7 +217,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     _positive(args.n, "-n")
     run = _load(args)
-    split = _run_split(run, args.split, args.data_dir)
+    split = _run_data(run, args.data_dir).split(args.split)
     idx = _pick(len(split), min(args.n, len(split)), args.seed)
     x = split.images[idx].float() / 255
     out = Path(args.out) if args.out else run.path / "images" / f"reconstructions_{args.split}.png"
@@ -236,7 +235,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
     _positive(args.pairs, "--pairs")
     run = _load(args)
-    split = _run_split(run, args.split, args.data_dir)
+    split = _run_data(run, args.data_dir).split(args.split)
     if args.index:
         for i in args.index:
             if not 0 <= i < len(split):
@@ -258,24 +257,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .data import eval_view, load_dataset
-    from .evaluate import evaluate_images, format_table, generalization_gap
+    from .evaluate import evaluate_splits, evaluation_protocol, format_table, generalization_gap
     from .runs import write_json
-    from .train import evaluation_protocol
 
     run = _load(args)
     cfg = run.config
-    data_cfg = cfg.data if args.data_dir is None else replace(cfg.data, data_dir=args.data_dir)
-    splits = load_dataset(data_cfg)
-    summaries = {}
-    for name in ("train", "val", "test"):
-        split = splits.split(name)
-        if len(split):
-            view = eval_view(split, name, cfg.data.binarize, cfg.data.binarize_seed)
-            summaries[name] = evaluate_images(run.model, view, beta=cfg.train.beta,
-                                              batch_size=cfg.train.eval_batch_size, device=run.device)
+    splits = _run_data(run, args.data_dir)
+    summaries = evaluate_splits(run.model, splits, cfg, run.device)
     gap = generalization_gap(summaries["train"], summaries["test"])
     result = {
         "run": str(run.path), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),

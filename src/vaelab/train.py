@@ -30,11 +30,12 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .checkpoint import encode_rng, optimizer_state_to_tensors, save_checkpoint
+from .checkpoint import encode_rng, load_checkpoint, optimizer_state_to_tensors, save_checkpoint
 from .config import RunConfig, to_dict, to_toml
-from .data import DatasetSplits, ImageSet, batches, eval_view, load_dataset, train_view
+from .data import DatasetSplits, batches, eval_view, load_dataset, train_view
 from .errors import ConfigError, VaelabError
-from .evaluate import LossSummary, evaluate_images, format_table, generalization_gap
+from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
+                       generalization_gap)
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
@@ -69,13 +70,6 @@ def _check_run_dir(root: Path) -> None:
         raise ConfigError(
             f"run directory {root} already holds a run; choose another --out (or delete it to start over)"
         )
-
-
-def _summaries(model: Model, views: dict[str, ImageSet], cfg: RunConfig, device: torch.device) -> dict[str, LossSummary]:
-    return {
-        name: evaluate_images(model, view, beta=cfg.train.beta, batch_size=cfg.train.eval_batch_size, device=device)
-        for name, view in views.items()
-    }
 
 
 class Trainer:
@@ -177,7 +171,8 @@ class Trainer:
         model, lik = self.model, self.model.likelihood
         model.train()
         n_batches = math.ceil(len(self.train_images) / tc.batch_size)
-        sums = torch.zeros(3, dtype=torch.float64)  # recon, kl, images
+        recon_sum = kl_sum = torch.zeros((), dtype=torch.float64)
+        n_images = 0
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -202,17 +197,17 @@ class Trainer:
             terms.loss.backward()
             self.optimizer.step()
             self.step += 1
-            with torch.no_grad():
-                sums += torch.stack([terms.recon.sum(), terms.kl.sum(), torch.tensor(float(len(x)))]).double().cpu()
+            recon_sum = recon_sum + terms.recon.detach().sum().double().cpu()
+            kl_sum = kl_sum + terms.kl.detach().sum().double().cpu()
+            n_images += len(x)
             if bar is not None:
                 bar.update(1)
                 if self.step % 20 == 0:
                     bar.set_postfix(loss=f"{terms.loss.item():.1f}")
         if bar is not None:
             bar.close()
-        n = max(sums[2].item(), 1.0)
-        recon, kl = (sums[0] / n).item(), (sums[1] / n).item()
-        return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": int(sums[2])}
+        recon, kl = recon_sum.item() / max(n_images, 1), kl_sum.item() / max(n_images, 1)
+        return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": n_images}
 
     def _fit_codes(self) -> None:
         """For the autoencoder: fit its sampling Gaussian to codes of training images."""
@@ -242,54 +237,55 @@ class Trainer:
             for _ in range(tc.epochs):
                 t0 = time.perf_counter()
                 train_terms = self.train_epoch()
-                epoch_time = time.perf_counter() - t0
-                self.train_time += epoch_time
-                self.epoch += 1
-                self._fit_codes()
-                val = None
-                if self.val_images is not None:
-                    val = evaluate_images(self.model, self.val_images, beta=tc.beta,
-                                          batch_size=tc.eval_batch_size, device=self.device)
-                val_score = val.loss if val is not None else -float(self.epoch)
-                improved = val_score < self.best_val
-                if improved:
-                    self.best_val, self.best_epoch = val_score, self.epoch
-                record = {
-                    "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
-                    "train_time_s": round(self.train_time, 3),
-                    "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
-                    "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
-                    "train": {k: v for k, v in train_terms.items() if k != "images"},
-                    "val": val.as_dict() if val is not None else None, "best": improved,
-                }
+                record = self.end_epoch(train_terms, time.perf_counter() - t0)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-                self.history.append(record)
-                self.save("last", with_optimizer=True)
-                if improved:
-                    self.save("best", with_optimizer=False)
-                if tc.grid_every and self.epoch % tc.grid_every == 0:
-                    self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
-                val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
-                            if val is not None else "no validation split")
-                self.log(
-                    f"epoch {self.epoch}/{tc.epochs}  train loss {train_terms['loss']:.2f} "
-                    f"(recon {train_terms['recon']:.2f}, KL {train_terms['kl']:.2f})  {val_text}"
-                    f"{'  *best' if improved else ''}  {record['images_per_s']:.0f} img/s"
-                )
         return self.finish()
+
+    def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
+        """Validate, checkpoint, draw the epoch's grid and log; returns the metrics record."""
+        tc = self.cfg.train
+        self.train_time += epoch_time
+        self.epoch += 1
+        self._fit_codes()
+        val = None
+        if self.val_images is not None:
+            val = evaluate_images(self.model, self.val_images, beta=tc.beta, batch_size=tc.eval_batch_size,
+                                  device=self.device)
+        # without a validation split, the latest epoch counts as the best
+        val_score = val.loss if val is not None else -float(self.epoch)
+        improved = val_score < self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val_score, self.epoch
+        record = {
+            "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
+            "train_time_s": round(self.train_time, 3),
+            "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
+            "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
+            "train": {k: v for k, v in train_terms.items() if k != "images"},
+            "val": val.as_dict() if val is not None else None, "best": improved,
+        }
+        self.history.append(record)
+        self.save("last", with_optimizer=True)
+        if improved:
+            self.save("best", with_optimizer=False)
+        if tc.grid_every and self.epoch % tc.grid_every == 0:
+            self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
+        val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
+                    if val is not None else "no validation split")
+        self.log(
+            f"epoch {self.epoch}/{tc.epochs}  train loss {train_terms['loss']:.2f} "
+            f"(recon {train_terms['recon']:.2f}, KL {train_terms['kl']:.2f})  {val_text}"
+            f"{'  *best' if improved else ''}  {record['images_per_s']:.0f} img/s"
+        )
+        return record
 
     def finish(self) -> TrainResult:
         """Reload the best weights, write the final images and the evaluation."""
-        from .checkpoint import load_checkpoint
-
         best = load_checkpoint(self.paths.checkpoint("best"))
         self.model.load_state_dict(best.tensors["model"])
         self.write_images()
-        dc = self.cfg.data
-        views = {name: eval_view(self.splits.split(name), name, dc.binarize, dc.binarize_seed)
-                 for name in ("train", "val", "test") if len(self.splits.split(name))}
-        summaries = _summaries(self.model, views, self.cfg, self.device)
+        summaries = evaluate_splits(self.model, self.splits, self.cfg, self.device)
         evaluation = {
             "checkpoint": "best", "epoch": self.best_epoch,
             "protocol": evaluation_protocol(self.cfg),
@@ -316,18 +312,6 @@ class Trainer:
                 rows.append(interpolate(self.model, test[2 * i], test[2 * i + 1], steps=10, method=method))
         if rows:
             save_png(make_grid(torch.cat(rows), nrow=10), self.paths.images / "interpolations.png")
-
-
-def evaluation_protocol(cfg: RunConfig) -> dict[str, Any]:
-    """How the evaluation numbers were computed, stored beside them."""
-    dc = cfg.data
-    return {
-        "estimator": "negative ELBO, one reparameterized sample per image (fixed seed)",
-        "units": "nats per image, summed over pixels and latent dimensions",
-        "train_binarization": dc.binarize,
-        "eval_binarization": "none" if dc.binarize == "none" else f"static, seed {dc.binarize_seed} (+1000 per split)",
-        "beta": cfg.train.beta,
-    }
 
 
 def train(config: RunConfig, run_dir: str | Path, *, splits: DatasetSplits | None = None,
