@@ -295,7 +295,8 @@ class Trainer:
         write_json(self.paths.evaluation, evaluation)
         self.log(format_table(list(summaries.items()),
                               title=f"evaluation of the best epoch ({self.best_epoch}), nats per image:"))
-        self.log(f"generalization gap (test - train -ELBO): {evaluation['gap_test_minus_train']:.2f} nats")
+        measure = "-ELBO" if self.model.variational else "reconstruction loss"
+        self.log(f"generalization gap (test - train {measure}): {evaluation['gap_test_minus_train']:.2f} nats per image")
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
                                                epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch))
         self.log(f"run written to {self.paths.root}")
