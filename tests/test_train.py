@@ -106,3 +106,27 @@ def test_default_vae_reaches_the_reference_on_fashion_mnist(tmp_path, fashion_mn
     241 nats of test -ELBO in 10 epochs; the default vaelab run must do at least as well."""
     result = train(load_config(), tmp_path / "default", log=print, progress=False)
     assert result.evaluation["splits"]["test"]["nelbo"] <= 241.0
+
+
+def test_interruption_keeps_finished_epochs_and_says_so(tmp_path, digits_splits, monkeypatch):
+    from vaelab.train import Trainer
+
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def interrupted_in_epoch_3(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_3)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(overrides=[*DIGITS, "train.epochs=5"]), tmp_path / "r", splits=digits_splits,
+              log=lines.append)
+    assert "interrupted during epoch 3; the 2 finished epoch(s) are saved" in lines[-1]
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs"] == 2
+    assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2

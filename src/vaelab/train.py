@@ -233,13 +233,23 @@ class Trainer:
             f"from {s.source}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}; device {self.device}"
         )
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
-        with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
-            for _ in range(tc.epochs):
-                t0 = time.perf_counter()
-                train_terms = self.train_epoch()
-                record = self.end_epoch(train_terms, time.perf_counter() - t0)
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+        try:
+            with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
+                for _ in range(tc.epochs):
+                    t0 = time.perf_counter()
+                    train_terms = self.train_epoch()
+                    record = self.end_epoch(train_terms, time.perf_counter() - t0)
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            write_json(self.paths.info, self._info(status=status, epochs=self.epoch, steps=self.step,
+                                                   error=str(exc) or type(exc).__name__))
+            if self.epoch:
+                self.log(f"{status} during epoch {self.epoch + 1}; the {self.epoch} finished epoch(s) are saved "
+                         f"in {self.paths.checkpoints}")
+            self._log_file.close()
+            raise
         return self.finish()
 
     def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
