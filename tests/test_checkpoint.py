@@ -15,6 +15,14 @@ from vaelab.models import build_model
 from vaelab.runs import load_run, model_from_checkpoint
 
 
+def _write_meta(path, meta):
+    """Write meta.json with a valid digest, as a forger or a careful editor would."""
+    from vaelab.checkpoint import _meta_digest
+
+    meta = {**meta, "meta_sha256": _meta_digest(meta)}
+    path.write_text(json.dumps(meta))
+
+
 def _save(root, name="last", scale=1.0):
     t = {"model": {"w": torch.arange(6, dtype=torch.float32) * scale}}
     return save_checkpoint(root, name, t, {"step": int(scale)})
@@ -52,6 +60,19 @@ def test_altered_file_is_detected(tmp_path):
         load_checkpoint(tmp_path / "last")
 
 
+def test_edited_meta_is_detected_and_the_previous_checkpoint_used(tmp_path):
+    _save(tmp_path, scale=1.0)
+    shutil.copytree(tmp_path / "last", tmp_path / "last.old")
+    meta_path = tmp_path / "last" / "meta.json"
+    meta_path.write_text(meta_path.read_text().replace('"step": 1', '"step": 7'))
+    with pytest.warns(UserWarning, match="meta.json does not match its SHA-256"):
+        loaded = load_checkpoint(tmp_path / "last")
+    assert loaded.path == tmp_path / "last.old" and loaded.meta["step"] == 1
+    shutil.rmtree(tmp_path / "last.old")
+    with pytest.raises(CheckpointError, match="meta.json does not match its SHA-256"):
+        load_checkpoint(tmp_path / "last")
+
+
 def test_missing_checkpoint_and_missing_meta(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "last")
@@ -73,7 +94,7 @@ def test_pickle_renamed_as_checkpoint_is_refused_without_unpickling(tmp_path):
 
     meta = {"format": "vaelab-checkpoint", "format_version": 1,
             "files": {"model.safetensors": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}}
-    (d / "meta.json").write_text(json.dumps(meta))
+    _write_meta(d / "meta.json", meta)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(d)
     assert not (tmp_path / "PWNED").exists()
@@ -83,7 +104,7 @@ def test_meta_naming_other_files_is_refused(tmp_path):
     _save(tmp_path)
     meta = json.loads((tmp_path / "last" / "meta.json").read_text())
     meta["files"]["../../etc/passwd.safetensors"] = {"bytes": 1, "sha256": "0"}
-    (tmp_path / "last" / "meta.json").write_text(json.dumps(meta))
+    _write_meta(tmp_path / "last" / "meta.json", meta)
     with pytest.raises(CheckpointError, match="unexpected file"):
         load_checkpoint(tmp_path / "last")
 

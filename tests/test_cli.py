@@ -93,8 +93,9 @@ def test_missing_data_exits_2_with_one_line(tmp_path):
                 env={"XDG_CACHE_HOME": str(tmp_path)})
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "mnist not found" in r.stderr and "--data-dir" in r.stderr
-    r = run_cli("train", "--set", f"data.dataset=folder:{tmp_path / 'nope'}")
+    r = run_cli("train", "--set", f"data.dataset=folder:{tmp_path / 'nope'}", "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()  # a mistake leaves no half-made run
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path):
@@ -117,6 +118,54 @@ def test_corrupt_checkpoint_exits_2(tiny_run, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "checkpoint" in r.stderr
 
 
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vaelab: error:"), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_bad_outputs_and_options_exit_2_with_one_line(tiny_run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["train", *TINY, "--out", str(a_file)]) == 2
+    _one_error_line(capsys, "is not a directory")
+    assert main(["demo", "--out", str(a_file)]) == 2
+    _one_error_line(capsys, "is not a directory")
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    assert main(["sample", str(tiny_run), "-n", "4", "--out", str(a_dir)]) == 2
+    _one_error_line(capsys, "is a directory")
+    assert main(["evaluate", str(tiny_run), "--json", str(a_dir)]) == 2
+    _one_error_line(capsys, "is a directory")
+    assert list(a_dir.iterdir()) == [] and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    for args, needle in [(["--device", "gpu0"], "not a device"), (["--device", "cuda:7"], "cuda:7"),
+                         (["--seed", "-1"], "--seed"), (["--seed", str(2**70)], "--seed"),
+                         (["-n", str(10**9)], "at most"), (["--temperature", "inf"], "--temperature")]:
+        assert main(["sample", str(tiny_run), *args, "--out", str(tmp_path / "s.png")]) == 2, args
+        _one_error_line(capsys, needle)
+    for override, needle in [("train.threads=100000", "train.threads"), ("train.seed=99999999999", "out of range"),
+                             ("train.lr=inf", "finite"), ("train.beta=nan", "finite"),
+                             ("model.conv_channels=[32, 99999999999]", "list of integers")]:
+        assert main(["train", "--set", override, "--out", str(tmp_path / "never")]) == 2, override
+        _one_error_line(capsys, needle)
+    assert not (tmp_path / "never").exists()
+
+
+def test_evaluate_on_data_of_another_shape_exits_2(tiny_run, tmp_path, capsys):
+    import numpy as np
+
+    from vaelab.data import write_idx
+
+    images = np.zeros((20, 10, 10), np.uint8)
+    for stem in ("train", "t10k"):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.zeros(20, np.uint8))
+    assert main(["evaluate", str(tiny_run), "--data-dir", str(tmp_path)]) in (2,)
+    _one_error_line(capsys, "shape 1x10x10", "1x28x28")
+
+
 def test_existing_run_directory_is_refused(tiny_run, capsys):
     assert main(["train", *TINY, "--out", str(tiny_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -132,12 +181,17 @@ def test_folder_of_rgb_images_trains_with_no_code_change(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
+    (tmp_path / "pics").mkdir()
     for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (70, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (70, 64, 3), dtype=np.uint8)).save(tmp_path / "pics" / f"{i}.png")
     out = tmp_path / "run"
-    assert main(["train", "--set", f"data.dataset=folder:{tmp_path}", "--set", "data.image_size=64",
-                 "--set", "data.val_size=4", "--set", "data.binarize=none", "--set", "model.likelihood=gaussian",
+    # a relative folder inside --data-dir, and the default validation size (10% of 32 training images)
+    assert main(["train", "--data-dir", str(tmp_path), "--set", "data.dataset=folder:pics",
+                 "--set", "data.image_size=64", "--set", "data.binarize=none", "--set", "model.likelihood=gaussian",
                  "--set", "train.epochs=1", "--set", "train.grid_size=4", "--out", str(out)]) == 0
     meta = json.loads((out / "checkpoints/best/meta.json").read_text())
     assert meta["image_shape"] == [3, 64, 64]
+    assert meta["config"]["data"]["dataset"] == f"folder:{(tmp_path / 'pics').resolve()}"  # usable from anywhere
+    info = json.loads((out / "run.json").read_text())
+    assert info["dataset"]["sizes"] == {"train": 29, "val": 3, "test": 8}
     assert Image.open(out / "images/samples.png").mode == "RGB"

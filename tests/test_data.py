@@ -10,12 +10,15 @@ from vaelab.data.splits import to_size
 from vaelab.errors import ConfigError, DataError, DatasetNotFoundError
 
 
-def _mnist_dir(path, n=60, value=None):
+def _mnist_dir(path, n=60, value=None, with_test=True):
     path.mkdir(parents=True, exist_ok=True)
     images = np.full((n, 28, 28), value, np.uint8) if value is not None else \
         np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
     write_idx(path / "train-images-idx3-ubyte.gz", images)
     write_idx(path / "train-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
+    if with_test:
+        write_idx(path / "t10k-images-idx3-ubyte.gz", images[:10])
+        write_idx(path / "t10k-labels-idx1-ubyte.gz", np.arange(10, dtype=np.uint8))
     return path
 
 
@@ -44,6 +47,20 @@ def test_fashion_mnist_splits(fashion_mnist_dir):
 def test_limits(mnist10k_dir):
     s = load_dataset(DataConfig(dataset="mnist", data_dir=str(mnist10k_dir), val_size=100, max_train=300, max_eval=50))
     assert (len(s.train), len(s.val), len(s.test)) == (300, 50, 50)
+    # mnist-10k is grouped by class: the subsets must still hold every class, not the first ones
+    for split in (s.train, s.val, s.test):
+        assert set(split.labels.tolist()) == set(range(10))
+    assert torch.equal(load_dataset(DataConfig(dataset="mnist", data_dir=str(mnist10k_dir), val_size=100,
+                                               max_train=300, max_eval=50)).train.images, s.train.images)
+
+
+def test_spread_index():
+    from vaelab.data import spread_index
+
+    idx = spread_index(1000, 100, 0)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100 and idx.max() > 900 and idx.min() < 100
+    assert torch.equal(idx, spread_index(1000, 100, 0)) and not torch.equal(idx, spread_index(1000, 100, 1))
+    assert torch.equal(spread_index(5, 10, 0), torch.arange(5))
 
 
 def test_val_size_too_large(mnist10k_dir):
@@ -131,6 +148,27 @@ def test_search_order(tmp_path, monkeypatch):
         first_pixel(None)
 
 
+def test_partial_copy_does_not_shadow_a_complete_one(tmp_path, monkeypatch):
+    # a cache holding only the training files (an interrupted download) must not hide the
+    # complete system copy, nor silently carve a test split out of the training images
+    cache, system = tmp_path / "xdg", tmp_path / "system"
+    _mnist_dir(cache / "vaelab" / "datasets" / "mnist", value=3, with_test=False)
+    _mnist_dir(system / "mnist", value=4)
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", system)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    raw = load_raw("mnist", download=False)
+    assert int(raw.train_images[0, 0, 0, 0]) == 4 and raw.test_images is not None
+    # the user's own --data-dir may hold the training files alone (like mnist-10k): test is carved
+    own = _mnist_dir(tmp_path / "own", value=5, with_test=False)
+    raw = load_raw("mnist", data_dir=str(own), download=False)
+    assert int(raw.train_images[0, 0, 0, 0]) == 5 and raw.test_images is None
+
+
+def test_missing_data_dir_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_raw("mnist", data_dir=str(tmp_path / "nope"), download=False)
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
         load_raw("cifar-100")
@@ -174,3 +212,41 @@ def test_folder_errors(tmp_path):
     (tmp_path / "broken" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DataError, match=r"cannot read image .*bad\.png"):
         load_raw(f"folder:{tmp_path / 'broken'}")
+
+
+def test_folder_16bit_alpha_exif_and_root_class(tmp_path):
+    # 16-bit grey PNG: rescaled to 8 bits, not clipped to 255
+    ramp = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    deep = load_raw(f"folder:{tmp_path}").train_images[0, 0]
+    assert deep.dtype == torch.uint8 and int(deep.max()) == 255 and int(deep[0, 0]) == 0 and int(deep[0, 1]) == 4
+    assert len(set(deep.flatten().tolist())) > 60  # a ramp, not a wall of 255
+    # transparency is composited over black, not dropped (which would show the hidden colour)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere ...
+    rgba[:4, :, 3] = 255  # ... but visible only in the top half
+    _save(tmp_path / "alpha" / "a.png", rgba)
+    img = load_raw(f"folder:{tmp_path / 'alpha'}").train_images[0]
+    assert img.shape == (3, 8, 8) and int(img[0, :4].min()) == 255 and int(img[0, 4:].max()) == 0
+    # EXIF orientation 6 (rotate 90 degrees clockwise to display): a 4x8 file is shown 8x4
+    tall = np.zeros((4, 8), np.uint8)
+    tall[:, 0] = 255  # left column bright -> top row after the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "exif").mkdir()
+    Image.fromarray(tall).save(tmp_path / "exif" / "r.jpg", exif=exif, quality=100)
+    turned = load_raw(f"folder:{tmp_path / 'exif'}").train_images[0, 0]
+    assert turned.shape == (8, 4) and turned[0].float().mean() > 200 and turned[-1].float().mean() < 50
+    # images beside class sub-folders form a class of their own
+    _save(tmp_path / "mix" / "cats" / "c.png", np.zeros((8, 8), np.uint8))
+    _save(tmp_path / "mix" / "loose.png", np.zeros((8, 8), np.uint8))
+    raw = load_raw(f"folder:{tmp_path / 'mix'}")
+    assert raw.classes == ("cats", ".") and sorted(raw.train_labels.tolist()) == [0, 1]
+
+
+def test_folder_path_relative_to_data_dir_and_empty_path(tmp_path):
+    _save(tmp_path / "pics" / "a.png", np.zeros((8, 8), np.uint8))
+    raw = load_raw("folder:pics", data_dir=str(tmp_path))
+    assert len(raw.train_images) == 1 and str(tmp_path / "pics") in raw.source
+    with pytest.raises(DataError, match="folder: needs a path"):
+        load_raw("folder:")

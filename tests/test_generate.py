@@ -25,6 +25,29 @@ def test_slerp_keeps_the_norm_on_a_circle_and_lerp_does_not():
     assert lerp(z0, z1, t).norm(dim=1)[5] < 3.0 / math.sqrt(2) + 1e-4
     # parallel vectors: falls back to the straight line
     torch.testing.assert_close(slerp(z0, 2 * z0, t)[5], 1.5 * z0)
+    # opposite vectors and a zero code have no great circle: the straight line, finite everywhere
+    opposite = slerp(z0, -z0, t)
+    assert torch.isfinite(opposite).all()
+    torch.testing.assert_close(opposite, lerp(z0, -z0, t))
+    torch.testing.assert_close(slerp(torch.zeros(2), z1, t), lerp(torch.zeros(2), z1, t))
+    # nearly parallel codes (float32 cosine rounds to 1) still interpolate smoothly, with the right ends
+    near = slerp(z0, z0 + torch.tensor([0.0, 1e-4]), t)
+    torch.testing.assert_close(near[0], z0) and torch.testing.assert_close(near[-1], z0 + torch.tensor([0.0, 1e-4]))
+
+
+def test_prior_sample_std_scales_with_temperature():
+    from vaelab.models import Autoencoder
+
+    vae = build_model(ModelConfig(latent_dim=64), (1, 28, 28))
+    for temperature in (0.5, 2.0):
+        z = vae.prior_sample(4000, temperature, torch.Generator().manual_seed(0))
+        assert abs(z.std().item() - temperature) < 0.02 * temperature and abs(z.mean().item()) < 0.02
+    ae = build_model(ModelConfig(kind="ae", latent_dim=3), (1, 28, 28))
+    assert isinstance(ae, Autoencoder)
+    ae.fit_code_distribution(torch.tensor([[0.0, 10.0, -1.0], [2.0, 14.0, -1.0]]).repeat(50, 1))
+    z = ae.prior_sample(4000, 0.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.mean(0), torch.tensor([1.0, 12.0, -1.0]), atol=0.05, rtol=0)
+    torch.testing.assert_close(z.std(0)[:2], 0.5 * ae.code_std[:2], atol=0.03, rtol=0)
 
 
 def test_sampling_is_seeded_and_temperature_scales_the_prior():

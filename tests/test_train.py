@@ -88,6 +88,56 @@ def test_persistent_nan_stops_with_a_clear_error(tmp_path, digits_splits, monkey
         train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
 
 
+def test_nan_streak_is_counted_across_epochs(tmp_path, digits_splits, monkeypatch):
+    # NaN for the last 3 training steps of epoch 1 and the first 3 of epoch 2: with a limit of 5 in a
+    # row the run must stop in epoch 2 (a counter reset at each epoch would never reach 5)
+    import sys
+
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    steps = math.ceil(len(digits_splits.train) / 128)
+    calls = {"n": 0}
+    original = BernoulliLikelihood.log_prob
+
+    def flaky(self, x, params):
+        if not torch.is_grad_enabled():  # evaluation
+            return original(self, x, params)
+        calls["n"] += 1
+        out = original(self, x, params)
+        return out * float("nan") if steps - 3 < calls["n"] <= steps + 3 else out
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", flaky)
+    monkeypatch.setattr(sys.modules["vaelab.train"], "MAX_SKIPS_IN_A_ROW", 5)
+    with pytest.raises(VaelabError, match=r"5 steps in a row \(last at step \d+, epoch 2\)"):
+        train(load_config(overrides=[*DIGITS, "train.epochs=3"]), tmp_path / "r", splits=digits_splits,
+              log=lambda m: None)
+
+
+def test_an_epoch_with_every_step_skipped_is_an_error_not_a_zero_loss(tmp_path, digits_splits, monkeypatch):
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", lambda self, x, p: torch.full((len(x),), float("nan")))
+    with pytest.raises(VaelabError, match="every step of epoch 1 had a NaN"):
+        train(load_config(overrides=[*DIGITS, "train.epochs=2"]), tmp_path / "r", splits=digits_splits,
+              log=lambda m: None)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
+
+
+def test_nan_validation_loss_stops_with_a_clear_error(tmp_path, digits_splits, monkeypatch):
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    original = BernoulliLikelihood.log_prob
+
+    def nan_in_eval(self, x, params):
+        out = original(self, x, params)
+        return out if torch.is_grad_enabled() else out * float("nan")
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", nan_in_eval)
+    with pytest.raises(VaelabError, match="validation loss after epoch 1 is nan"):
+        train(load_config(overrides=[*DIGITS, "train.epochs=2"]), tmp_path / "r", splits=digits_splits,
+              log=lambda m: None)
+
+
 def test_fashion_mnist_learns(tmp_path, fashion_mnist_dir):
     """Two epochs on 6,000 real Fashion-MNIST images: the -ELBO falls well below the ~543 nats
     of a model that predicts every pixel at 1/2, and far from where it starts."""

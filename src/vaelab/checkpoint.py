@@ -3,7 +3,7 @@
 A checkpoint is a directory `<run>/checkpoints/<name>/` (name: `last`, `best`)
 holding `model.safetensors`, optionally `optimizer.safetensors`, and
 `meta.json` (format version, config, image shape, epoch, step, RNG states, and
-the size and SHA-256 of every tensor file).
+the size and SHA-256 of every tensor file, and a SHA-256 of meta.json itself).
 
 Writes are atomic: the new checkpoint is written into a temporary directory
 and fsynced; the previous one is renamed to `<name>.old`, the new one renamed
@@ -63,6 +63,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of `meta` without its own digest (detects an edited meta.json)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -88,7 +95,8 @@ def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, to
                 os.fsync(fh.fileno())
             files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
-        _write_file(tmp / META, json.dumps(full_meta, indent=1, sort_keys=True).encode())
+        full_meta["meta_sha256"] = _meta_digest(full_meta)
+        _write_file(tmp / META, json.dumps(full_meta, indent=1, sort_keys=True, allow_nan=False).encode())
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -112,18 +120,28 @@ def _load_dir(path: Path) -> LoadedCheckpoint:
         raise CheckpointError(f"checkpoint {path}: {META} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vaelab checkpoint ({META} lacks format={FORMAT!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: {META} has no valid format_version; it is damaged")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format version {meta['format_version']}, newer than this vaelab reads "
+            f"checkpoint {path} has format version {version}, newer than this vaelab reads "
             f"({FORMAT_VERSION}); upgrade vaelab"
         )
+    try:
+        digest = _meta_digest(meta)
+    except ValueError:  # NaN / Infinity smuggled into the JSON
+        digest = None
+    if meta.get("meta_sha256") != digest:
+        raise CheckpointError(f"checkpoint {path}: {META} does not match its SHA-256 (damaged or edited)")
     files = meta.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise CheckpointError(f"checkpoint {path}: {META} does not list model.safetensors")
     tensors = {}
     for fname, info in files.items():
         fpath = path / fname
-        if not (isinstance(fname, str) and fname.endswith(".safetensors") and "/" not in fname and fname[0] != "."):
+        if not (isinstance(fname, str) and fname.endswith(".safetensors") and "/" not in fname and fname[0] != "."
+                and "\\" not in fname and isinstance(info, dict)):
             raise CheckpointError(f"checkpoint {path}: {META} names an unexpected file {fname!r}")
         if not fpath.is_file():
             raise CheckpointError(f"checkpoint {path} is missing {fname}")

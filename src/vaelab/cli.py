@@ -178,16 +178,28 @@ def _load(args: argparse.Namespace):
     return load_run(args.run, checkpoint=args.checkpoint, device=args.device)
 
 
-def _positive(value: int, flag: str) -> None:
+MAX_IMAGES = 10_000  # images in one grid
+MAX_SEED = 2**63 - 1
+
+
+def _positive(value: int, flag: str, most: int | None = None) -> None:
     if value <= 0:
         raise VaelabError(f"{flag} must be a positive integer, got {value}")
+    if most is not None and value > most:
+        raise VaelabError(f"{flag} must be at most {most:,} (one PNG grid), got {value:,}")
+
+
+def _seed(value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise VaelabError(f"--seed must lie between 0 and 2**63-1, got {value}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .images import save_png, square_grid
 
-    _positive(args.n, "-n")
-    if not args.temperature > 0:
+    _positive(args.n, "-n", MAX_IMAGES)
+    _seed(args.seed)
+    if not 0 < args.temperature < float("inf"):
         raise VaelabError(f"--temperature must be > 0, got {args.temperature}")
     run = _load(args)
     images = run.sample(args.n, temperature=args.temperature, seed=args.seed)
@@ -203,7 +215,12 @@ def _run_data(run, data_dir: str | None):
 
     from .data import load_dataset
 
-    return load_dataset(run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir))
+    splits = load_dataset(run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir))
+    if splits.image_shape != run.image_shape:
+        have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
+        raise VaelabError(f"the data found for {splits.name} ({splits.source}) has images of shape {have}, "
+                          f"but the run was trained on {want}; point --data-dir at the run's dataset")
+    return splits
 
 
 def _pick(n_total: int, n: int, seed: int):
@@ -215,9 +232,12 @@ def _pick(n_total: int, n: int, seed: int):
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .images import pairs_grid, save_png
 
-    _positive(args.n, "-n")
+    _positive(args.n, "-n", MAX_IMAGES)
+    _seed(args.seed)
     run = _load(args)
     split = _run_data(run, args.data_dir).split(args.split)
+    if not len(split):
+        raise VaelabError(f"the {args.split} split of this run's dataset is empty; choose another --split")
     idx = _pick(len(split), min(args.n, len(split)), args.seed)
     x = split.images[idx].float() / 255
     out = Path(args.out) if args.out else run.path / "images" / f"reconstructions_{args.split}.png"
@@ -233,9 +253,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
     if args.steps < 2:
         raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
-    _positive(args.pairs, "--pairs")
+    _positive(args.pairs, "--pairs", MAX_IMAGES)
+    _positive(args.steps, "--steps", MAX_IMAGES)
+    _seed(args.seed)
     run = _load(args)
     split = _run_data(run, args.data_dir).split(args.split)
+    if len(split) < 2:
+        raise VaelabError(f"the {args.split} split has {len(split)} image(s); interpolation needs two, "
+                          "choose another --split")
     if args.index:
         for i in args.index:
             if not 0 <= i < len(split):
@@ -304,7 +329,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     explicit_dataset = any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None
-    run_demo(cfg, Path(args.out or f"runs/demo-{_stamp()}"), allow_fallback=not explicit_dataset)
+    out = Path(args.out or f"runs/demo-{_stamp()}")
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"{out} exists and is not a directory; choose another --out for the demo")
+    run_demo(cfg, out, allow_fallback=not explicit_dataset)
     return 0
 
 
@@ -323,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system said no: a full disk, a read-only or missing place
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"vaelab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

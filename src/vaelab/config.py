@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import sys
 import typing
@@ -49,7 +50,10 @@ class DataConfig:
     image_size: int | None = _opt(None, "resize images to SIZE x SIZE (none: native size)")
     resize: Literal["resize", "pad"] = _opt("resize", "how to reach image_size: resample, or pad with zeros")
     channels: int | None = _opt(None, "1 (grayscale) or 3 (RGB); none: the dataset's own")
-    val_size: int = _opt(5000, "validation images carved from the training split (0: none)")
+    val_size: int | None = _opt(
+        None, "validation images carved from the training split (0: none; none: 5000, or 10% of the "
+              "training images when that is fewer)"
+    )
     test_fraction: float = _opt(0.2, "share held out as test split by datasets that have none (digits, folders)")
     split_seed: int = _opt(0, "seed of the train/validation/test carving")
     binarize: Literal["dynamic", "static", "none"] = _opt(
@@ -67,9 +71,12 @@ class DataConfig:
         _positive(self, "data", "image_size", allow_none=True)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3 (or none), got {self.channels}")
-        _non_negative(self, "data", "val_size")
+        if self.val_size is not None:
+            _non_negative(self, "data", "val_size")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
+        _non_negative(self, "data", "split_seed")
+        _non_negative(self, "data", "binarize_seed")
         _positive(self, "data", "max_train", allow_none=True)
         _positive(self, "data", "max_eval", allow_none=True)
 
@@ -122,6 +129,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "grid_size"):
             _positive(self, "train", name)
         _non_negative(self, "train", "threads")
+        _non_negative(self, "train", "seed")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _non_negative(self, "train", "grid_every")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
@@ -146,6 +156,10 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
 
 
 # --------------------------------------------------------------------------- checks
+
+
+MAX_INT = 2**31 - 1  # sizes, counts and seeds; bigger values are typos and would overflow torch
+MAX_THREADS = 1024
 
 
 def _positive(obj: Any, section: str, name: str, allow_none: bool = False) -> None:
@@ -206,7 +220,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
         return value
     if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                    and -MAX_INT <= v <= MAX_INT for v in value):
             return value if isinstance(value, tuple) else tuple(value)
         raise ConfigError(f"{key} must be a list of integers like [32, 64], got {value!r}")
     if tp is bool:
@@ -214,11 +229,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_INT <= value <= MAX_INT:
+                raise ConfigError(f"{key} = {value} is out of range (at most {MAX_INT:,} in size)")
             return value
     elif tp is float:
-        if isinstance(value, float):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -334,9 +351,28 @@ def to_toml(cfg: RunConfig) -> str:
             if value is None:
                 lines.append(f"# {key} = none")
             else:
-                lines.append(f"{key} = {json.dumps(value)}")
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    """A config value as TOML (bool, int, finite float, string or list of ints)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = []
+    for ch in str(value):
+        if ch in ('"', "\\"):
+            escaped.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            escaped.append(f"\\u{ord(ch):04X}")
+        else:
+            escaped.append(ch)
+    return '"' + "".join(escaped) + '"'
 
 
 def describe_keys() -> str:

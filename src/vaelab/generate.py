@@ -37,12 +37,16 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, eps: float = 1e-7
     a norm typical of Gaussian samples; falls back to lerp when they are parallel.
     """
     t = t.view(-1, 1)
-    cos = torch.dot(z0, z1) / (z0.norm() * z1.norm()).clamp_min(eps)
-    omega = torch.arccos(cos.clamp(-1 + eps, 1 - eps))
-    so = torch.sin(omega)
-    if so.abs() < 1e-5:
+    a, b = z0.double(), z1.double()
+    norms = a.norm() * b.norm()
+    if norms < eps:  # a zero code has no direction
         return lerp(z0, z1, t)
-    return (torch.sin((1 - t) * omega) / so) * z0 + (torch.sin(t * omega) / so) * z1
+    omega = torch.arccos((torch.dot(a, b) / norms).clamp(-1.0, 1.0))
+    so = torch.sin(omega)
+    if so < 1e-6:  # parallel or opposite: no unique great circle
+        return lerp(z0, z1, t)
+    td = t.double()
+    return ((torch.sin((1 - td) * omega) / so) * a + (torch.sin(td * omega) / so) * b).to(z0.dtype)
 
 
 def interpolate(model: Model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0,
               min_cell: int = 24) -> np.ndarray:
@@ -52,10 +54,16 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name for the PNG, e.g. {path / 'grid.png'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

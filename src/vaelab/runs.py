@@ -19,7 +19,9 @@ and image shape), so a run copied to another machine loads without the data.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,23 +71,48 @@ class RunPaths:
         return self.checkpoints / name
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with NaN and infinities replaced by None: strict JSON that every reader accepts."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
+    """Write strict JSON atomically (temporary file, fsync, rename); NaN becomes null."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name for the JSON output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(json_safe(data), fh, indent=2, sort_keys=True, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a torch.device, checking that it exists."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", name):
+        raise DataError(f"{option}={name!r} is not a device vaelab knows; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DataError(f"{option}={name} but no CUDA device is available; use {option}=cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise DataError(f"{option}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -202,5 +229,5 @@ def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.dev
     loaded = load_checkpoint(ckpt_path)
     model, config = model_from_checkpoint(loaded.meta, loaded.tensors["model"], str(ckpt_path))
     root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path
-    dev = resolve_device(str(device)) if isinstance(device, str) else device
+    dev = resolve_device(device, "device") if isinstance(device, str) else device
     return Run(root, model, config, loaded.meta, dev)

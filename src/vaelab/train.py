@@ -32,7 +32,7 @@ import torch
 from . import __version__
 from .checkpoint import encode_rng, load_checkpoint, optimizer_state_to_tensors, save_checkpoint
 from .config import RunConfig, to_dict, to_toml
-from .data import DatasetSplits, batches, eval_view, load_dataset, train_view
+from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
                        generalization_gap)
@@ -40,7 +40,7 @@ from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
 from .objectives import beta_vae_loss
-from .runs import RunPaths, resolve_device, write_json
+from .runs import RunPaths, json_safe, resolve_device, write_json
 
 MAX_SKIPS_IN_A_ROW = 50
 CODE_FIT_IMAGES = 10_000
@@ -64,8 +64,21 @@ def _is_interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
 
 
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    """The config with a folder: dataset's path made absolute, so the run can be evaluated from anywhere."""
+    dc = config.data
+    if not dc.dataset.startswith("folder:"):
+        return config
+    from .data.sources import folder_root
+
+    root = folder_root(dc.dataset[len("folder:"):], dc.data_dir).resolve()
+    return config.replace(data={"dataset": f"folder:{root}"})
+
+
 def _check_run_dir(root: Path) -> None:
     paths = RunPaths(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root} exists and is not a directory; choose another --out for the run")
     if paths.config.exists() or paths.checkpoints.exists():
         raise ConfigError(
             f"run directory {root} already holds a run; choose another --out (or delete it to start over)"
@@ -77,11 +90,12 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, splits: DatasetSplits | None = None,
                  log: Callable[[str], None] = print, progress: bool | None = None) -> None:
-        self.cfg = config
+        self.cfg = config = _absolute_paths(config)
         self.paths = RunPaths(Path(run_dir))
         _check_run_dir(self.paths.root)
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.paths.log, "a", encoding="utf-8")
+        # nothing is written until the data and the model are ready: a mistake leaves no half-made run
+        self._log_file = None
+        self._pending_log: list[str] = []
         self._print = log
         self.progress = _is_interactive() if progress is None else progress
         tc = config.train
@@ -104,17 +118,34 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.skipped = 0
+        self.skips_in_a_row = 0
         self.best_val = math.inf
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.paths.log, "a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {self.paths.root}: {exc.strerror}; "
+                              "choose another --out") from None
+        for line in self._pending_log:
+            self._log_file.write(line + "\n")
+        self._pending_log.clear()
 
     # ------------------------------------------------------------------ logging and files
 
     def log(self, message: str) -> None:
         self._print(message)
+        if self._log_file is None:
+            self._pending_log.append(message)
+            return
         self._log_file.write(message + "\n")
         self._log_file.flush()
+
+    def close(self) -> None:
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.close()
 
     def _write_start_files(self) -> None:
         self.paths.config.write_text(to_toml(self.cfg), encoding="utf-8")
@@ -178,22 +209,22 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr)
-        skips_in_a_row = 0
         for x in batches(self.train_images.images, tc.batch_size, shuffle=True, generator=self.data_gen,
                          dynamic=self.dynamic, device=self.device, memory_format=self.memory_format):
             out = model(x)
             terms = beta_vae_loss(lik.log_prob(x, out.x_params), out.kl, tc.beta)
             self.optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(terms.loss):
+                # never applied; counted across epochs, so a run cannot limp on with NaN forever
                 self.skipped += 1
-                skips_in_a_row += 1
-                if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                self.skips_in_a_row += 1
+                if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     raise TrainingDiverged(
-                        f"the loss was NaN or infinite for {skips_in_a_row} steps in a row (last at step "
-                        f"{self.step + 1}); lower train.lr or check the data"
+                        f"the loss was NaN or infinite for {self.skips_in_a_row} steps in a row (last at "
+                        f"step {self.step + 1}, epoch {self.epoch + 1}); lower train.lr or check the data"
                     )
                 continue
-            skips_in_a_row = 0
+            self.skips_in_a_row = 0
             terms.loss.backward()
             self.optimizer.step()
             self.step += 1
@@ -206,6 +237,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{terms.loss.item():.1f}")
         if bar is not None:
             bar.close()
+        if n_images == 0:
+            raise TrainingDiverged(
+                f"every step of epoch {self.epoch + 1} had a NaN or infinite loss and was skipped; "
+                "lower train.lr or check the data"
+            )
         recon, kl = recon_sum.item() / max(n_images, 1), kl_sum.item() / max(n_images, 1)
         return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": n_images}
 
@@ -213,9 +249,17 @@ class Trainer:
         """For the autoencoder: fit its sampling Gaussian to codes of training images."""
         if not hasattr(self.model, "fit_code_distribution"):
             return
-        images = self.train_images.images[:CODE_FIT_IMAGES]
+        tc, dc = self.cfg.train, self.cfg.data
+        images = self.train_images.images
+        if len(images) < 2:
+            return
+        # a fixed random subset (training files may be grouped by class), seen the way training
+        # sees images: binarized once when training binarizes dynamically
+        images = images[spread_index(len(images), CODE_FIT_IMAGES, tc.seed + 3)]
+        if self.dynamic:
+            images = binarize_once(images, dc.binarize_seed + 7)
         with eval_mode(self.model):
-            codes = torch.cat([self.model.code(x) for x in batches(images, self.cfg.train.eval_batch_size,
+            codes = torch.cat([self.model.code(x) for x in batches(images, tc.eval_batch_size,
                                                                    device=self.device)])
         self.model.fit_code_distribution(codes)
 
@@ -239,18 +283,19 @@ class Trainer:
                     t0 = time.perf_counter()
                     train_terms = self.train_epoch()
                     record = self.end_epoch(train_terms, time.perf_counter() - t0)
-                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
                     metrics_file.flush()
+            return self.finish()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             write_json(self.paths.info, self._info(status=status, epochs=self.epoch, steps=self.step,
                                                    error=str(exc) or type(exc).__name__))
             if self.epoch:
-                self.log(f"{status} during epoch {self.epoch + 1}; the {self.epoch} finished epoch(s) are saved "
-                         f"in {self.paths.checkpoints}")
-            self._log_file.close()
+                where = f"during epoch {self.epoch + 1}" if self.epoch < tc.epochs else "after the last epoch"
+                self.log(f"{status} {where}; the {self.epoch} finished epoch(s) are saved in {self.paths.checkpoints}")
             raise
-        return self.finish()
+        finally:
+            self.close()
 
     def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
         """Validate, checkpoint, draw the epoch's grid and log; returns the metrics record."""
@@ -262,6 +307,11 @@ class Trainer:
         if self.val_images is not None:
             val = evaluate_images(self.model, self.val_images, beta=tc.beta, batch_size=tc.eval_batch_size,
                                   device=self.device)
+        if val is not None and not math.isfinite(val.loss):
+            raise TrainingDiverged(
+                f"the validation loss after epoch {self.epoch} is {val.loss} (NaN or infinite): the weights "
+                "diverged; lower train.lr or check the data"
+            )
         # without a validation split, the latest epoch counts as the best
         val_score = val.loss if val is not None else -float(self.epoch)
         improved = val_score < self.best_val
@@ -310,12 +360,14 @@ class Trainer:
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
                                                epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch))
         self.log(f"run written to {self.paths.root}")
-        self._log_file.close()
+        self.close()
         return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
 
     def write_images(self) -> None:
         self._sample_grid(self.paths.images / "samples.png")
-        test = self.splits.test.images[: max(2, self.cfg.train.grid_size // 2)].float().div(255).to(self.device)
+        # the test images shown: a fixed random choice (test files may be grouped by class)
+        pick = spread_index(len(self.splits.test), max(2, self.cfg.train.grid_size // 2), self.cfg.train.seed + 4)
+        test = self.splits.test.images[pick].float().div(255).to(self.device)
         save_png(pairs_grid(test, reconstruct(self.model, test)), self.paths.images / "reconstructions.png")
         rows = []
         for i in range(min(4, len(test) // 2)):

@@ -13,6 +13,7 @@ header that claims billions of images cannot exhaust memory.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -95,7 +96,7 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
                     f"IDX file {path} has {len(shape)} dimensions {shape}, expected {expected_ndim}; "
                     "are the image and label files swapped?"
                 )
-            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header
             data = _read_exact(stream, expected)
             if len(data) < expected:
                 raise DataError(

@@ -9,9 +9,14 @@ IDX datasets (fashion-mnist, mnist) are looked for, in this order:
   2. `$VAELAB_DATA/<name>/`, then `$VAELAB_DATA/` itself,
   3. the user cache, `$XDG_CACHE_HOME/vaelab/datasets/<name>/` (~/.cache/...),
   4. `/usr/share/datasets/<name>/` (Debian's `dataset-fashion-mnist`).
-A directory counts when it holds the training images and labels (gzipped or
-not). If none does and downloads are allowed, the four official files are
-downloaded into the cache and their SHA-256 verified before use.
+A directory counts when it holds all four files (gzipped or not); the user's
+own `--data-dir` also counts with the training files alone (a test split is
+then carved out, as for ../shared/data/mnist-10k), so a half-filled cache never
+hides a complete copy further down the path. A `--data-dir` that does not
+exist is an error. If no directory counts and downloads are allowed, the
+official files are downloaded into the cache and their SHA-256 verified before
+use (files already there and verified are kept, so an interrupted download
+resumes).
 """
 
 from __future__ import annotations
@@ -112,7 +117,8 @@ def search_path(name: str, data_dir: str | None) -> list[tuple[Path, str]]:
     """Candidate directories for dataset `name`, in search order, with where each came from."""
     found: list[tuple[Path, str]] = []
     if data_dir:
-        found += [(Path(data_dir), "--data-dir"), (Path(data_dir) / name, "--data-dir")]
+        root = Path(data_dir).expanduser()
+        found += [(root, "--data-dir"), (root / name, "--data-dir")]
     env = os.environ.get("VAELAB_DATA")
     if env:
         found += [(Path(env) / name, "VAELAB_DATA"), (Path(env), "VAELAB_DATA")]
@@ -128,11 +134,18 @@ def _file(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def check_data_dir(data_dir: str | None) -> None:
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"data directory {data_dir} does not exist; check --data-dir / data.data_dir")
+
+
 def find_idx_files(spec: IdxDataset, data_dir: str | None) -> tuple[dict[str, Path], str] | None:
-    """The first directory on the search path that holds the training files."""
+    """The first directory on the search path that holds the dataset (see the module docstring)."""
+    check_data_dir(data_dir)
     for directory, origin in search_path(spec.name, data_dir):
         files = {role: _file(directory, stem) for role, stem in spec.files.items()}
-        if files["train_images"] and files["train_labels"]:
+        complete = all(files.values())
+        if complete or (origin == "--data-dir" and files["train_images"] and files["train_labels"]):
             return {r: p for r, p in files.items() if p is not None}, f"{directory} ({origin})"
     return None
 
@@ -238,15 +251,61 @@ def _list_images(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def load_folder(path: str, image_size: int | None, channels: int | None, resize: str) -> RawData:
+def folder_root(path: str, data_dir: str | None = None) -> Path:
+    """The directory of a `folder:PATH` dataset; a relative PATH is taken inside `data_dir` when given."""
+    if not path.strip():
+        raise DataError("folder: needs a path, e.g. folder:~/pictures/faces")
+    root = Path(path).expanduser()
+    if not root.is_absolute() and data_dir:
+        root = Path(data_dir).expanduser() / root
+    return root
+
+
+_WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _to_8bit(img):
+    """A PIL image as 8-bit L / RGB(A): 16-bit and float grey rescaled, not clipped; EXIF rotation applied."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_GREY_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0  # floats in [0, 1] or in [0, 255]
+        else:
+            scale = 255.0 / 65535.0  # 16-bit PNG grey levels
+        arr = np.nan_to_num(arr * scale, nan=0.0)
+        return Image.fromarray(np.rint(arr).clip(0, 255).astype(np.uint8), mode="L")
+    return img
+
+
+def _flatten(img, mode: str):
+    """Convert to L or RGB; transparent pixels are composited over black (the padding colour)."""
+    from PIL import Image
+
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    return img.convert(mode)
+
+
+def load_folder(path: str, image_size: int | None, channels: int | None, resize: str,
+                data_dir: str | None = None) -> RawData:
     """Every PNG/JPEG/BMP/WebP below `path`; sub-folder names become class labels.
 
+    Images are read as 8-bit grey or RGB: 16-bit grey is rescaled to 0..255,
+    EXIF orientation is applied, transparency is composited over black.
     Non-square images are centre-cropped (resize="resize") or zero-padded
-    (resize="pad") to a square before resizing to `image_size`.
+    (resize="pad") to a square before resizing to `image_size`. Images lying
+    directly in `path` beside class sub-folders get a class of their own (".").
     """
     from PIL import Image, UnidentifiedImageError
 
-    root = Path(path).expanduser()
+    root = folder_root(path, data_dir)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory; check folder:PATH")
     files = _list_images(root)
@@ -257,7 +316,7 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
         try:
             img = Image.open(p)
             img.load()
-            return img
+            return _to_8bit(img)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
 
@@ -267,11 +326,13 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
         try:
             with Image.open(p) as img:
                 modes.add(img.mode)
-                sizes.add(img.size)
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+                sizes.add((h, w) if orientation in (5, 6, 7, 8) else (w, h))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
     if channels is None:
-        channels = 1 if modes <= {"1", "L", "LA", "I", "I;16", "F"} else 3
+        channels = 1 if modes <= {"1", "L", "LA", "La", *_WIDE_GREY_MODES} else 3
     if image_size is None and len(sizes) > 1:
         a, b = sorted(sizes)[:2]
         raise DataError(
@@ -281,18 +342,20 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
     mode = "L" if channels == 1 else "RGB"
     subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     class_index = {name: i for i, name in enumerate(subdirs)}
+    has_root_files = any(len(p.relative_to(root).parts) == 1 for p in files)
+    classes = tuple(subdirs) + ((".",) if subdirs and has_root_files else ())
     arrays, labels = [], []
     for p in files:
-        img = open_image(p).convert(mode)
+        img = _flatten(open_image(p), mode)
         if image_size is not None:
             img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
         parts = p.relative_to(root).parts
-        labels.append(class_index[parts[0]] if len(parts) > 1 else 0)
+        labels.append(class_index[parts[0]] if len(parts) > 1 else len(subdirs))
     images = torch.from_numpy(np.stack(arrays))
     return RawData(images, torch.tensor(labels, dtype=torch.int64), None, None,
-                   source=f"{root} ({len(files)} files)", classes=tuple(subdirs))
+                   source=f"{root} ({len(files)} files)", classes=classes)
 
 
 def _square(img, resize: str):
@@ -318,7 +381,7 @@ def load_raw(dataset: str, *, data_dir: str | None = None, download: bool = True
              log: Callable[[str], None] | None = None) -> RawData:
     """Load dataset `dataset` (a built-in name or folder:PATH) as raw uint8 tensors."""
     if dataset.startswith("folder:"):
-        return load_folder(dataset[len("folder:"):], image_size, channels, resize)
+        return load_folder(dataset[len("folder:"):], image_size, channels, resize, data_dir=data_dir)
     if dataset == "digits":
         return load_digits()
     if dataset in IDX_DATASETS:
@@ -344,7 +407,7 @@ def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
                                   "no test split: one is carved out (data.test_fraction)")
     if dataset.startswith("folder:"):
         try:
-            raw = load_folder(dataset[len("folder:"):], None, None, "resize")
+            raw = load_folder(dataset[len("folder:"):], None, None, "resize", data_dir=data_dir)
         except DataError as exc:
             return DatasetDescription(dataset, False, str(exc), None, None, None)
         return DatasetDescription(dataset, True, raw.source, len(raw.train_images), None,

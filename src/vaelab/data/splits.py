@@ -119,6 +119,27 @@ def _carve(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+def spread_index(n: int, k: int, seed: int) -> torch.Tensor:
+    """`min(n, k)` indices drawn at random from range(n) without replacement, reproducibly, sorted.
+
+    Used wherever a few images stand for a whole split (data.max_train,
+    data.max_eval, the autoencoder's code fit, the images in the final grids):
+    files such as ../shared/data/mnist-10k are grouped by class, so "the first
+    k" would be the first classes only.
+    """
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+DEFAULT_VAL_SIZE = 5000
+
+
+def default_val_size(n_train: int) -> int:
+    """data.val_size when unset: 5,000 (the usual for MNIST-like sets), at most 10% of the training images."""
+    return min(DEFAULT_VAL_SIZE, n_train // 10)
+
+
 def make_splits(raw: RawData, cfg: DataConfig, name: str) -> DatasetSplits:
     train_x, train_y = raw.train_images, raw.train_labels
     channels = cfg.channels or train_x.shape[1]
@@ -139,21 +160,25 @@ def make_splits(raw: RawData, cfg: DataConfig, name: str) -> DatasetSplits:
         test = ImageSet(train_x[held], train_y[held])
         train_x, train_y = train_x[keep], train_y[keep]
         notes.append(f"{name} has no test split: {n_test} images ({cfg.test_fraction:.0%}) were held out as test")
-    if cfg.val_size >= len(train_x):
+    val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(train_x))
+    if val_size >= len(train_x):
         raise ConfigError(
-            f"data.val_size={cfg.val_size} leaves no training images ({name} has {len(train_x)} for training); "
+            f"data.val_size={val_size} leaves no training images ({name} has {len(train_x)} for training); "
             "lower data.val_size"
         )
-    keep, held = _carve(len(train_x), cfg.val_size, cfg.split_seed)
+    keep, held = _carve(len(train_x), val_size, cfg.split_seed)
     train = ImageSet(train_x[keep], train_y[keep])
     val = ImageSet(train_x[held], train_y[held])
     if cfg.max_train is not None and cfg.max_train < len(train):
-        train = train.subset(slice(0, cfg.max_train))
-        notes.append(f"training on the first {cfg.max_train} training images only (data.max_train)")
+        train = train.subset(spread_index(len(train), cfg.max_train, cfg.split_seed + 1))
+        notes.append(f"training on {cfg.max_train} of the training images only, drawn at random "
+                     f"with data.split_seed (data.max_train)")
     if cfg.max_eval is not None:
         if cfg.max_eval < len(val) or cfg.max_eval < len(test):
-            notes.append(f"validation and test limited to {cfg.max_eval} images (data.max_eval)")
-        val, test = val.subset(slice(0, cfg.max_eval)), test.subset(slice(0, cfg.max_eval))
+            notes.append(f"validation and test limited to {cfg.max_eval} images each, drawn at random "
+                         f"with data.split_seed (data.max_eval)")
+        val = val.subset(spread_index(len(val), cfg.max_eval, cfg.split_seed + 2))
+        test = test.subset(spread_index(len(test), cfg.max_eval, cfg.split_seed + 3))
     return DatasetSplits(name, train, val, test, raw.source, raw.classes, tuple(notes))
 
 

@@ -107,6 +107,8 @@ class Autoencoder(_ImageModel):
     @torch.no_grad()
     def fit_code_distribution(self, codes: torch.Tensor) -> None:
         """Set the sampling distribution to N(mean, diag(var)) of the given codes (N, latent_dim)."""
+        if len(codes) < 2:
+            raise ValueError("fit_code_distribution needs the codes of at least 2 images")
         self.code_mean.copy_(codes.mean(0))
         self.code_std.copy_(codes.std(0).clamp_min(1e-6))
 
