@@ -73,6 +73,14 @@ def test_toml_and_dict_round_trip(tmp_path):
     assert from_dict(to_dict(cfg)) == cfg
 
 
+def test_written_toml_is_valid_for_any_folder_name(tmp_path):
+    # quotes, backslashes, control characters, non-ASCII and astral characters all survive the round trip
+    cfg = load_config().replace(data={"dataset": 'folder:/tmp/a "b"\\c\td\x7fé😀', "data_dir": "ü"})
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(cfg), encoding="utf-8")
+    assert load_config(path) == cfg
+
+
 def test_direct_construction_is_validated():
     with pytest.raises(ConfigError):
         TrainConfig(batch_size=0)

@@ -85,6 +85,13 @@ def test_huge_header_does_not_allocate(tmp_path):
     assert time.perf_counter() - t0 < 2.0
 
 
+def test_header_whose_size_overflows_64_bits(tmp_path):
+    # 8 dimensions of 2**32-1: the product overflows int64 (numpy would wrap it); a clear error, no crash
+    (tmp_path / "wrap.idx").write_bytes(b"\x00\x00\x08\x08" + struct.pack(">8I", *[2**32 - 1] * 8) + bytes(64))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "wrap.idx")
+
+
 def test_damaged_gzip(tmp_path):
     write_idx(tmp_path / "a.idx.gz", np.zeros((50, 28, 28), np.uint8))
     raw = bytearray((tmp_path / "a.idx.gz").read_bytes())

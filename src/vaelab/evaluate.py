@@ -88,6 +88,9 @@ def evaluation_protocol(cfg: RunConfig) -> dict[str, Any]:
         "train_binarization": dc.binarize,
         "eval_binarization": "none" if dc.binarize == "none" else f"static, seed {dc.binarize_seed} (+1000 per split)",
         "beta": cfg.train.beta,
+        **({"caveat": "Bernoulli likelihood on grey (unbinarized) pixels: the -ELBO is a cross-entropy, "
+                      "not a bound on a log-likelihood"}
+           if dc.binarize == "none" and cfg.model.likelihood == "bernoulli" else {}),
     }
 
 

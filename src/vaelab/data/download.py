@@ -3,8 +3,9 @@
 A file is streamed into a temporary file beside its destination, hashed on the
 way, and renamed into place only when its SHA-256 matches. A wrong hash, a
 dropped connection or a stalled server leaves nothing behind in the cache.
-Only https:// URLs are accepted, except plain http:// to the loopback
-interface (used by the tests' local server).
+Only https:// URLs are accepted, redirects included, except plain http:// to
+the loopback interface (used by the tests' local server). Network errors and
+5xx answers are retried a bounded number of times; 4xx answers are not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class ChecksumError(DownloadError):
     """The server delivered bytes whose SHA-256 is not the expected one (not retried)."""
 
 
+class _Refused(DownloadError):
+    """A URL (or a redirect to one) that vaelab will not fetch (not retried)."""
+
+
 def offline() -> bool:
     """True when the user forbade network access with VAELAB_OFFLINE=1."""
     return os.environ.get("VAELAB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
@@ -47,7 +52,19 @@ def _check_url(url: str) -> None:
                 return
         except ValueError:
             pass
-    raise DownloadError(f"refusing to download {url}: only https:// URLs are allowed")
+    raise _Refused(f"refusing to download {url}: only https:// URLs are allowed")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that `_check_url` accepts (no https -> http downgrade)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401 (urllib's signature)
+        _check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(url: str, timeout: float):
+    return urllib.request.build_opener(_CheckedRedirects()).open(url, timeout=timeout)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -84,7 +101,7 @@ def download_file(
             if log:
                 log(f"downloading {url}")
             digest = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            with _open(url, timeout) as response, open(tmp, "wb") as out:
                 expected_len = response.headers.get("Content-Length")
                 received = 0
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -106,6 +123,14 @@ def download_file(
             os.replace(tmp, dest)
             return dest
         except ChecksumError:
+            tmp.unlink(missing_ok=True)
+            raise
+        except urllib.error.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.code < 500 and exc.code not in (408, 429):  # the file is not there: asking again won't help
+                raise DownloadError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
+            last_error = exc
+        except _Refused:
             tmp.unlink(missing_ok=True)
             raise
         except (DownloadError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
