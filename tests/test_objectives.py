@@ -88,3 +88,4 @@ def test_beta_weights_only_the_kl():
 
 def test_bits_per_dim():
     assert abs(obj.bits_per_dim(784 * math.log(2), 784) - 1.0) < 1e-12
+

@@ -43,6 +43,11 @@ def summary_table(results: dict[str, TrainResult]) -> str:
     for r in results.values():
         row += f"{r.evaluation['gap_test_minus_train']:12.2f}{'':>17}"
     lines.append(row + "   (test - train)")
+    fids = [r.evaluation.get("samples") or {} for r in results.values()]
+    if all(fids):
+        row = f"{'FD':<8}" + "".join(f"{f['fd_samples_test']:12.2f}{'':>17}" for f in fids)
+        lines.append(row + f"   samples vs test, PCA-{fids[0]['pca_dims']} (real images: "
+                           f"{fids[0]['fd_train_test']:.2f}; lower is better)")
     return "\n".join(lines)
 
 
@@ -87,8 +92,8 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
     log(table)
     vae_test = results["vae"].evaluation["splits"]["test"]
     log(f"VAE test -ELBO {vae_test['nelbo']:.2f} nats = {vae_test['bits_per_dim']:.4f} bits/dim. "
-        "The AE reconstructs without paying for KL but has no ELBO; compare their samples in "
-        f"{picture} (left VAE, right AE).")
+        "The AE reconstructs without paying for KL but has no ELBO; FD (Frechet distance of samples to "
+        f"test images) measures generation: see {picture} (left VAE, right AE).")
     for kind, r in results.items():
         log(f"{kind.upper()} run: {r.run_dir} (images in {r.run_dir / 'images'})")
     log(f"demo finished in {elapsed / 60:.1f} min; summary in {out / 'summary.txt'}")

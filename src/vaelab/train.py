@@ -9,7 +9,8 @@
    metrics.jsonl, the `last` checkpoint, the `best` one when validation
    improved, and a grid of samples from a fixed set of latent draws,
 4. at the end, with the best weights: samples, reconstructions and
-   interpolations, and the loss terms on train / val / test (evaluation.json).
+   interpolations, the loss terms on train / val / test and a sample-fidelity
+   score (Frechet distance to the test images in PCA space) in evaluation.json.
 
 A step whose loss is NaN or infinite is skipped and counted (never applied);
 many in a row stop the run with an error naming the step.
@@ -35,7 +36,7 @@ from .config import RunConfig, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
-                       generalization_gap)
+                       generalization_gap, sample_fidelity)
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
@@ -351,12 +352,17 @@ class Trainer:
             "protocol": evaluation_protocol(self.cfg),
             "splits": {k: v.as_dict() for k, v in summaries.items()},
             "gap_test_minus_train": generalization_gap(summaries["train"], summaries["test"]),
+            "samples": sample_fidelity(self.model, self.splits, batch_size=self.cfg.train.eval_batch_size),
         }
         write_json(self.paths.evaluation, evaluation)
         self.log(format_table(list(summaries.items()),
                               title=f"evaluation of the best epoch ({self.best_epoch}), nats per image:"))
         measure = "-ELBO" if self.model.variational else "reconstruction loss"
         self.log(f"generalization gap (test - train {measure}): {evaluation['gap_test_minus_train']:.2f} nats per image")
+        fid = evaluation["samples"]
+        if fid:
+            self.log(f"samples: Frechet distance to {fid['images']} test images in PCA-{fid['pca_dims']} pixel space "
+                     f"{fid['fd_samples_test']:.2f} (real training images: {fid['fd_train_test']:.2f}; lower is better)")
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
                                                epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch))
         self.log(f"run written to {self.paths.root}")
