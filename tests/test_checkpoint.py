@@ -73,6 +73,23 @@ def test_edited_meta_is_detected_and_the_previous_checkpoint_used(tmp_path):
         load_checkpoint(tmp_path / "last")
 
 
+def test_format_1_checkpoints_without_a_meta_digest_still_load(tmp_path):
+    # the first format had no meta_sha256: runs trained with it must stay usable
+    _save(tmp_path, scale=3.0)
+    meta_path = tmp_path / "last" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["meta_sha256"]
+    meta["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    loaded = load_checkpoint(tmp_path / "last")
+    assert loaded.meta["step"] == 3 and torch.equal(loaded.tensors["model"]["w"], torch.arange(6.0) * 3)
+    # but a format-2 checkpoint that lost its digest is refused
+    meta["format_version"] = 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(tmp_path / "last")
+
+
 def test_missing_checkpoint_and_missing_meta(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "last")
@@ -92,7 +109,7 @@ def test_pickle_renamed_as_checkpoint_is_refused_without_unpickling(tmp_path):
     (d / "model.safetensors").write_bytes(payload)
     import hashlib
 
-    meta = {"format": "vaelab-checkpoint", "format_version": 1,
+    meta = {"format": "vaelab-checkpoint", "format_version": 2,
             "files": {"model.safetensors": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}}
     _write_meta(d / "meta.json", meta)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
@@ -158,3 +175,36 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(CheckpointError, match="not a vaelab run directory"):
         load_run(tmp_path / "plain")
+
+
+def test_bad_image_shape_or_config_in_meta_is_one_clear_error(tmp_path):
+    cfg = RunConfig()
+    model = build_model(cfg.model, (1, 28, 28))
+    for bad in ([1, 8], [1, 28, -28], [1, 28, 28.5], None):
+        save_checkpoint(tmp_path, "best", {"model": model.state_dict()}, {"config": to_dict(cfg), "image_shape": bad})
+        loaded = load_checkpoint(tmp_path / "best")
+        with pytest.raises(CheckpointError, match="image_shape"):
+            model_from_checkpoint(loaded.meta, loaded.tensors["model"], "best")
+    save_checkpoint(tmp_path, "best", {"model": model.state_dict()}, {"config": None, "image_shape": [1, 28, 28]})
+    loaded = load_checkpoint(tmp_path / "best")
+    with pytest.raises(CheckpointError, match="valid config"):
+        model_from_checkpoint(loaded.meta, loaded.tensors["model"], "best")
+
+
+def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
+    import numpy as np
+
+    from vaelab.images import save_png
+    from vaelab.runs import write_json
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", refuse)
+    with pytest.raises(OSError):
+        write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(OSError):
+        save_png(np.zeros((4, 4), np.uint8), tmp_path / "a.png")
+    with pytest.raises(OSError):
+        _save(tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ckpt"]  # only the (empty) checkpoint root

@@ -191,7 +191,15 @@ def test_folder_of_rgb_images_trains_with_no_code_change(tmp_path):
                  "--set", "train.epochs=1", "--set", "train.grid_size=4", "--out", str(out)]) == 0
     meta = json.loads((out / "checkpoints/best/meta.json").read_text())
     assert meta["image_shape"] == [3, 64, 64]
-    assert meta["config"]["data"]["dataset"] == f"folder:{(tmp_path / 'pics').resolve()}"  # usable from anywhere
+    # usable from any directory: data_dir recorded absolute, the folder relative to it
+    assert meta["config"]["data"]["dataset"] == "folder:pics"
+    assert meta["config"]["data"]["data_dir"] == str(tmp_path.resolve())
     info = json.loads((out / "run.json").read_text())
     assert info["dataset"]["sizes"] == {"train": 29, "val": 3, "test": 8}
     assert Image.open(out / "images/samples.png").mode == "RGB"
+    # the data moved to another machine / directory: --data-dir points the run at it
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "pics").rename(tmp_path / "elsewhere" / "pics")
+    assert main(["evaluate", str(out), "--data-dir", str(tmp_path / "elsewhere"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["splits"]["test"]["n"] == 8

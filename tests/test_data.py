@@ -250,3 +250,24 @@ def test_folder_path_relative_to_data_dir_and_empty_path(tmp_path):
     assert len(raw.train_images) == 1 and str(tmp_path / "pics") in raw.source
     with pytest.raises(DataError, match="folder: needs a path"):
         load_raw("folder:")
+
+
+def test_default_val_size_is_5000_or_a_tenth():
+    from vaelab.data.sources import RawData
+    from vaelab.data.splits import make_splits
+
+    def sizes(n):
+        raw = RawData(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.zeros(n, dtype=torch.long),
+                      torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.zeros(10, dtype=torch.long), "test")
+        s = make_splits(raw, DataConfig(), "x")
+        return len(s.train), len(s.val)
+
+    assert sizes(60_000) == (55_000, 5_000)  # Fashion-MNIST: the usual 55k / 5k
+    assert sizes(20_000) == (18_000, 2_000)
+    assert sizes(35) == (32, 3)
+
+
+def test_mnist_files_given_as_fashion_mnist_get_a_note(mnist10k_dir, fashion_mnist_dir):
+    assert any("look like mnist" in n for n in load_raw("fashion-mnist", data_dir=str(mnist10k_dir)).notes)
+    assert load_raw("mnist", data_dir=str(mnist10k_dir)).notes == ()
+    assert load_raw("fashion-mnist", data_dir=str(fashion_mnist_dir)).notes == ()

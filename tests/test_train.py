@@ -133,9 +133,37 @@ def test_nan_validation_loss_stops_with_a_clear_error(tmp_path, digits_splits, m
         return out if torch.is_grad_enabled() else out * float("nan")
 
     monkeypatch.setattr(BernoulliLikelihood, "log_prob", nan_in_eval)
+    lines = []
     with pytest.raises(VaelabError, match="validation loss after epoch 1 is nan"):
         train(load_config(overrides=[*DIGITS, "train.epochs=2"]), tmp_path / "r", splits=digits_splits,
-              log=lambda m: None)
+              log=lines.append)
+    # nothing was saved, and nothing claims otherwise
+    assert lines[-1] == "failed during epoch 1; no epoch was finished, nothing was saved"
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["epochs"] == 0
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_failure_in_a_later_epoch_reports_the_epochs_really_saved(tmp_path, digits_splits, monkeypatch):
+    from vaelab.models.distributions import BernoulliLikelihood
+
+    original = BernoulliLikelihood.log_prob
+    evals = {"n": 0}
+
+    def nan_in_third_validation(self, x, params):
+        out = original(self, x, params)
+        if torch.is_grad_enabled():
+            return out
+        evals["n"] += 1
+        return out * float("nan") if evals["n"] == 3 else out
+
+    monkeypatch.setattr(BernoulliLikelihood, "log_prob", nan_in_third_validation)
+    lines = []
+    with pytest.raises(VaelabError):
+        train(load_config(overrides=[*DIGITS, "train.epochs=3"]), tmp_path / "r", splits=digits_splits,
+              log=lines.append)
+    assert lines[-1].startswith("failed during epoch 3; the 2 finished epoch(s) are saved in")
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["epochs"] == 2
+    assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2
 
 
 def test_fashion_mnist_learns(tmp_path, fashion_mnist_dir):
@@ -180,3 +208,43 @@ def test_interruption_keeps_finished_epochs_and_says_so(tmp_path, digits_splits,
     assert info["status"] == "interrupted" and info["epochs"] == 2
     assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_autoencoder_code_fit_and_final_grids_see_every_class(tmp_path, monkeypatch):
+    # training and test files sorted by class (like ../shared/data/mnist-10k): the code distribution and
+    # the pictured test images must come from all classes, not from the first ones
+    import sys
+
+    from vaelab.data import DatasetSplits, ImageSet
+    from vaelab.models import Autoencoder
+
+    def sorted_set(n):
+        labels = torch.arange(n) * 4 // n  # 4 classes, in order
+        images = (labels * 60 + 20).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
+        return ImageSet(images, labels)
+
+    splits = DatasetSplits("sorted", sorted_set(400), sorted_set(40), sorted_set(400), "test")
+    seen = {"fit": set(), "grid": set()}
+    original_code = Autoencoder.code
+    phase = {"name": "fit"}
+
+    def spy(self, x):
+        seen[phase["name"]].update((x[:, 0, 0, 0] * 255).round().long().tolist())
+        return original_code(self, x)
+
+    trainer_module = sys.modules["vaelab.train"]
+    original_write_images = trainer_module.Trainer.write_images
+
+    def write_images(self):
+        phase["name"] = "grid"
+        return original_write_images(self)
+
+    monkeypatch.setattr(Autoencoder, "code", spy)
+    monkeypatch.setattr(trainer_module, "CODE_FIT_IMAGES", 40)
+    monkeypatch.setattr(trainer_module.Trainer, "write_images", write_images)
+    cfg = load_config(overrides=["data.dataset=digits", "model.kind=ae", "data.binarize=none", "train.epochs=1",
+                                 "train.grid_every=0", "train.grid_size=16"])
+    train(cfg, tmp_path / "ae", splits=splits, log=lambda m: None)
+    grey_levels = {20, 80, 140, 200}
+    assert seen["fit"] == grey_levels  # 40 of 400 training images, from all 4 classes
+    assert grey_levels <= seen["grid"]  # the 8 reconstructed test images span the classes too

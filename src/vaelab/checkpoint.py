@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 
 FORMAT = "vaelab-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json carries its own SHA-256 (meta_sha256); 1 had none
 META = "meta.json"
 
 
@@ -132,7 +132,7 @@ def _load_dir(path: Path) -> LoadedCheckpoint:
         digest = _meta_digest(meta)
     except ValueError:  # NaN / Infinity smuggled into the JSON
         digest = None
-    if meta.get("meta_sha256") != digest:
+    if version >= 2 and meta.get("meta_sha256") != digest:
         raise CheckpointError(f"checkpoint {path}: {META} does not match its SHA-256 (damaged or edited)")
     files = meta.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:

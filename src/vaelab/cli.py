@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=32, help="number of images (default 32)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     p.add_argument("--seed", type=int, default=0, help="which images: a random choice with this seed")
-    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
     p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/reconstructions_SPLIT.png)")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="both", choices=["both", "lerp", "slerp"], help="path (default both)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random pairs")
-    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
     p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
     p.set_defaults(func=cmd_interpolate)
 
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the generalization gap.",
                        epilog=CONVENTIONS)
     _add_run_args(p)
-    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset lives on this machine")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
     p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -215,7 +218,13 @@ def _run_data(run, data_dir: str | None):
 
     from .data import load_dataset
 
-    splits = load_dataset(run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir))
+    dc = run.config.data
+    if data_dir is not None:
+        dc = replace(dc, data_dir=data_dir)
+        if dc.dataset.startswith("folder:") and Path(dc.dataset[len("folder:"):]).is_absolute():
+            # the folder moved with its data dir: look it up there by its name
+            dc = replace(dc, dataset=f"folder:{Path(dc.dataset[len('folder:'):]).name}")
+    splits = load_dataset(dc)
     if splits.image_shape != run.image_shape:
         have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
         raise VaelabError(f"the data found for {splits.name} ({splits.source}) has images of shape {have}, "
@@ -255,6 +264,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
     _positive(args.pairs, "--pairs", MAX_IMAGES)
     _positive(args.steps, "--steps", MAX_IMAGES)
+    n_rows = (1 if args.index else args.pairs) * (2 if args.method == "both" else 1)
+    if n_rows * args.steps > MAX_IMAGES:
+        raise VaelabError(f"--pairs x --steps asks for {n_rows * args.steps:,} images in one grid; "
+                          f"keep it at most {MAX_IMAGES:,}")
     _seed(args.seed)
     run = _load(args)
     split = _run_data(run, args.data_dir).split(args.split)
@@ -328,7 +341,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     cfg = _config_from_args(args)
-    explicit_dataset = any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None
+    explicit_dataset = (any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None
+                        or args.data_dir is not None)
     out = Path(args.out or f"runs/demo-{_stamp()}")
     if out.exists() and not out.is_dir():
         raise VaelabError(f"{out} exists and is not a directory; choose another --out for the demo")
@@ -351,6 +365,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("vaelab: error: out of memory; use smaller data.image_size, train.batch_size, "
+              "train.eval_batch_size or model sizes (or data.max_train)", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch reports allocation failures as RuntimeError (OutOfMemoryError on GPU)
+        text = str(exc)
+        if "out of memory" not in text.lower() and "can't allocate memory" not in text.lower():
+            raise
+        print(f"vaelab: error: out of memory ({text.splitlines()[0][:160]}); use smaller data.image_size, "
+              "train.batch_size, train.eval_batch_size or model sizes (or data.max_train)", file=sys.stderr)
+        return 2
     except OSError as exc:  # the file system said no: a full disk, a read-only or missing place
         where = f": {exc.filename}" if exc.filename else ""
         print(f"vaelab: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -69,6 +69,8 @@ class DataConfig:
         if not self.dataset:
             raise ConfigError("data.dataset is empty; use fashion-mnist, mnist, digits or folder:PATH")
         _positive(self, "data", "image_size", allow_none=True)
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"data.image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1 or 3 (or none), got {self.channels}")
         if self.val_size is not None:
@@ -106,6 +108,12 @@ class ModelConfig:
         if any(h <= 0 for h in self.mlp_hidden):
             raise ConfigError(f"model.mlp_hidden must hold positive ints, got {list(self.mlp_hidden)}")
         _non_negative(self, "model", "fc_hidden")
+        for name in ("latent_dim", "fc_hidden", "conv_channels", "mlp_hidden"):
+            value = getattr(self, name)
+            if max(value if isinstance(value, tuple) else (value,), default=0) > MAX_WIDTH:
+                raise ConfigError(f"model.{name} must be at most {MAX_WIDTH:,} wide, got {value}")
+        if len(self.conv_channels) > 8 or len(self.mlp_hidden) > 16:
+            raise ConfigError("model.conv_channels takes at most 8 layers and model.mlp_hidden at most 16")
         if not self.gaussian_std > 0:
             raise ConfigError(f"model.gaussian_std must be > 0, got {self.gaussian_std}")
 
@@ -160,6 +168,8 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
 
 MAX_INT = 2**31 - 1  # sizes, counts and seeds; bigger values are typos and would overflow torch
 MAX_THREADS = 1024
+MAX_IMAGE_SIZE = 1024  # pixels per side
+MAX_WIDTH = 65_536  # latent size and layer widths
 
 
 def _positive(obj: Any, section: str, name: str, allow_none: bool = False) -> None:
@@ -206,9 +216,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
             if type(None) in args:
                 return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message (e.g. "out of range") says more
+            return _coerce(value, options[0], key)
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
             except ConfigError:

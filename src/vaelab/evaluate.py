@@ -118,6 +118,7 @@ def format_table(rows: list[tuple[str, LossSummary]], title: str = "") -> str:
 
 SAMPLE_FD_IMAGES = 10_000
 SAMPLE_FD_DIMS = 64
+MIN_FD_DIMS = 8  # below 80 test images no score is given
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +167,8 @@ def sample_fidelity(model: Model, splits: DatasetSplits, *, n: int = SAMPLE_FD_I
                     seed: int = EVAL_SEED, batch_size: int = 1000) -> dict[str, Any]:
     """How close the model's samples are to the test images, as a Frechet distance in PCA space.
 
-    Features: the top `dims` principal components of (up to n) training images, grey values in [0, 1].
+    Features: the top `dims` principal components of (up to n) training images, grey values in [0, 1]
+    (fewer components when there are fewer than 10 images per component; no score below 80 images).
     `fd_samples_test`: n samples from the prior (decoded means) against n test images.
     `fd_train_test`: n real training images against the same test images: the value a perfect
     generator would get with this many images (the floor). Lower is better for both. A pixel-space
@@ -176,7 +178,8 @@ def sample_fidelity(model: Model, splits: DatasetSplits, *, n: int = SAMPLE_FD_I
     from .generate import sample
 
     n = min(n, len(splits.test), len(splits.train))
-    if n < 2:
+    dims = min(dims, n // 10)  # at least 10 images per feature dimension, or the covariances mean little
+    if dims < MIN_FD_DIMS:
         return {}
     train = splits.train.images[spread_index(len(splits.train), n, seed)].float().div(255)
     test = splits.test.images[spread_index(len(splits.test), n, seed + 1)].float().div(255)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0,
@@ -53,9 +52,9 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 array as PNG, atomically (temporary file, then rename)."""
     from PIL import Image
 
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; give a file name for the PNG, e.g. {path / 'grid.png'}")
+    from .runs import output_file
+
+    path = output_file(path, "the PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

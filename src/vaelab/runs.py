@@ -71,6 +71,22 @@ class RunPaths:
         return self.checkpoints / name
 
 
+def output_file(path: str | Path, what: str) -> Path:
+    """Check a path vaelab is about to replace atomically: a regular file or nothing (symlinks followed).
+
+    Directories and special files (/dev/null, pipes, devices) are refused: the atomic rename would
+    replace them with a regular file.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name for {what}")
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file (a device or pipe?); give a file name for {what}")
+    return path
+
+
 def json_safe(data: Any) -> Any:
     """`data` with NaN and infinities replaced by None: strict JSON that every reader accepts."""
     if isinstance(data, float):
@@ -84,9 +100,7 @@ def json_safe(data: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Write strict JSON atomically (temporary file, fsync, rename); NaN becomes null."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; give a file name for the JSON output")
+    path = output_file(path, "the JSON output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -119,12 +133,17 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
 def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor],
                           origin: str) -> tuple[Model, RunConfig]:
     """Rebuild the model described by a checkpoint's meta and load its weights, checking every shape."""
+    shape = meta.get("image_shape")
+    if not (isinstance(meta.get("config"), dict) and isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096 for s in shape)):
+        raise CheckpointError(f"checkpoint {origin}: meta.json lacks a valid config or image_shape "
+                              "(three positive integers C, H, W)")
+    config = from_dict(meta["config"], origin=f"{origin} meta.json")
+    image_shape = tuple(shape)
     try:
-        config = from_dict(meta["config"], origin=f"{origin} meta.json")
-        image_shape = tuple(int(s) for s in meta["image_shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {origin}: meta.json lacks a valid config or image_shape ({exc})") from None
-    model = build_model(config.model, image_shape)
+        model = build_model(config.model, image_shape)
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {origin}: its config does not describe a buildable model ({exc})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

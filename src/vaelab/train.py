@@ -66,14 +66,22 @@ def _is_interactive() -> bool:
 
 
 def _absolute_paths(config: RunConfig) -> RunConfig:
-    """The config with a folder: dataset's path made absolute, so the run can be evaluated from anywhere."""
-    dc = config.data
-    if not dc.dataset.startswith("folder:"):
-        return config
-    from .data.sources import folder_root
+    """The config with its data paths made absolute, so the run can be evaluated from any directory.
 
-    root = folder_root(dc.dataset[len("folder:"):], dc.data_dir).resolve()
-    return config.replace(data={"dataset": f"folder:{root}"})
+    `data.data_dir` becomes absolute; a folder: dataset's path too, unless it is relative to
+    data_dir (then it stays relative, so `--data-dir` can point a later command at a moved copy).
+    """
+    dc = config.data
+    changes: dict[str, str] = {}
+    if dc.data_dir:
+        changes["data_dir"] = str(Path(dc.data_dir).expanduser().resolve())
+    if dc.dataset.startswith("folder:"):
+        from .data.sources import folder_root
+
+        path = dc.dataset[len("folder:"):]
+        if not (dc.data_dir and not Path(path).expanduser().is_absolute()):
+            changes["dataset"] = f"folder:{folder_root(path, None).resolve()}"
+    return config.replace(data=changes) if changes else config
 
 
 def _check_run_dir(root: Path) -> None:
@@ -117,6 +125,7 @@ class Trainer:
         self.train_images, self.dynamic = train_view(self.splits.train, dc.binarize, dc.binarize_seed)
         self.val_images = eval_view(self.splits.val, "val", dc.binarize, dc.binarize_seed) if len(self.splits.val) else None
         self.epoch = 0
+        self.saved_epoch = 0  # the epoch the `last` checkpoint holds
         self.step = 0
         self.skipped = 0
         self.skips_in_a_row = 0
@@ -289,11 +298,14 @@ class Trainer:
             return self.finish()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            write_json(self.paths.info, self._info(status=status, epochs=self.epoch, steps=self.step,
+            write_json(self.paths.info, self._info(status=status, epochs=self.saved_epoch,
                                                    error=str(exc) or type(exc).__name__))
-            if self.epoch:
-                where = f"during epoch {self.epoch + 1}" if self.epoch < tc.epochs else "after the last epoch"
-                self.log(f"{status} {where}; the {self.epoch} finished epoch(s) are saved in {self.paths.checkpoints}")
+            where = f"during epoch {self.saved_epoch + 1}" if self.saved_epoch < tc.epochs else "after the last epoch"
+            if self.saved_epoch:
+                self.log(f"{status} {where}; the {self.saved_epoch} finished epoch(s) are saved in "
+                         f"{self.paths.checkpoint('last')}")
+            else:
+                self.log(f"{status} {where}; no epoch was finished, nothing was saved")
             raise
         finally:
             self.close()
@@ -328,6 +340,7 @@ class Trainer:
         }
         self.history.append(record)
         self.save("last", with_optimizer=True)
+        self.saved_epoch = self.epoch
         if improved:
             self.save("best", with_optimizer=False)
         if tc.grid_every and self.epoch % tc.grid_every == 0:

@@ -44,6 +44,7 @@ class RawData:
     test_labels: torch.Tensor | None
     source: str  # where the files were found, for humans
     classes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # things the user should know (logged by training)
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,25 @@ def load_idx_dataset(name: str, data_dir: str | None, download: bool,
         test_x, test_y = _load_pair(files["test_images"], files["test_labels"])
         if test_x.shape[1:] != train_x.shape[1:]:
             raise DataError(f"test images are {tuple(test_x.shape[1:])} but training images {tuple(train_x.shape[1:])}")
-    return RawData(train_x, train_y, test_x, test_y, source=where, classes=spec.classes)
+    return RawData(train_x, train_y, test_x, test_y, source=where, classes=spec.classes,
+                   notes=_content_check(name, train_x))
+
+
+# mean grey level (0..255) of the training images: MNIST digits are mostly black background
+_TYPICAL_MEAN = {"mnist": 33.3, "fashion-mnist": 72.9}
+
+
+def _content_check(name: str, images: torch.Tensor) -> tuple[str, ...]:
+    """A note when the files look like the other MNIST-like dataset (both have the same file names)."""
+    if name not in _TYPICAL_MEAN or images.shape[1:] != (1, 28, 28) or not len(images):
+        return ()
+    mean = float(images[:: max(1, len(images) // 2000)].float().mean())
+    closest = min(_TYPICAL_MEAN, key=lambda k: abs(_TYPICAL_MEAN[k] - mean))
+    if closest != name and abs(_TYPICAL_MEAN[closest] - mean) < 10:
+        return (f"these {name} files look like {closest} (mean grey level {mean:.1f}, typical of {closest}: "
+                f"{_TYPICAL_MEAN[closest]}, of {name}: {_TYPICAL_MEAN[name]}); if they are {closest}, "
+                f"set data.dataset={closest}",)
+    return ()
 
 
 # --------------------------------------------------------------------------- digits
@@ -425,4 +444,8 @@ def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
     if "test_images" in files:
         test = read_idx_header(files["test_images"])[1][0]
     note = "" if test is not None else "no test files: a test split is carved out (data.test_fraction)"
-    return DatasetDescription(dataset, True, where, train_shape[0], test, (1, *train_shape[1:]), note)
+    if len(train_shape) == 4:  # (N, H, W, C)
+        shape = (train_shape[3], train_shape[1], train_shape[2])
+    else:
+        shape = (1, *train_shape[1:])
+    return DatasetDescription(dataset, True, where, train_shape[0], test, shape, note)

@@ -143,7 +143,9 @@ def default_val_size(n_train: int) -> int:
 def make_splits(raw: RawData, cfg: DataConfig, name: str) -> DatasetSplits:
     train_x, train_y = raw.train_images, raw.train_labels
     channels = cfg.channels or train_x.shape[1]
-    notes = []
+    notes = list(raw.notes)
+    if not len(train_x):
+        raise DataError(f"{name} ({raw.source}) holds no training images")
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = to_channels(x, channels)
