@@ -78,6 +78,11 @@ def test_sample_reconstruct_interpolate_evaluate(tiny_run, tmp_path, capsys):
     # the same checkpoint, binarization and seed: the numbers of the end of training (to float rounding:
     # training ran in channels-last memory format)
     assert ev["splits"]["test"]["nelbo"] == pytest.approx(train_ev["splits"]["test"]["nelbo"], rel=1e-6)
+    # the sample-fidelity score is deterministic too: 256 test images, 25 PCA dimensions
+    assert ev["samples"]["images"] == 256 and ev["samples"]["pca_dims"] == 25
+    assert ev["samples"]["fd_samples_test"] == pytest.approx(train_ev["samples"]["fd_samples_test"], rel=1e-5)
+    assert 0 < ev["samples"]["fd_train_test"] < ev["samples"]["fd_samples_test"]
+    assert "Frechet distance" in out
 
 
 def test_bad_config_key_exits_2_with_one_line():
@@ -147,10 +152,29 @@ def test_bad_outputs_and_options_exit_2_with_one_line(tiny_run, tmp_path, capsys
         _one_error_line(capsys, needle)
     for override, needle in [("train.threads=100000", "train.threads"), ("train.seed=99999999999", "out of range"),
                              ("train.lr=inf", "finite"), ("train.beta=nan", "finite"),
-                             ("model.conv_channels=[32, 99999999999]", "list of integers")]:
+                             ("model.conv_channels=[32, 99999999999]", "list of integers"),
+                             ("data.image_size=3000", "at most 1024"), ("model.latent_dim=200000000", "at most"),
+                             ("data.max_train=99999999999", "out of range")]:
         assert main(["train", "--set", override, "--out", str(tmp_path / "never")]) == 2, override
         _one_error_line(capsys, needle)
     assert not (tmp_path / "never").exists()
+    assert main(["interpolate", str(tiny_run), "--pairs", "10000", "--steps", "10000"]) == 2
+    _one_error_line(capsys, "--pairs x --steps")
+
+
+def test_out_of_memory_is_one_line(tiny_run, monkeypatch, capsys):
+    import vaelab.runs
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 900000000000 bytes.")
+
+    monkeypatch.setattr(vaelab.runs.Run, "sample", no_memory)
+    assert main(["sample", str(tiny_run), "-n", "4"]) == 2
+    _one_error_line(capsys, "out of memory", "batch_size")
+    monkeypatch.setattr(vaelab.runs.Run, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised as user mistakes
+        main(["sample", str(tiny_run), "-n", "4"])
 
 
 def test_evaluate_on_data_of_another_shape_exits_2(tiny_run, tmp_path, capsys):

@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("evaluate", help="loss terms on the test split and the train-test gap",
+    p = sub.add_parser("evaluate", help="loss terms on the test split, the train-test gap, sample fidelity",
                        formatter_class=_formatter,
                        description="Evaluate a run on its train, validation and test splits (each binarized "
                                    "once with a fixed seed when training binarizes): -ELBO, recon, KL per image, "
-                                   "and the generalization gap.",
+                                   "the generalization gap, and the Frechet distance of samples to the test "
+                                   "images in PCA pixel space.",
                        epilog=CONVENTIONS)
     _add_run_args(p)
     p.add_argument("--data-dir", metavar="DIR",
@@ -295,7 +296,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_splits, evaluation_protocol, format_table, generalization_gap
+    from .evaluate import (evaluate_splits, evaluation_protocol, format_table, generalization_gap,
+                           sample_fidelity)
     from .runs import write_json
 
     run = _load(args)
@@ -307,11 +309,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "run": str(run.path), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),
         "model": cfg.model.kind, "dataset": splits.name, "protocol": evaluation_protocol(cfg),
         "splits": {k: v.as_dict() for k, v in summaries.items()}, "gap_test_minus_train": gap,
+        "samples": sample_fidelity(run.model, splits, batch_size=cfg.train.eval_batch_size),
     }
     print(format_table(list(summaries.items()),
                        title=f"{run.path} ({cfg.model.kind}, {args.checkpoint} checkpoint, epoch "
                              f"{run.meta.get('epoch')}) on {splits.name}, nats per image:"))
     print(f"generalization gap (test - train): {gap:.2f} nats per image")
+    fd = result["samples"]
+    if fd:
+        print(f"samples: Frechet distance to {fd['images']} test images in PCA-{fd['pca_dims']} pixel space "
+              f"{fd['fd_samples_test']:.2f} (real training images: {fd['fd_train_test']:.2f}; lower is better)")
     out = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
     write_json(out, result)
     print(f"wrote {out}")
