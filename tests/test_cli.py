@@ -145,6 +145,15 @@ def test_bad_outputs_and_options_exit_2_with_one_line(tiny_run, tmp_path, capsys
     assert main(["evaluate", str(tiny_run), "--json", str(a_dir)]) == 2
     _one_error_line(capsys, "is a directory")
     assert list(a_dir.iterdir()) == [] and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # a special file (like /dev/null) is never replaced by the atomic rename
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["evaluate", str(tiny_run), "--json", str(fifo)]) == 2
+    _one_error_line(capsys, "not a regular file")
+    assert main(["sample", str(tiny_run), "-n", "4", "--out", str(fifo)]) == 2
+    _one_error_line(capsys, "not a regular file")
+    assert fifo.is_fifo()
+    fifo.unlink()
     for args, needle in [(["--device", "gpu0"], "not a device"), (["--device", "cuda:7"], "cuda:7"),
                          (["--seed", "-1"], "--seed"), (["--seed", str(2**70)], "--seed"),
                          (["-n", str(10**9)], "at most"), (["--temperature", "inf"], "--temperature")]:
