@@ -350,10 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     explicit_dataset = (any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None
                         or args.data_dir is not None)
-    out = Path(args.out or f"runs/demo-{_stamp()}")
-    if out.exists() and not out.is_dir():
-        raise VaelabError(f"{out} exists and is not a directory; choose another --out for the demo")
-    run_demo(cfg, out, allow_fallback=not explicit_dataset)
+    run_demo(cfg, Path(args.out or f"runs/demo-{_stamp()}"), allow_fallback=not explicit_dataset)
     return 0
 
 

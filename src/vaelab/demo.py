@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .config import RunConfig
 from .data import load_dataset
 from .errors import ConfigError, DatasetNotFoundError
+from .fileio import atomic_write
 from .images import save_png, side_by_side, square_grid
 from .generate import sample
 from .runs import write_json
@@ -54,6 +55,8 @@ def summary_table(results: dict[str, TrainResult]) -> str:
 def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out for the demo")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"demo directory {out} is not empty; choose another --out")
     t0 = time.perf_counter()
@@ -86,7 +89,7 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
         "wall_time_s": round(elapsed, 1),
     }
     write_json(out / "summary.json", summary)
-    (out / "summary.txt").write_text(table + "\n", encoding="utf-8")
+    atomic_write(out / "summary.txt", (table + "\n").encode("utf-8"), "the demo summary")
     log(f"\n=== summary: {splits.name} {splits.image_shape}, nats per image "
         f"(best validation epoch; eval splits binarized once) ===")
     log(table)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .fileio import atomic_write
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0,
@@ -52,18 +53,9 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 array as PNG, atomically (temporary file, then rename)."""
     from PIL import Image
 
-    from .runs import output_file
-
-    path = output_file(path, "the PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return atomic_write(path, buffer.getvalue(), "the PNG")
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:

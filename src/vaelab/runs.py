@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from . import generate
 from .checkpoint import load_checkpoint
 from .config import RunConfig, from_dict
 from .errors import CheckpointError, DataError
+from .fileio import atomic_write
 from .models import Model, build_model, eval_mode
 
 
@@ -71,22 +71,6 @@ class RunPaths:
         return self.checkpoints / name
 
 
-def output_file(path: str | Path, what: str) -> Path:
-    """Check a path vaelab is about to replace atomically: a regular file or nothing (symlinks followed).
-
-    Directories and special files (/dev/null, pipes, devices) are refused: the atomic rename would
-    replace them with a regular file.
-    """
-    path = Path(path)
-    if path.is_symlink():
-        path = path.resolve()
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; give a file name for {what}")
-    if path.exists() and not path.is_file():
-        raise DataError(f"{path} is not a regular file (a device or pipe?); give a file name for {what}")
-    return path
-
-
 def json_safe(data: Any) -> Any:
     """`data` with NaN and infinities replaced by None: strict JSON that every reader accepts."""
     if isinstance(data, float):
@@ -98,21 +82,10 @@ def json_safe(data: Any) -> Any:
     return data
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write strict JSON atomically (temporary file, fsync, rename); NaN becomes null."""
-    path = output_file(path, "the JSON output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(json_safe(data), fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def write_json(path: str | Path, data: Any) -> None:
+    """Write strict JSON atomically; NaN and infinities become null."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, text.encode("utf-8"), "the JSON output")
 
 
 def resolve_device(name: str, option: str = "train.device") -> torch.device:

@@ -37,6 +37,7 @@ from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
                        generalization_gap, sample_fidelity)
+from .fileio import atomic_write
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
@@ -158,7 +159,7 @@ class Trainer:
             self._log_file.close()
 
     def _write_start_files(self) -> None:
-        self.paths.config.write_text(to_toml(self.cfg), encoding="utf-8")
+        atomic_write(self.paths.config, to_toml(self.cfg).encode("utf-8"), "the run config")
         write_json(self.paths.info, self._info(status="running"))
 
     def _info(self, status: str, **extra: Any) -> dict[str, Any]:
