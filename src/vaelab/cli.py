@@ -43,7 +43,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file ([data], [model], [train] tables)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file ([data], [model], [train], [eval] tables)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's files (= data.data_dir)")

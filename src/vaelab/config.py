@@ -1,6 +1,6 @@
 """Typed, frozen run configuration: defaults, TOML files, `key=value` overrides.
 
-A run is configured by one `RunConfig`, made of three sections that mirror the
+A run is configured by one `RunConfig`, made of four sections that mirror the
 TOML file layout::
 
     [data]              # which images, how they are split and binarized
@@ -9,6 +9,8 @@ TOML file layout::
     latent_dim = 20
     [train]             # optimisation
     epochs = 10
+    [eval]              # likelihood and out-of-distribution evaluation
+    nll_k = 1000
 
 Every key has a default, so an empty file (or no file) is a valid config.
 Unknown sections or keys, wrong types and out-of-range values raise
@@ -131,6 +133,12 @@ class TrainConfig:
     channels_last: bool = _opt(True, "conv models: channels-last memory format (faster convolutions on CPU)")
     grid_every: int = _opt(1, "write a sample grid every N epochs (0: only at the end)")
     grid_size: int = _opt(64, "images in each sample / reconstruction grid")
+    monitor_images: int | None = _opt(
+        None, "per epoch, -ELBO on fixed, equal-size subsets of train and validation, binarized once "
+              "(none: the validation split's size; 0: off)"
+    )
+    patience: int = _opt(0, "early stopping: stop after N epochs without a better validation loss (0: off)")
+    min_delta: float = _opt(0.0, "early stopping: an improvement must exceed this many nats")
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -141,6 +149,11 @@ class TrainConfig:
         if self.threads > MAX_THREADS:
             raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _non_negative(self, "train", "grid_every")
+        _non_negative(self, "train", "patience")
+        if self.monitor_images is not None:
+            _non_negative(self, "train", "monitor_images")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"train.min_delta must be >= 0, got {self.min_delta}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.beta >= 0:
@@ -150,17 +163,46 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    nll_k: int = _opt(1000, "importance samples per image for the log-likelihood (IWAE bound, Burda et al. 2015)")
+    nll_images: int = _opt(
+        500, "images per split (train, val, test: the same number) for the NLL at the end of training "
+             "(0: skip); `vaelab evaluate --nll-images all` scores whole splits"
+    )
+    nll_batch_size: int = _opt(64, "images per batch of importance sampling (memory stays bounded for any k)")
+    ood_images: int = _opt(2000, "images per dataset for `vaelab evaluate --on` (the test split gets as many)")
+    gap_images: int = _opt(100, "test images whose posterior is refined for the amortization gap (0: skip)")
+    refine_steps: int = _opt(200, "Adam steps per image when refining q(z|x) (Cremer et al. 2018)")
+    refine_lr: float = _opt(1e-2, "learning rate of that refinement")
+    seed: int = _opt(2025, "seed of the importance samples and the image subsets")
+
+    def __post_init__(self) -> None:
+        _check_types(self, "eval")
+        _positive(self, "eval", "nll_k")
+        if self.nll_k > 100_000:
+            raise ConfigError(f"eval.nll_k must be at most 100,000, got {self.nll_k}")
+        _positive(self, "eval", "nll_batch_size")
+        _positive(self, "eval", "ood_images")
+        for name in ("nll_images", "gap_images", "seed"):
+            _non_negative(self, "eval", name)
+        _positive(self, "eval", "refine_steps")
+        if not self.refine_lr > 0:
+            raise ConfigError(f"eval.refine_lr must be > 0, got {self.refine_lr}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def replace(self, **sections: Any) -> "RunConfig":
         """A copy with some sections or keys replaced: `cfg.replace(train={"epochs": 1})`."""
         return apply_mapping(self, sections)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 # --------------------------------------------------------------------------- checks

@@ -41,6 +41,10 @@ class BernoulliLikelihood:
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
 
+    def discrete_log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log P(x | z) as a probability of the observed data: exact for binary pixels (and only for them)."""
+        return self.log_prob(x, params)
+
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.bernoulli(torch.sigmoid(params), generator=generator)
 
@@ -58,6 +62,10 @@ class GaussianLikelihood:
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
+
+    def discrete_log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log P(x | z) of 8-bit pixels: the Gaussian discretized into 256 bins (a probability, not a density)."""
+        return obj.discretized_gaussian_log_likelihood(x, torch.sigmoid(params), self.std)
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(params.shape, generator=generator, dtype=params.dtype).to(params.device)
