@@ -10,7 +10,7 @@ from PIL import Image
 from vaelab.cli import main
 
 TINY = ["--set", "train.epochs=1", "--set", "data.max_train=512", "--set", "data.max_eval=256",
-        "--set", "train.grid_size=16"]
+        "--set", "train.grid_size=16", "--set", "eval.nll_k=10", "--set", "eval.nll_images=64"]
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ from vaelab.demo import run_demo
 def test_demo_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "SYSTEM_DATA_DIR", tmp_path / "no-system")  # and VAELAB_OFFLINE=1 (conftest)
     lines = []
-    cfg = load_config(overrides=["train.epochs=1", "train.grid_every=0", "train.grid_size=4"])
+    cfg = load_config(overrides=["train.epochs=1", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=5",
+                                 "eval.nll_images=20"])
     monkeypatch.setattr("vaelab.demo.FALLBACK_EPOCHS", 1)
     summary = run_demo(cfg, tmp_path / "demo", log=lines.append)
     text = "\n".join(lines)
@@ -26,7 +27,8 @@ def test_demo_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch):
 
 def test_demo_command_on_fashion_mnist(tmp_path, fashion_mnist_dir, capsys):
     assert main(["demo", "--set", "train.epochs=1", "--set", "data.max_train=1000", "--set", "data.max_eval=500",
-                 "--set", "train.grid_every=0", "--out", str(tmp_path / "d")]) == 0
+                 "--set", "train.grid_every=0", "--set", "eval.nll_k=5", "--set", "eval.nll_images=20",
+                 "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "summary: fashion-mnist" in out and "gap" in out and "falling back" not in out
     assert main(["demo", "--out", str(tmp_path / "d")]) == 2  # never overwrites a finished demo

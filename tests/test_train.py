@@ -9,7 +9,8 @@ from vaelab import load_config, load_run, train
 from vaelab.data import load_dataset
 from vaelab.errors import VaelabError
 
-DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4"]
+DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",
+          "eval.nll_images=50"]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_fashion_mnist_learns(tmp_path, fashion_mnist_dir):
     """Two epochs on 6,000 real Fashion-MNIST images: the -ELBO falls well below the ~543 nats
     of a model that predicts every pixel at 1/2, and far from where it starts."""
     cfg = load_config(overrides=["data.max_train=6000", "data.max_eval=2000", "train.epochs=2",
-                                 "train.grid_every=0", "train.grid_size=4"])
+                                 "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10", "eval.nll_images=100"])
     result = train(cfg, tmp_path / "f", log=lambda m: None)
     test = result.evaluation["splits"]["test"]
     assert test["nelbo"] < 320, test
@@ -243,8 +244,51 @@ def test_autoencoder_code_fit_and_final_grids_see_every_class(tmp_path, monkeypa
     monkeypatch.setattr(trainer_module, "CODE_FIT_IMAGES", 40)
     monkeypatch.setattr(trainer_module.Trainer, "write_images", write_images)
     cfg = load_config(overrides=["data.dataset=digits", "model.kind=ae", "data.binarize=none", "train.epochs=1",
-                                 "train.grid_every=0", "train.grid_size=16"])
+                                 "train.grid_every=0", "train.grid_size=16", "train.monitor_images=0"])
     train(cfg, tmp_path / "ae", splits=splits, log=lambda m: None)
     grey_levels = {20, 80, 140, 200}
     assert seen["fit"] == grey_levels  # 40 of 400 training images, from all 4 classes
     assert grey_levels <= seen["grid"]  # the 8 reconstructed test images span the classes too
+
+
+def test_per_epoch_gap_on_equal_fixed_subsets_and_final_nll(tmp_path, digits_splits):
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=3", "train.monitor_images=120"])
+    result = train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for rec in records:
+        mon = rec["monitor"]
+        assert mon["images"] == 120 and mon["train"]["n"] == mon["val"]["n"] == 120
+        assert mon["gap"] == pytest.approx(mon["val"]["nelbo"] - mon["train"]["nelbo"])
+    # the fixed subsets are scored by the epoch's final weights, not averaged during the epoch
+    assert records[0]["monitor"]["train"]["nelbo"] != pytest.approx(records[0]["train"]["nelbo"], abs=1e-3)
+    # without a monitor_images limit the validation subset is the whole validation split (the same numbers)
+    full = train(load_config(overrides=[*DIGITS, "train.epochs=1"]), tmp_path / "full", splits=digits_splits,
+                 log=lambda m: None)
+    assert full.history[0]["monitor"]["val"] == full.history[0]["val"]
+    nll = result.evaluation["nll"]
+    assert nll["k"] == 10 and set(nll["splits"]) == {"train", "val", "test"}
+    assert {s["n"] for s in nll["splits"].values()} == {50}
+    for s in nll["splits"].values():
+        assert 0 < s["nll"] <= s["nelbo"] + 1e-6  # L_k >= the ELBO of the same samples
+    assert nll["gap_test_minus_train"] == pytest.approx(nll["splits"]["test"]["nll"] - nll["splits"]["train"]["nll"])
+    from PIL import Image
+
+    curves = Image.open(tmp_path / "r" / "images" / "curves.png")
+    assert curves.size[0] > 400
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path, digits_splits):
+    # epoch 1 improves on infinity; afterwards no epoch can beat it by 1e6 nats: stop after 1 + patience epochs
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=10", "train.patience=2", "train.min_delta=1e6"])
+    lines = []
+    result = train(cfg, tmp_path / "r", splits=digits_splits, log=lines.append)
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert any("early stopping after epoch 3" in line for line in lines)
+    assert result.evaluation["stopped_early"] is True and result.evaluation["epochs_trained"] == 3
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["status"] == "finished" and info["stopped_early"] is True and info["epochs"] == 3
+    assert load_run(tmp_path / "r").meta["epoch"] == 1
+    # patience 0 (the default) never stops early
+    plain = train(cfg.replace(train={"patience": 0, "epochs": 4}), tmp_path / "p", splits=digits_splits,
+                  log=lambda m: None)
+    assert len(plain.history) == 4 and plain.evaluation["stopped_early"] is False

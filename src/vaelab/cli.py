@@ -114,16 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("evaluate", help="loss terms on the test split, the train-test gap, sample fidelity",
+    p = sub.add_parser("evaluate", help="likelihoods, the generalization gap, unseen datasets and OOD detection",
                        formatter_class=_formatter,
-                       description="Evaluate a run on its train, validation and test splits (each binarized "
-                                   "once with a fixed seed when training binarizes): -ELBO, recon, KL per image, "
-                                   "the generalization gap, and the Frechet distance of samples to the test "
-                                   "images in PCA pixel space.",
-                       epilog=CONVENTIONS)
+                       description="Evaluate a run: -ELBO on train / validation / test (each binarized once with "
+                                   "a fixed seed when training binarizes), the importance-sampled NLL (k samples "
+                                   "per image) and both generalization gaps, inference gaps and active units, "
+                                   "sample fidelity; with --on, the NLL of other datasets and out-of-distribution "
+                                   "detection against the test split. Writes RUN/eval-CKPT/ (evaluation.json, "
+                                   "report.md, plots, per-image scores).",
+                       epilog=CONVENTIONS + "\n\ndatasets for --on: test train val (the run's splits), fashion-mnist, "
+                              "mnist (NAME@DIR: its files are in DIR), digits, folder:PATH, and the shifts noise, "
+                              "constant, inverted, flipped (of the test split).\n\neval keys (--set eval.KEY=VALUE):\n"
+                              + describe_keys("eval"))
     _add_run_args(p)
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
+    p.add_argument("--on", nargs="+", metavar="DATASET", default=[],
+                   help="also score these datasets and detect them as out-of-distribution, e.g. --on mnist noise")
+    p.add_argument("-k", "--k", type=int, metavar="K", help="importance samples per image for the NLL (= eval.nll_k)")
+    p.add_argument("--nll-images", metavar="N|all",
+                   help="images per split for the NLL (= eval.nll_images; all: whole splits; 0: skip)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval key, e.g. --set eval.ood_images=2000 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval-CKPT)")
     p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -295,34 +308,54 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(run, args: argparse.Namespace):
+    """The run's config with the evaluate command's eval.* overrides (other sections are the run's own)."""
+    from .config import apply_mapping, parse_override
+
+    cfg = run.config
+    overrides = list(args.overrides)
+    if args.k is not None:
+        overrides.append(f"eval.nll_k={args.k}")
+    if args.nll_images is not None:
+        value = args.nll_images.strip().lower()
+        if value == "all":
+            value = str(2**31 - 1)
+        elif not value.isdigit():
+            raise VaelabError(f"--nll-images must be a number or all, got {args.nll_images!r}")
+        overrides.append(f"eval.nll_images={value}")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section != "eval":
+            raise VaelabError(f"evaluate takes eval.* overrides only (the model was trained with its own "
+                              f"{section} settings), got {text!r}")
+        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
+    return cfg
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import (evaluate_splits, evaluation_protocol, format_table, generalization_gap,
-                           sample_fidelity)
-    from .runs import write_json
+    from .evaluate import run_evaluation
 
     run = _load(args)
-    cfg = run.config
+    cfg = _eval_config(run, args)
+    for spec in args.on:  # fail on a typo before any long computation
+        _check_spec(spec)
     splits = _run_data(run, args.data_dir)
-    summaries = evaluate_splits(run.model, splits, cfg, run.device)
-    gap = generalization_gap(summaries["train"], summaries["test"])
-    result = {
-        "run": str(run.path), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),
-        "model": cfg.model.kind, "dataset": splits.name, "protocol": evaluation_protocol(cfg),
-        "splits": {k: v.as_dict() for k, v in summaries.items()}, "gap_test_minus_train": gap,
-        "samples": sample_fidelity(run.model, splits, batch_size=cfg.train.eval_batch_size),
-    }
-    print(format_table(list(summaries.items()),
-                       title=f"{run.path} ({cfg.model.kind}, {args.checkpoint} checkpoint, epoch "
-                             f"{run.meta.get('epoch')}) on {splits.name}, nats per image:"))
-    print(f"generalization gap (test - train): {gap:.2f} nats per image")
-    fd = result["samples"]
-    if fd:
-        print(f"samples: Frechet distance to {fd['images']} test images in PCA-{fd['pca_dims']} pixel space "
-              f"{fd['fd_samples_test']:.2f} (real training images: {fd['fd_train_test']:.2f}; lower is better)")
-    out = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
-    write_json(out, result)
-    print(f"wrote {out}")
+    out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
+    json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
+    run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint)
     return 0
+
+
+def _check_spec(spec: str) -> None:
+    from .data import BUILTIN
+    from .data.shifts import SHIFTS
+    from .generalization import OWN_SPLITS, split_spec
+
+    name, _ = split_spec(spec)
+    if name in OWN_SPLITS or name in SHIFTS or name in BUILTIN or name.startswith("folder:"):
+        return
+    raise VaelabError(f"unknown dataset {spec!r} for --on; choose from {', '.join(OWN_SPLITS + BUILTIN)}, "
+                      f"folder:PATH, {', '.join(SHIFTS)} (NAME@DIR says where a dataset's files are)")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

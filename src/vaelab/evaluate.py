@@ -196,3 +196,127 @@ def sample_fidelity(model: Model, splits: DatasetSplits, *, n: int = SAMPLE_FD_I
                     "in [0, 1]); samples are decoded means at temperature 1; fd_train_test is real training "
                     "images against the same test images (the floor); lower is better",
     }
+
+
+# --------------------------------------------------------------------------- the whole evaluation
+
+
+def nll_on_splits(model: Model, cfg: RunConfig, splits: DatasetSplits, device: torch.device | str = "cpu",
+                  log=print) -> dict[str, Any] | None:
+    """The importance-sampled NLL on equal-size random subsets of train, validation and test (or whole splits).
+
+    None for an autoencoder, with eval.nll_images = 0, or when the likelihood is undefined (a
+    Bernoulli decoder on grey pixels).
+    """
+    from .data import spread_index
+    from .likelihood import estimate_nll
+
+    ec, dc = cfg.eval, cfg.data
+    if not (ec.nll_images and model.variational):
+        return None
+    if dc.binarize == "none" and cfg.model.likelihood == "bernoulli":
+        log("note: no NLL: a Bernoulli decoder on grey pixels has no likelihood (train with data.binarize=dynamic "
+            "or model.likelihood=gaussian)")
+        return None
+    present = [name for name in SPLITS if len(splits.split(name))]
+    n = min([ec.nll_images] + [len(splits.split(name)) for name in present])
+    log(f"importance-sampled NLL: k={ec.nll_k} on {n} images of each split ({', '.join(present)}) ...")
+    out: dict[str, Any] = {}
+    for i, name in enumerate(present):
+        split = splits.split(name)
+        subset = split if n == len(split) else split.subset(spread_index(len(split), n, ec.seed + i))
+        view = eval_view(subset, name, dc.binarize, dc.binarize_seed)
+        summary, _ = estimate_nll(model, view.images, likelihood=cfg.model.likelihood, binarize=dc.binarize,
+                                  binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
+                                  seed=ec.seed, device=device)
+        log(f"  {name}: NLL {summary.nll:.2f} ± {summary.stderr:.2f} ({summary.images_per_s:.1f} images/s)")
+        out[name] = summary.as_dict()
+    gap = out["test"]["nll"] - out["train"]["nll"] if "test" in out and "train" in out else None
+    return {"k": ec.nll_k, "images": n, "splits": out, "gap_test_minus_train": gap,
+            "subsets": "whole splits" if all(n == len(splits.split(s)) for s in present)
+            else f"a random {n} images of each split (seed eval.seed + split index), binarized once like the split"}
+
+
+def _per_image_csv(per_image: dict[str, dict[str, Any]]) -> bytes:
+    """One row per image: dataset, index, and each per-image score."""
+    import io
+
+    buf = io.StringIO()
+    names = list(next(iter(per_image.values())).keys())
+    buf.write("dataset,index," + ",".join(n.replace(",", ";") for n in names) + "\n")
+    for dataset, scores in per_image.items():
+        for i in range(len(scores[names[0]])):
+            buf.write(f"{dataset},{i}," + ",".join(f"{float(scores[n][i]):.6g}" for n in names) + "\n")
+    return buf.getvalue().encode("utf-8")
+
+
+def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_path, *, on: list[str] = (),
+                   checkpoint: str = "best", log=print) -> dict[str, Any]:
+    """Everything `vaelab evaluate` computes, printed, and written to out_dir (JSON, report.md, plots, CSV)."""
+    from pathlib import Path
+
+    from . import generalization as gen
+    from .errors import ConfigError
+    from .fileio import atomic_write
+    from .likelihood import format_nll_table
+    from .report import write_markdown
+    from .runs import write_json
+
+    model, device = run.model, run.device
+    out_dir = Path(out_dir)
+    if on and not model.variational:
+        raise ConfigError("--on needs a VAE run: an autoencoder has no likelihood to compare datasets with")
+    if cfg.model.arch == "conv":
+        model.to(memory_format=torch.channels_last)  # faster convolutions on CPU; the numbers are the same
+    title = (f"{run.path} ({cfg.model.kind}, {checkpoint} checkpoint, epoch {run.meta.get('epoch')}) "
+             f"on {splits.name}")
+    summaries = evaluate_splits(model, splits, cfg, device)
+    gap = generalization_gap(summaries["train"], summaries["test"])
+    log(format_table(list(summaries.items()), title=f"{title}, nats per image:"))
+    log(f"generalization gap (test - train): {gap:.2f} nats per image")
+    result: dict[str, Any] = {
+        "run": str(run.path), "checkpoint": checkpoint, "epoch": run.meta.get("epoch"), "model": cfg.model.kind,
+        "dataset": splits.name, "protocol": evaluation_protocol(cfg),
+        "splits": {k: v.as_dict() for k, v in summaries.items()}, "gap_test_minus_train": gap,
+        "eval_config": {k: getattr(cfg.eval, k) for k in cfg.eval.__dataclass_fields__},
+    }
+    nll = nll_on_splits(model, cfg, splits, device, log)
+    if nll:
+        result["nll"] = nll
+        log(format_nll_table(nll["splits"], title=f"importance-sampled NLL (k={nll['k']}, {nll['images']} images "
+                                                  "per split, nats per image):"))
+        if nll["gap_test_minus_train"] is not None:
+            log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} nats per image")
+    result["samples"] = sample_fidelity(model, splits, batch_size=cfg.train.eval_batch_size)
+    fd = result["samples"]
+    if fd:
+        log(f"samples: Frechet distance to {fd['images']} test images in PCA-{fd['pca_dims']} pixel space "
+            f"{fd['fd_samples_test']:.2f} (real training images: {fd['fd_train_test']:.2f}; lower is better)")
+    if model.variational:
+        log("inside the model:")
+        result["inside"] = gen.inside_the_model(model, cfg, splits, device=device, log=log)
+        log(gen.format_inside(result["inside"]))
+    per_image = None
+    if on:
+        log(f"unseen datasets ({', '.join(on)}):")
+        data = gen.evaluate_datasets(model, cfg, splits, list(on), device=device, log=log)
+        per_image = data.pop("per_image")
+        result["datasets_eval"] = data
+        log(gen.format_dataset_tables(data, splits.name))
+        result["anchors"] = gen.anchors(data) if splits.name == "fashion-mnist" else None
+    curves = run.path / "images" / "curves.png"
+    if curves.is_file():
+        result["curves"] = str(Path("..") / "images" / "curves.png") if out_dir.parent == run.path else str(curves)
+    plot_input = dict(result)
+    if per_image is not None:
+        plot_input["datasets_eval"] = {**result["datasets_eval"], "per_image": per_image}
+    images = gen.write_plots(plot_input, out_dir)
+    result["plots"] = images
+    if per_image is not None:
+        atomic_write(out_dir / "per_image_scores.csv", _per_image_csv(per_image), "the per-image scores")
+    write_json(out_dir / "evaluation.json", result)
+    report = write_markdown(result, out_dir, images)
+    if json_path is not None:
+        write_json(json_path, result)
+    log(f"wrote {out_dir / 'evaluation.json'}, {report}" + (f" and {json_path}" if json_path else ""))
+    return result

@@ -187,3 +187,15 @@ def estimate_nll(model: Model, images: torch.Tensor, *, likelihood: str, binariz
     est = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
                              progress=progress)
     return summarize(est, tuple(images.shape[1:]), time.perf_counter() - t0, protocol), est
+
+
+def format_nll_table(rows: dict[str, dict[str, Any] | NllSummary], title: str = "") -> str:
+    """A fixed-width table of NLL summaries: n, NLL, its standard error, -ELBO, bits/dim, ESS."""
+    head = f"{'':<16}{'n':>7}{'NLL':>10}{'±se':>7}{'-ELBO':>10}{'bits/dim':>10}{'ESS':>8}"
+    lines = [title] if title else []
+    lines += [head, "-" * len(head)]
+    for name, s in rows.items():
+        d = s.as_dict() if isinstance(s, NllSummary) else s
+        lines.append(f"{name:<16}{d['n']:>7}{d['nll']:10.2f}{d['stderr']:7.2f}{d['nelbo']:10.2f}"
+                     f"{d['bits_per_dim']:10.4f}{d['ess']:8.1f}")
+    return "\n".join(lines)

@@ -36,8 +36,9 @@ from .config import RunConfig, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
-                       generalization_gap, sample_fidelity)
+                       generalization_gap, nll_on_splits, sample_fidelity)
 from .fileio import atomic_write
+from .likelihood import format_nll_table
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
@@ -125,6 +126,8 @@ class Trainer:
         dc = config.data
         self.train_images, self.dynamic = train_view(self.splits.train, dc.binarize, dc.binarize_seed)
         self.val_images = eval_view(self.splits.val, "val", dc.binarize, dc.binarize_seed) if len(self.splits.val) else None
+        self.monitor = self._monitor_sets()
+        self.stopped_early = False
         self.epoch = 0
         self.saved_epoch = 0  # the epoch the `last` checkpoint holds
         self.step = 0
@@ -143,6 +146,23 @@ class Trainer:
         for line in self._pending_log:
             self._log_file.write(line + "\n")
         self._pending_log.clear()
+
+    def _monitor_sets(self) -> dict[str, Any] | None:
+        """Fixed, equal-size subsets of train and validation, binarized once, scored after every epoch.
+
+        The running training average mixes weights from the whole epoch (and dynamic binarization);
+        these two subsets are scored by the same weights in the same way, so their difference is the
+        generalization gap and nothing else.
+        """
+        tc, dc = self.cfg.train, self.cfg.data
+        if self.val_images is None or tc.monitor_images == 0:
+            return None
+        n = min(tc.monitor_images or len(self.val_images), len(self.val_images), len(self.splits.train))
+        train = eval_view(self.splits.train.subset(spread_index(len(self.splits.train), n, tc.seed + 5)), "train",
+                          dc.binarize, dc.binarize_seed)
+        val = self.val_images if n == len(self.val_images) else self.val_images.subset(
+            spread_index(len(self.val_images), n, tc.seed + 6))
+        return {"images": n, "train": train, "val": val}
 
     # ------------------------------------------------------------------ logging and files
 
@@ -296,12 +316,18 @@ class Trainer:
                     record = self.end_epoch(train_terms, time.perf_counter() - t0)
                     metrics_file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
                     metrics_file.flush()
+                    if tc.patience and self.val_images is not None and self.epoch - self.best_epoch >= tc.patience:
+                        self.stopped_early = True
+                        self.log(f"early stopping after epoch {self.epoch}: no better validation loss for "
+                                 f"{tc.patience} epoch(s) (train.patience); the best epoch is {self.best_epoch}")
+                        break
             return self.finish()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             write_json(self.paths.info, self._info(status=status, epochs=self.saved_epoch,
                                                    error=str(exc) or type(exc).__name__))
-            where = f"during epoch {self.saved_epoch + 1}" if self.saved_epoch < tc.epochs else "after the last epoch"
+            where = (f"during epoch {self.saved_epoch + 1}" if self.saved_epoch < tc.epochs and not self.stopped_early
+                     else "after the last epoch")
             if self.saved_epoch:
                 self.log(f"{status} {where}; the {self.saved_epoch} finished epoch(s) are saved in "
                          f"{self.paths.checkpoint('last')}")
@@ -328,7 +354,7 @@ class Trainer:
             )
         # without a validation split, the latest epoch counts as the best
         val_score = val.loss if val is not None else -float(self.epoch)
-        improved = val_score < self.best_val
+        improved = val_score < self.best_val - (tc.min_delta if val is not None else 0.0)
         if improved:
             self.best_val, self.best_epoch = val_score, self.epoch
         record = {
@@ -338,6 +364,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
             "train": {k: v for k, v in train_terms.items() if k != "images"},
             "val": val.as_dict() if val is not None else None, "best": improved,
+            "monitor": self._monitor_record(val),
         }
         self.history.append(record)
         self.save("last", with_optimizer=True)
@@ -348,12 +375,30 @@ class Trainer:
             self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
         val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
                     if val is not None else "no validation split")
+        if record["monitor"] is not None:
+            val_text += f"  gap {record['monitor']['gap']:+.2f}"
         self.log(
             f"epoch {self.epoch}/{tc.epochs}  train loss {train_terms['loss']:.2f} "
             f"(recon {train_terms['recon']:.2f}, KL {train_terms['kl']:.2f})  {val_text}"
             f"{'  *best' if improved else ''}  {record['images_per_s']:.0f} img/s"
         )
         return record
+
+    def _monitor_record(self, val) -> dict[str, Any] | None:
+        """-ELBO (reconstruction loss for the AE) of the fixed train and validation subsets, and their gap."""
+        if self.monitor is None:
+            return None
+        tc = self.cfg.train
+        scores = {}
+        for name in ("train", "val"):
+            images = self.monitor[name]
+            if name == "val" and val is not None and images is self.val_images:
+                scores[name] = val  # the same images, weights and seed: the same numbers
+            else:
+                scores[name] = evaluate_images(self.model, images, beta=tc.beta, batch_size=tc.eval_batch_size,
+                                               device=self.device)
+        return {"images": self.monitor["images"], "train": scores["train"].as_dict(),
+                "val": scores["val"].as_dict(), "gap": generalization_gap(scores["train"], scores["val"])}
 
     def finish(self) -> TrainResult:
         """Reload the best weights, write the final images and the evaluation."""
@@ -367,21 +412,47 @@ class Trainer:
             "splits": {k: v.as_dict() for k, v in summaries.items()},
             "gap_test_minus_train": generalization_gap(summaries["train"], summaries["test"]),
             "samples": sample_fidelity(self.model, self.splits, batch_size=self.cfg.train.eval_batch_size),
+            "stopped_early": self.stopped_early, "epochs_trained": self.epoch,
         }
+        nll = self._final_nll()
+        if nll:
+            evaluation["nll"] = nll
         write_json(self.paths.evaluation, evaluation)
+        self._plot_curves()
         self.log(format_table(list(summaries.items()),
                               title=f"evaluation of the best epoch ({self.best_epoch}), nats per image:"))
         measure = "-ELBO" if self.model.variational else "reconstruction loss"
         self.log(f"generalization gap (test - train {measure}): {evaluation['gap_test_minus_train']:.2f} nats per image")
+        if nll:
+            self.log(format_nll_table(nll["splits"], title=f"importance-sampled NLL (k={nll['k']}, "
+                                                           f"{nll['images']} images per split, nats per image):"))
+            self.log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} nats per image")
         fid = evaluation["samples"]
         if fid:
             self.log(f"samples: Frechet distance to {fid['images']} test images in PCA-{fid['pca_dims']} pixel space "
                      f"{fid['fd_samples_test']:.2f} (real training images: {fid['fd_train_test']:.2f}; lower is better)")
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
-                                               epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch))
+                                               epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
+                                               stopped_early=self.stopped_early))
         self.log(f"run written to {self.paths.root}")
         self.close()
         return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
+
+    def _final_nll(self) -> dict[str, Any] | None:
+        """The importance-sampled NLL on equal-size random subsets of train, validation and test."""
+        return nll_on_splits(self.model, self.cfg, self.splits, self.device, self.log)
+
+    def _plot_curves(self) -> None:
+        from .plots import plot_training_curves
+
+        if not self.history:
+            return
+        try:
+            plot_training_curves(self.history, self.paths.images / "curves.png", best_epoch=self.best_epoch,
+                                 stopped_epoch=self.epoch if self.stopped_early else None,
+                                 title=f"{self.cfg.model.kind.upper()} on {self.splits.name}")
+        except ValueError as exc:  # nothing plottable: say so, never lose the run over a picture
+            self.log(f"note: no training-curve plot ({exc})")
 
     def write_images(self) -> None:
         self._sample_grid(self.paths.images / "samples.png")

@@ -1,0 +1,272 @@
+"""The generalization suite behind `vaelab evaluate`: likelihoods on unseen datasets, OOD detection, inside the model.
+
+For a trained VAE and a list of dataset specs it computes, with one protocol for every set:
+
+- the importance-sampled log p(x) (and the ELBO from the same samples) of images of the
+  run's test split and of each other dataset, as a table and histograms;
+- out-of-distribution detection of each other dataset against the test split, balanced
+  sizes, with three scores: -log p(x), -ELBO, and Serra et al.'s complexity-corrected
+  score -log2 p(x) - L(x) (L: the PNG code length of the image in bits), each with AUROC,
+  AUPRC and FPR at 80% TPR (the OOD set is the positive class);
+- inside the model: the amortization and approximation gaps (Cremer et al. 2018) and
+  posterior collapse (active units, KL per latent dimension).
+
+Dataset specs: `test`, `train`, `val` (the run's own splits), `fashion-mnist`, `mnist`
+(optionally `mnist@DIR` to say where its IDX files are), `digits` (resized to the run's
+size), `folder:PATH`, and the synthetic shifts `noise`, `constant`, `inverted`, `flipped`
+(the last two transform the run's own test images). Every set is converted to the run's
+image shape and, when the run binarizes, binarized once with a fixed seed, exactly like the
+test split.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import binarize_once, eval_view, load_raw, spread_index
+from .data.shifts import SHIFTS, make_shift
+from .data.splits import DatasetSplits, to_channels, to_size
+from .errors import DataError
+from .likelihood import estimate_nll, format_nll_table, likelihood_protocol
+from .models import Model
+from .ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
+                  png_code_length_bits, roc_points)
+
+OWN_SPLITS = ("test", "train", "val")
+SCORES = ("-log p(x)", "-ELBO", "complexity-corrected")
+SCORE_NOTES = {
+    "-log p(x)": "the negative importance-sampled log-likelihood (nats)",
+    "-ELBO": "the negative ELBO, averaged over the same k samples (nats)",
+    "complexity-corrected": "Serra et al. 2020: -log2 p(x) - L(x), L(x) = PNG code length of the image in bits",
+}
+ANCHOR_NOTE = ("published, Fashion-MNIST (in) vs MNIST (out): a hierarchical VAE's log p(x) 0.268 and its LLR>1 "
+               "0.984 (Havtorn et al. 2021), Ren et al. 2019's likelihood ratio 0.994")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Images of one dataset, ready for the model (uint8, the run's shape, binarized as the protocol says)."""
+
+    name: str
+    images: torch.Tensor
+    source: str
+    available: int  # how many images the source had before the random subset was drawn
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`mnist@DIR` -> ("mnist", "DIR"); anything else -> (spec, None)."""
+    if "@" in spec and not spec.startswith("folder:"):
+        name, where = spec.split("@", 1)
+        if not where:
+            raise DataError(f"dataset {spec!r}: give a directory after @, e.g. mnist@~/data/mnist")
+        return name, where
+    return spec, None
+
+
+def _stable_offset(name: str) -> int:
+    return 5000 + zlib.crc32(name.encode("utf-8")) % 100_000
+
+
+def _prepare(images: torch.Tensor, cfg: RunConfig, image_shape: tuple[int, int, int], name: str) -> torch.Tensor:
+    """To the run's channels and size, then binarized once (seeded by the name) if the run binarizes."""
+    c, h, w = image_shape
+    images = to_channels(images, c)
+    if images.shape[2:] != (h, w):
+        if h != w:
+            raise DataError(f"dataset {name}: cannot resize to the run's non-square {h}x{w} images")
+        images = to_size(images, h, cfg.data.resize)
+    if cfg.data.binarize != "none":
+        images = binarize_once(images, cfg.data.binarize_seed + _stable_offset(name))
+    return images
+
+
+def load_eval_set(spec: str, cfg: RunConfig, splits: DatasetSplits, n: int, seed: int) -> EvalSet:
+    """The images a dataset spec names: at most n, a seeded random choice, prepared like the test split."""
+    name, where = split_spec(spec)
+    if name in OWN_SPLITS:
+        split = splits.split(name)
+        if not len(split):
+            raise DataError(f"the run's {name} split is empty; leave it out of --on")
+        pick = spread_index(len(split), n, seed)
+        view = eval_view(split.subset(pick), name, cfg.data.binarize, cfg.data.binarize_seed)
+        return EvalSet(name, view.images, f"{splits.name} {name} split", len(split))
+    if name in SHIFTS:
+        images = make_shift(name, splits.test.images, n, seed)
+        what = {"inverted": "the test split inverted (255 - x)", "flipped": "the test split upside down",
+                "noise": "uniform noise", "constant": "constant images"}[name]
+        return EvalSet(name, _prepare(images, cfg, splits.image_shape, name), what, len(images))
+    c, h, w = splits.image_shape
+    raw = load_raw(name, data_dir=where, download=cfg.data.download, image_size=h if h == w else None,
+                   channels=c)
+    # the dataset's own test images when it has them (fewer duplicates of anything seen anywhere)
+    images = raw.test_images if raw.test_images is not None and len(raw.test_images) else raw.train_images
+    if not len(images):
+        raise DataError(f"dataset {spec} has no images")
+    available = len(images)
+    images = images[spread_index(available, n, seed)]
+    return EvalSet(name, _prepare(images, cfg, splits.image_shape, name), raw.source, available)
+
+
+def _ood_metrics(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    n_in, n_out = len(scores_in[SCORES[0]]), len(scores_out[SCORES[0]])
+    i_in, i_out = balanced_index(n_in, n_out, seed)
+    out: dict[str, Any] = {}
+    for score in SCORES:
+        a, b = scores_in[score][i_in], scores_out[score][i_out]
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            out[score] = {"error": "non-finite scores"}
+            continue
+        m = detection_metrics(a, b)
+        fpr, tpr = roc_points(a, b)
+        out[score] = {**m.as_dict(), "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+    return out
+
+
+def evaluate_datasets(model: Model, cfg: RunConfig, splits: DatasetSplits, specs: list[str], *,
+                      device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Likelihoods of the test split and each named dataset, and OOD detection against the test split."""
+    ec = cfg.eval
+    specs = ["test"] + [s for s in dict.fromkeys(specs) if split_spec(s)[0] != "test"]
+    sets = [load_eval_set(spec, cfg, splits, ec.ood_images, ec.seed + 10 + i) for i, spec in enumerate(specs)]
+    results: dict[str, Any] = {}
+    per_image: dict[str, dict[str, np.ndarray]] = {}
+    for s in sets:
+        log(f"  {s.name}: {len(s.images)} images from {s.source}, k={ec.ood_k} ...")
+        summary, est = estimate_nll(model, s.images, likelihood=cfg.model.likelihood, binarize=cfg.data.binarize,
+                                    binarize_seed=cfg.data.binarize_seed, k=ec.ood_k, batch_size=ec.nll_batch_size,
+                                    seed=ec.seed, device=device)
+        nll = (-est.log_px).numpy()
+        bits = png_code_length_bits(s.images)
+        per_image[s.name] = {"-log p(x)": nll, "-ELBO": (-est.elbo).numpy(),
+                             "complexity-corrected": complexity_corrected_score(nll, bits),
+                             "bits/dim": nll / (math.prod(s.images.shape[1:]) * math.log(2))}
+        results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
+                           "png_bits_mean": float(bits.mean())}
+    ood = {name: _ood_metrics(per_image["test"], per_image[name], ec.seed)
+           for name in per_image if name != "test"}
+    return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
+            "score_notes": SCORE_NOTES, "per_image": per_image,
+            "protocol": likelihood_protocol(cfg.model.likelihood, cfg.data.binarize, cfg.data.binarize_seed,
+                                            ec.ood_k, ec.ood_images, ec.seed)
+            | {"images": f"at most {ec.ood_images} per dataset, a seeded random choice; OOD metrics on "
+                         "balanced sizes (the smaller of the two sets)",
+               "other_datasets": "converted to the run's channels and size, binarized once with a seed "
+                                 "derived from data.binarize_seed and the dataset's name (when the run binarizes)"}}
+
+
+def format_dataset_tables(result: dict[str, Any], trained_on: str) -> str:
+    """The likelihood table per dataset and the OOD table per dataset and score."""
+    nll_rows = {name: r["nll"] for name, r in result["datasets"].items()}
+    lines = [format_nll_table(nll_rows, title=f"log-likelihood per dataset (model trained on {trained_on}; "
+                                              f"k={result['k']}; nats per image; higher NLL = less likely):")]
+    if result["ood"]:
+        lines += ["", f"out-of-distribution detection against the {trained_on} test split (OOD = positive; "
+                      "balanced sizes):"]
+        head = f"{'':<14}{'score':<22}{'AUROC':>8}{'AUPRC':>8}{'FPR80':>8}{'n':>7}"
+        lines += [head, "-" * len(head)]
+        for name, scores in result["ood"].items():
+            for score, m in scores.items():
+                if "error" in m:
+                    lines.append(f"{name:<14}{score:<22}{m['error']:>24}")
+                    continue
+                lines.append(f"{name:<14}{score:<22}{m['auroc']:8.3f}{m['auprc']:8.3f}{m['fpr_at_80_tpr']:8.3f}"
+                             f"{m['n_in']:>7}")
+                name = ""
+        if trained_on == "fashion-mnist" and "mnist" in result["ood"]:
+            lines.append(f"{ANCHOR_NOTE}")
+        lines.append("scores: " + "; ".join(f"{k}: {v}" for k, v in SCORE_NOTES.items()))
+    return "\n".join(lines)
+
+
+def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Our AUROCs for Fashion-MNIST vs MNIST beside the published ones (None when that pair was not run)."""
+    mnist = result.get("ood", {}).get("mnist")
+    if not mnist:
+        return None
+    rows = [{"method": f"vaelab VAE, {score}", "auroc": m.get("auroc")} for score, m in mnist.items()]
+    rows += [{"method": "HVAE log p(x) (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_log_px"]},
+             {"method": "HVAE LLR>1 (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_llr_gt1"]},
+             {"method": "likelihood ratio (Ren et al. 2019)", "auroc": PUBLISHED_AUROC["ren2019_likelihood_ratio"]}]
+    return rows
+
+
+# --------------------------------------------------------------------------- inside the model
+
+
+def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, device: torch.device | str = "cpu",
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Inference gaps on a few test images and posterior collapse on the test split."""
+    from .posterior import collapse_report, inference_gaps
+
+    ec, dc = cfg.eval, cfg.data
+    test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
+    out: dict[str, Any] = {}
+    collapse_images = test.images[spread_index(len(test), 10_000, ec.seed + 20)]
+    out["collapse"] = collapse_report(model, collapse_images, batch_size=cfg.train.eval_batch_size, device=device)
+    out["collapse"]["images"] = len(collapse_images)
+    if ec.gap_images:
+        x8 = test.images[spread_index(len(test), ec.gap_images, ec.seed + 21)]
+        log(f"  inference gaps: {len(x8)} test images, q(z|x) refined by {ec.refine_steps} Adam steps, "
+            f"log p(x) with k={ec.nll_k} ...")
+        summary, est = estimate_nll(model, x8, likelihood=cfg.model.likelihood, binarize=dc.binarize,
+                                    binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
+                                    seed=ec.seed, device=device)
+        x = x8.float().div(255).to(device)
+        gaps = inference_gaps(model, x, est.log_px.to(device), steps=ec.refine_steps, lr=ec.refine_lr,
+                              train_samples=1, eval_samples=100, discrete=True,
+                              generator=torch.Generator().manual_seed(ec.seed + 22))
+        out["gaps"] = gaps.as_dict()
+    return out
+
+
+def format_inside(inside: dict[str, Any]) -> str:
+    lines = []
+    c = inside.get("collapse")
+    if c:
+        lines.append(f"posterior collapse: {c['active_units']} of {c['latent_dim']} latent units active "
+                     f"(Cov_x E[z|x] > {c['threshold']}); KL {c['kl_total']:.2f} nats per image")
+    g = inside.get("gaps")
+    if g:
+        lines.append(f"inference gaps on {g['n']} test images (Cremer et al. 2018), nats per image: "
+                     f"ELBO amortized {g['elbo_amortized']:.2f}, refined {g['elbo_refined']:.2f}, "
+                     f"log p(x) {g['log_px']:.2f}; amortization gap {g['amortization_gap']:.2f}, "
+                     f"approximation gap {g['approximation_gap']:.2f}")
+    return "\n".join(lines)
+
+
+def write_plots(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """Histograms of the NLL per dataset, ROC curves per OOD dataset, KL per latent dimension."""
+    from . import plots
+
+    written: dict[str, str] = {}
+    data = result.get("datasets_eval")
+    if data:
+        per = data["per_image"]
+        written["nll_histogram"] = plots.plot_histograms(
+            {name: v["bits/dim"] for name, v in per.items()}, out_dir / "nll_histogram.png",
+            xlabel="NLL (bits/dim; lower = more likely)", title=f"log-likelihood per dataset (k={data['k']})").name
+        written["score_histogram"] = plots.plot_histograms(
+            {name: v["complexity-corrected"] for name, v in per.items()}, out_dir / "complexity_score_histogram.png",
+            xlabel="-log2 p(x) - L(x) (bits; higher = more out-of-distribution)",
+            title="complexity-corrected score (Serra et al. 2020)").name
+        for name, scores in data["ood"].items():
+            curves = {s: (np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"]), m["auroc"])
+                      for s, m in scores.items() if "roc" in m}
+            if curves:
+                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+                written[f"roc_{name}"] = plots.plot_roc_curves(curves, out_dir / f"roc_{safe}.png",
+                                                               title=f"test split (in) vs {name} (out)").name
+    c = result.get("inside", {}).get("collapse")
+    if c:
+        written["kl_per_dimension"] = plots.plot_kl_per_dimension(
+            np.asarray(c["kl_per_dim"]), out_dir / "kl_per_dimension.png", active=np.asarray(c["variance"]) > c["threshold"],
+            threshold_note=f"active: Cov_x E[z|x] > {c['threshold']}").name
+    return written

@@ -1,0 +1,108 @@
+"""A Markdown report of an evaluation: every table, with the plots beside it.
+
+`write_markdown(result, out_dir)` writes `report.md` next to the PNGs of the same evaluation, so
+the folder can be opened on GitHub, in an editor or converted with pandoc as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_write
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
+    """The report as Markdown text; `images` maps plot names to file names in the same folder."""
+    lines = [f"# vaelab evaluation: {result.get('run', '')}", ""]
+    lines += [f"- model: {result.get('model')}, checkpoint `{result.get('checkpoint')}` (epoch {result.get('epoch')}), "
+              f"trained on {result.get('dataset')}", "- units: nats per image, summed over pixels; bits/dim = nats / "
+              "(pixels x ln 2)", ""]
+    if result.get("curves"):
+        lines += ["## Training curves", "", f"![training curves]({result['curves']})", ""]
+    splits = result.get("splits", {})
+    if splits:
+        lines += ["## Negative ELBO per split", "", f"Protocol: {result.get('protocol', {}).get('estimator', '')}; "
+                  f"evaluation images: {result.get('protocol', {}).get('eval_binarization', '')}.", ""]
+        lines += _table(["split", "n", "-ELBO", "recon", "KL", "± se", "bits/dim"],
+                        [[k, s["n"], _f(s["nelbo"]), _f(s["recon"]), _f(s["kl"]), _f(s["stderr"]),
+                          _f(s["bits_per_dim"], 4)] for k, s in splits.items()])
+        lines += [f"Generalization gap (test - train -ELBO): **{_f(result.get('gap_test_minus_train'))}** nats.", ""]
+    nll = result.get("nll")
+    if nll:
+        lines += ["## Importance-sampled negative log-likelihood", "",
+                  f"k = {nll['k']} samples per image on {nll['images']} images per split; "
+                  f"{next(iter(nll['splits'].values()))['protocol'].get('pixel_likelihood', '')}.", ""]
+        lines += _table(["split", "n", "NLL", "± se", "-ELBO (same samples)", "bits/dim", "mean ESS", "images/s"],
+                        [[k, s["n"], _f(s["nll"]), _f(s["stderr"]), _f(s["nelbo"]), _f(s["bits_per_dim"], 4),
+                          _f(s["ess"], 1), _f(s["images_per_s"])] for k, s in nll["splits"].items()])
+        if nll.get("gap_test_minus_train") is not None:
+            lines += [f"Generalization gap of the NLL (test - train): **{_f(nll['gap_test_minus_train'])}** nats.", ""]
+    data = result.get("datasets_eval")
+    if data:
+        lines += ["## Unseen datasets", "", f"k = {data['k']}; at most {data['images_per_set']} images per dataset.", ""]
+        lines += _table(["dataset", "source", "n", "NLL", "± se", "bits/dim", "-ELBO"],
+                        [[name, r["source"], r["nll"]["n"], _f(r["nll"]["nll"]), _f(r["nll"]["stderr"]),
+                          _f(r["nll"]["bits_per_dim"], 4), _f(r["nll"]["nelbo"])] for name, r in data["datasets"].items()])
+        if "nll_histogram" in images:
+            lines += [f"![NLL histograms]({images['nll_histogram']})", ""]
+        if data["ood"]:
+            lines += ["## Out-of-distribution detection", "",
+                      "Test split (in) against each dataset (out, the positive class), balanced sizes. "
+                      "A score above 0.5 AUROC ranks the unseen data as less likely.", ""]
+            rows = []
+            for name, scores in data["ood"].items():
+                for score, m in scores.items():
+                    rows.append([name, score, _f(m.get("auroc"), 3), _f(m.get("auprc"), 3),
+                                 _f(m.get("fpr_at_80_tpr"), 3), m.get("n_in", "-")])
+            lines += _table(["dataset", "score", "AUROC", "AUPRC", "FPR@80%TPR", "n each"], rows)
+            lines += ["Scores: " + "; ".join(f"**{k}**: {v}" for k, v in data["score_notes"].items()) + ".", ""]
+            if result.get("anchors"):
+                lines += ["### Fashion-MNIST (in) vs MNIST (out), beside published figures", ""]
+                lines += _table(["method", "AUROC"], [[a["method"], _f(a["auroc"], 3)] for a in result["anchors"]])
+            for key, name in images.items():
+                if key.startswith("roc_"):
+                    lines += [f"![ROC {key[4:]}]({name})", ""]
+            if "score_histogram" in images:
+                lines += [f"![complexity-corrected score]({images['score_histogram']})", ""]
+    inside = result.get("inside")
+    if inside:
+        lines += ["## Inside the model", ""]
+        g = inside.get("gaps")
+        if g:
+            lines += [f"Inference gaps (Cremer et al. 2018) on {g['n']} test images; q(z|x) refined per image by "
+                      f"{g.get('steps')} Adam steps (lr {g.get('lr')}).", ""]
+            lines += _table(["ELBO amortized", "ELBO refined", "log p(x)", "amortization gap", "approximation gap"],
+                            [[_f(g["elbo_amortized"]), _f(g["elbo_refined"]), _f(g["log_px"]),
+                              _f(g["amortization_gap"]), _f(g["approximation_gap"])]])
+        c = inside.get("collapse")
+        if c:
+            lines += [f"Posterior collapse: **{c['active_units']} of {c['latent_dim']}** latent units active "
+                      f"(Cov_x E[z_d|x] > {c['threshold']}, Burda et al. 2015); total KL {_f(c['kl_total'])} nats.", ""]
+            if "kl_per_dimension" in images:
+                lines += [f"![KL per latent dimension]({images['kl_per_dimension']})", ""]
+    fd = result.get("samples")
+    if fd:
+        lines += ["## Samples", "", f"Frechet distance of samples to test images: {_f(fd['fd_samples_test'])} "
+                  f"(real training images: {_f(fd['fd_train_test'])}). {fd['protocol']}.", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(result: dict[str, Any], out_dir: Path, images: dict[str, str]) -> Path:
+    path = Path(out_dir) / "report.md"
+    atomic_write(path, markdown(result, images).encode("utf-8"), "the evaluation report")
+    return path
