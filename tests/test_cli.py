@@ -236,3 +236,36 @@ def test_folder_of_rgb_images_trains_with_no_code_change(tmp_path):
     assert main(["evaluate", str(out), "--data-dir", str(tmp_path / "elsewhere"),
                  "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["splits"]["test"]["n"] == 8
+
+
+def test_compare_vae_and_ae_generation_in_classifier_features(tiny_run, tmp_path, capsys):
+    ae = tmp_path / "ae"
+    assert main(["train", *TINY, "--set", "model.kind=ae", "--out", str(ae)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tiny_run), str(ae), "-n", "200", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "NOT in the Inception" in text  # says plainly which feature space this is
+    result = json.loads((out / "compare.json").read_text())
+    names = set(result["scores"])
+    assert names == {"real training images (floor)", "tiny (vae) prior N(0,I)", "ae (ae) N(0,I)",
+                     "ae (ae) fitted Gaussian"}
+    for s in result["scores"].values():
+        assert s["n"] == 200 and s["fd"] >= 0 and 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1
+    floor = result["scores"]["real training images (floor)"]["fd"]
+    assert all(s["fd"] > floor for name, s in result["scores"].items() if "floor" not in name)
+    assert (out / "classifier.safetensors").is_file() and result["classifier_test_accuracy"] > 0.5
+    # the saved classifier is reused: the same feature space, the same numbers
+    assert main(["compare", str(tiny_run), str(ae), "-n", "200", "--classifier", str(out / "classifier.safetensors"),
+                 "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "compare.json").read_text())
+    assert again["scores"] == result["scores"]
+
+
+def test_compare_refuses_runs_of_different_datasets(tiny_run, tmp_path, capsys):
+    other = tmp_path / "digits"
+    assert main(["train", "--set", "data.dataset=digits", "--set", "train.epochs=1", "--set", "train.grid_size=4",
+                 "--set", "eval.nll_images=0", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tiny_run), str(other), "-n", "50"]) == 2
+    assert "compare runs of one dataset" in capsys.readouterr().err

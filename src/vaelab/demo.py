@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .data import load_dataset
+from .fidelity import compare_generators
 from .errors import ConfigError, DatasetNotFoundError
 from .fileio import atomic_write
 from .images import save_png, side_by_side, square_grid
@@ -23,6 +24,8 @@ from .train import TrainResult, train
 
 FALLBACK = {"dataset": "digits", "image_size": 28, "val_size": 200}
 FALLBACK_EPOCHS = 50  # digits has 1,438 training images: 10 epochs are too few steps
+DEMO_NLL_IMAGES = 200  # per split, k = eval.nll_k: keeps the demo within its time budget
+FIDELITY_IMAGES = 10_000
 
 
 def summary_table(results: dict[str, TrainResult]) -> str:
@@ -49,6 +52,12 @@ def summary_table(results: dict[str, TrainResult]) -> str:
         row = f"{'FD':<8}" + "".join(f"{f['fd_samples_test']:12.2f}{'':>17}" for f in fids)
         lines.append(row + f"   samples vs test, PCA-{fids[0]['pca_dims']} (real images: "
                            f"{fids[0]['fd_train_test']:.2f}; lower is better)")
+    vae = results.get("vae")
+    nll = vae.evaluation.get("nll") if vae is not None else None
+    if nll:
+        parts = ", ".join(f"{name} {s['nll']:.2f} ± {s['stderr']:.2f}" for name, s in nll["splits"].items())
+        lines.append(f"VAE importance-sampled NLL (k={nll['k']}, {nll['images']} images per split): {parts}; "
+                     f"gap {nll['gap_test_minus_train']:.2f}")
     return "\n".join(lines)
 
 
@@ -60,6 +69,7 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"demo directory {out} is not empty; choose another --out")
     t0 = time.perf_counter()
+    cfg = cfg.replace(eval={"nll_images": min(cfg.eval.nll_images, DEMO_NLL_IMAGES)})
     try:
         splits = load_dataset(cfg.data, log=log)
     except DatasetNotFoundError as exc:
@@ -79,13 +89,17 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
         images = sample(result.model, 64, 1.0, _generator(cfg.train.seed))
         grids[kind] = square_grid(images)
     picture = save_png(side_by_side(grids["vae"], grids["ae"]), out / "samples_vae_vs_ae.png")
-    table = summary_table(results)
+    log("\n=== generation: VAE against AE in a classifier's feature space ===")
+    fidelity = compare_generators({"VAE": results["vae"].model, "AE": results["ae"].model}, splits,
+                                  out / "fidelity", n=FIDELITY_IMAGES, seed=cfg.train.seed, log=log)
+    table = summary_table(results) + "\n\n" + fidelity["table"]
     elapsed = time.perf_counter() - t0
     summary = {
         "dataset": splits.name, "source": splits.source, "image_shape": list(splits.image_shape),
         "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "runs": {k: str(r.run_dir) for k, r in results.items()},
         "evaluation": {k: r.evaluation for k, r in results.items()},
+        "fidelity": {k: v for k, v in fidelity.items() if k != "table"},
         "wall_time_s": round(elapsed, 1),
     }
     write_json(out / "summary.json", summary)
