@@ -221,7 +221,8 @@ def test_folder_of_rgb_images_trains_with_no_code_change(tmp_path):
     # a relative folder inside --data-dir, and the default validation size (10% of 32 training images)
     assert main(["train", "--data-dir", str(tmp_path), "--set", "data.dataset=folder:pics",
                  "--set", "data.image_size=64", "--set", "data.binarize=none", "--set", "model.likelihood=gaussian",
-                 "--set", "train.epochs=1", "--set", "train.grid_size=4", "--out", str(out)]) == 0
+                 "--set", "train.epochs=1", "--set", "train.grid_size=4", "--set", "eval.nll_k=5",
+                 "--set", "eval.nll_images=8", "--out", str(out)]) == 0
     meta = json.loads((out / "checkpoints/best/meta.json").read_text())
     assert meta["image_shape"] == [3, 64, 64]
     # usable from any directory: data_dir recorded absolute, the folder relative to it

@@ -40,8 +40,11 @@ def test_evaluate_on_unseen_datasets_writes_tables_plots_report(fm_run, tmp_path
         for m in scores.values():
             assert 0 <= m["auroc"] <= 1 and 0 <= m["auprc"] <= 1 and 0 <= m["fpr_at_80_tpr"] <= 1
             assert m["n_in"] == m["n_out"] == 80
-    # uniform noise is far less likely than any garment: the likelihood alone detects it
+    # uniform noise is far less likely than any garment: every score detects it
     assert data["ood"]["noise"]["-log p(x)"]["auroc"] > 0.99
+    assert data["ood"]["noise"]["-ELBO"]["auroc"] > 0.99
+    assert data["ood"]["noise"]["complexity-corrected"]["auroc"] > 0.8  # weaker: PNG codes noise poorly too
+    assert "gap_stderr" in ev["nll"] and ev["nll"]["gap_stderr"] > 0
     assert data["datasets"]["noise"]["nll"]["nll"] > 2 * data["datasets"]["test"]["nll"]["nll"]
     # the NLL of the splits, with k and the protocol beside the numbers
     assert ev["nll"]["k"] == 5 and ev["nll"]["images"] == 40
@@ -102,3 +105,116 @@ def test_autoencoder_run_has_no_likelihood_to_compare(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "ae"), "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert "nll" not in ev and "inside" not in ev and ev["splits"]["test"]["nelbo"] is None
+
+
+# --------------------------------------------------------------------------- fixes found in review
+
+
+def test_subsets_keep_the_bits_of_the_whole_split_static_binarization(tmp_path):
+    """Static binarization: the monitored train subset holds the very bits the model trains on, and an NLL
+    subset is a subset of the split's one binarization (not a fresh binarization of the subset)."""
+    import torch
+
+    from vaelab.data import eval_view, spread_index
+    from vaelab.train import Trainer
+
+    cfg = load_config(overrides=["data.dataset=digits", "data.binarize=static", "train.monitor_images=100",
+                                 "train.grid_every=0", "train.grid_size=4"])
+    trainer = Trainer(cfg, tmp_path / "r", log=lambda m: None)
+    idx = spread_index(len(trainer.splits.train), 100, cfg.train.seed + 5)
+    assert torch.equal(trainer.monitor["train"].images, trainer.train_images.images[idx])
+    trainer.close()
+    from vaelab.generalization import load_eval_set
+
+    s = load_eval_set("test", cfg, trainer.splits, 50, seed=3)
+    whole = eval_view(trainer.splits.test, "test", "static", cfg.data.binarize_seed).images
+    assert torch.equal(s.images, whole[spread_index(len(whole), 50, 3)])
+
+
+def test_constant_shift_stays_constant_on_binarized_runs():
+    from vaelab.generalization import load_eval_set
+
+    cfg = load_config(overrides=["data.dataset=digits"])
+    splits = load_dataset(cfg.data)
+    s = load_eval_set("constant", cfg, splits, 40, seed=1)
+    flat = s.images.flatten(1)
+    assert ((flat == flat[:, :1]).all(1)).all() and set(flat[:, 0].tolist()) <= {0, 255}
+    assert len(set(flat[:, 0].tolist())) == 2  # both black and white images
+
+
+def test_bad_specs_fail_fast_before_any_long_computation(fm_run, tmp_path, capsys, monkeypatch):
+    import vaelab.evaluate as ev
+
+    def boom(*a, **k):
+        raise AssertionError("the NLL started before the datasets were checked")
+
+    monkeypatch.setattr(ev, "nll_on_splits", boom)
+    assert main(["evaluate", str(fm_run), "--on", f"mnist@{tmp_path / 'nowhere'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", str(fm_run), "--on", "digits@/tmp"]) == 2
+    assert "NAME@DIR only applies" in capsys.readouterr().err
+    assert main(["evaluate", str(fm_run), "--on", "fashion-mnist"]) == 2
+    assert "the run's own dataset" in capsys.readouterr().err
+
+
+def test_a_dataset_named_twice_gets_two_rows(fm_run):
+    from vaelab import load_run
+    from vaelab.generalization import load_eval_sets
+
+    run = load_run(fm_run)
+    cfg = run.config.replace(eval={"ood_images": 20})
+    splits = load_dataset(run.config.data)
+    names = [s.name for s in load_eval_sets(["noise", "noise"], cfg, splits)]
+    assert names == ["test", "noise", "noise#2"]
+
+
+def test_bernoulli_on_grey_pixels_is_evaluated_without_a_likelihood(tmp_path, capsys):
+    cfg = load_config(overrides=["data.dataset=digits", "data.binarize=none", "train.epochs=1", "train.grid_every=0",
+                                 "train.grid_size=4"])
+    train(cfg, tmp_path / "grey", log=lambda m: None)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "grey"), "--out", str(tmp_path / "ev"), "--set", "eval.gap_images=4"]) == 0
+    out = capsys.readouterr().out
+    assert "no NLL" in out and "no inference gaps" in out
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert "nll" not in ev and "gaps" not in ev["inside"] and "caveat" in ev["protocol"]
+    assert main(["evaluate", str(tmp_path / "grey"), "--on", "noise"]) == 2
+    assert "has none" in capsys.readouterr().err
+
+
+def test_gaussian_run_reports_bits_per_dim_only_for_the_discrete_nll(tmp_path, capsys):
+    cfg = load_config(overrides=["data.dataset=digits", "data.binarize=none", "model.likelihood=gaussian",
+                                 "train.epochs=1", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=5",
+                                 "eval.nll_images=30"])
+    result = train(cfg, tmp_path / "g", log=lambda m: None)
+    test = result.evaluation["splits"]["test"]
+    assert test["nelbo"] is not None and test["bits_per_dim"] is None  # a density: no bits/dim
+    nll = result.evaluation["nll"]["splits"]["test"]
+    assert nll["bits_per_dim"] > 0 and "discretized" in nll["protocol"]["pixel_likelihood"]
+    assert "density" in result.evaluation["protocol"]
+
+
+def test_grey_images_are_refused_by_the_bernoulli_likelihood():
+    import torch
+
+    from vaelab.config import ModelConfig
+    from vaelab.errors import ConfigError
+    from vaelab.likelihood import importance_sampled
+    from vaelab.models import build_model
+
+    model = build_model(ModelConfig(arch="mlp", latent_dim=2, mlp_hidden=(8,)), (1, 2, 2))
+    with pytest.raises(ConfigError, match="binarize them once first"):
+        importance_sampled(model, torch.full((3, 1, 2, 2), 128, dtype=torch.uint8), k=2)
+
+
+def test_compare_refuses_a_classifier_of_another_dataset(fm_run, tmp_path, capsys):
+    import torch
+
+    from vaelab.data import ImageSet
+    from vaelab.fidelity import save_classifier, train_classifier
+
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    clf = train_classifier(ImageSet(images, torch.arange(40) % 2), 2, epochs=1, log=lambda m: None)
+    path = save_classifier(clf, tmp_path / "clf.safetensors", {"dataset": "mnist"})
+    assert main(["compare", str(fm_run), "-n", "50", "--classifier", str(path), "--out", str(tmp_path / "c")]) == 2
+    assert "trained on mnist" in capsys.readouterr().err

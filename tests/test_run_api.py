@@ -12,7 +12,8 @@ from vaelab.models import DiagonalGaussian
 def moved_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     cfg = load_config(overrides=["data.dataset=digits", "data.val_size=200", "data.image_size=16",
-                                 "train.epochs=2", "train.grid_every=0", "train.grid_size=4"])
+                                 "train.epochs=2", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",
+                                 "eval.nll_images=50"])
     train(cfg, root / "trained", log=lambda m: None)
     # "another machine": only the run directory travels, to a new place
     shutil.copytree(root / "trained", root / "elsewhere" / "copy")

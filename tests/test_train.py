@@ -160,7 +160,8 @@ def test_failure_in_a_later_epoch_reports_the_epochs_really_saved(tmp_path, digi
     monkeypatch.setattr(BernoulliLikelihood, "log_prob", nan_in_third_validation)
     lines = []
     with pytest.raises(VaelabError):
-        train(load_config(overrides=[*DIGITS, "train.epochs=3"]), tmp_path / "r", splits=digits_splits,
+        train(load_config(overrides=[*DIGITS, "train.epochs=3", "train.monitor_images=0"]), tmp_path / "r",
+              splits=digits_splits,
               log=lines.append)
     assert lines[-1].startswith("failed during epoch 3; the 2 finished epoch(s) are saved in")
     assert json.loads((tmp_path / "r" / "run.json").read_text())["epochs"] == 2

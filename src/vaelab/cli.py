@@ -358,8 +358,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.on:  # fail on a typo before any long computation
         _check_spec(spec)
     splits = _run_data(run, args.data_dir)
+    from .fileio import output_file
+
     out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
     json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
+    output_file(json_path, "--json")  # refuse a bad target now, not after minutes of computing
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VaelabError(f"{out_dir} exists and is not a directory; choose another --out")
     run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint)
     return 0
 

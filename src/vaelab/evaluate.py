@@ -59,9 +59,13 @@ def evaluate_images(model: Model, images: ImageSet, *, beta: float = 1.0, batch_
     stderr = float(objective.std() / math.sqrt(n)) if n > 1 else float("nan")
     nelbo = float(objective.mean()) if model.variational else None
     dims = math.prod(images.image_shape)
+    if model.likelihood.name != "bernoulli":
+        # a Gaussian density on [0, 1]: no probability of the 8-bit data, so no bits/dim (the NLL has them)
+        dims = 0
     return LossSummary(
         n=n, loss=float((recon + beta * kl).mean()), recon=float(recon.mean()), kl=float(kl.mean()),
-        nelbo=nelbo, stderr=stderr, bits_per_dim=float(bits_per_dim(nelbo, dims)) if nelbo is not None else None,
+        nelbo=nelbo, stderr=stderr,
+        bits_per_dim=float(bits_per_dim(nelbo, dims)) if nelbo is not None and dims else None,
     )
 
 
@@ -91,6 +95,10 @@ def evaluation_protocol(cfg: RunConfig) -> dict[str, Any]:
         **({"caveat": "Bernoulli likelihood on grey (unbinarized) pixels: the -ELBO is a cross-entropy, "
                       "not a bound on a log-likelihood"}
            if dc.binarize == "none" and cfg.model.likelihood == "bernoulli" else {}),
+        **({"density": "Gaussian likelihood: the -ELBO uses the Gaussian density on [0, 1], not a probability of "
+                       "the 8-bit data (no bits/dim); the importance-sampled NLL uses the Gaussian discretized "
+                       "into 256 bins, a probability"}
+           if cfg.model.likelihood == "gaussian" else {}),
     }
 
 
@@ -99,6 +107,11 @@ def generalization_gap(train: LossSummary, test: LossSummary) -> float:
     a = test.nelbo if test.nelbo is not None else test.loss
     b = train.nelbo if train.nelbo is not None else train.loss
     return a - b
+
+
+def gap_stderr(a: LossSummary, b: LossSummary) -> float:
+    """Standard error of the difference of two means over independent image sets."""
+    return math.sqrt(a.stderr ** 2 + b.stderr ** 2)
 
 
 def format_table(rows: list[tuple[str, LossSummary]], title: str = "") -> str:
@@ -224,17 +237,22 @@ def nll_on_splits(model: Model, cfg: RunConfig, splits: DatasetSplits, device: t
     out: dict[str, Any] = {}
     for i, name in enumerate(present):
         split = splits.split(name)
-        subset = split if n == len(split) else split.subset(spread_index(len(split), n, ec.seed + i))
-        view = eval_view(subset, name, dc.binarize, dc.binarize_seed)
+        view = eval_view(split, name, dc.binarize, dc.binarize_seed)  # the whole split, then the subset:
+        if n < len(split):                                             # the same bits as every evaluation
+            view = view.subset(spread_index(len(split), n, ec.seed + i))
         summary, _ = estimate_nll(model, view.images, likelihood=cfg.model.likelihood, binarize=dc.binarize,
                                   binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
                                   seed=ec.seed, device=device)
         log(f"  {name}: NLL {summary.nll:.2f} ± {summary.stderr:.2f} ({summary.images_per_s:.1f} images/s)")
         out[name] = summary.as_dict()
-    gap = out["test"]["nll"] - out["train"]["nll"] if "test" in out and "train" in out else None
-    return {"k": ec.nll_k, "images": n, "splits": out, "gap_test_minus_train": gap,
+    gap = gap_se = None
+    if "test" in out and "train" in out:
+        gap = out["test"]["nll"] - out["train"]["nll"]
+        gap_se = math.sqrt(out["test"]["stderr"] ** 2 + out["train"]["stderr"] ** 2) if n > 1 else float("nan")
+    return {"k": ec.nll_k, "images": n, "splits": out, "gap_test_minus_train": gap, "gap_stderr": gap_se,
             "subsets": "whole splits" if all(n == len(splits.split(s)) for s in present)
-            else f"a random {n} images of each split (seed eval.seed + split index), binarized once like the split"}
+            else f"a random {n} images of each split (seed eval.seed + split index), taken from the split binarized "
+                 "once as a whole (the same bits as its -ELBO row)"}
 
 
 def _per_image_csv(per_image: dict[str, dict[str, Any]]) -> bytes:
@@ -266,6 +284,11 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
     out_dir = Path(out_dir)
     if on and not model.variational:
         raise ConfigError("--on needs a VAE run: an autoencoder has no likelihood to compare datasets with")
+    if on and not gen.has_likelihood(cfg):
+        raise ConfigError("--on needs a likelihood, and a Bernoulli decoder trained on grey pixels has none; "
+                          "train with data.binarize=dynamic or model.likelihood=gaussian")
+    # every dataset is loaded before the long computations start: a typo costs seconds, not minutes
+    eval_sets = gen.load_eval_sets(list(on), cfg, splits) if on else None
     if cfg.model.arch == "conv":
         model.to(memory_format=torch.channels_last)  # faster convolutions on CPU; the numbers are the same
     title = (f"{run.path} ({cfg.model.kind}, {checkpoint} checkpoint, epoch {run.meta.get('epoch')}) "
@@ -273,11 +296,13 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
     summaries = evaluate_splits(model, splits, cfg, device)
     gap = generalization_gap(summaries["train"], summaries["test"])
     log(format_table(list(summaries.items()), title=f"{title}, nats per image:"))
-    log(f"generalization gap (test - train): {gap:.2f} nats per image")
+    log(f"generalization gap (test - train): {gap:.2f} ± {gap_stderr(summaries['train'], summaries['test']):.2f} "
+        "nats per image")
     result: dict[str, Any] = {
         "run": str(run.path), "checkpoint": checkpoint, "epoch": run.meta.get("epoch"), "model": cfg.model.kind,
         "dataset": splits.name, "protocol": evaluation_protocol(cfg),
         "splits": {k: v.as_dict() for k, v in summaries.items()}, "gap_test_minus_train": gap,
+        "gap_stderr": gap_stderr(summaries["train"], summaries["test"]),
         "eval_config": {k: getattr(cfg.eval, k) for k in cfg.eval.__dataclass_fields__},
     }
     nll = nll_on_splits(model, cfg, splits, device, log)
@@ -286,7 +311,8 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
         log(format_nll_table(nll["splits"], title=f"importance-sampled NLL (k={nll['k']}, {nll['images']} images "
                                                   "per split, nats per image):"))
         if nll["gap_test_minus_train"] is not None:
-            log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} nats per image")
+            log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} ± "
+                f"{nll['gap_stderr']:.2f} nats per image")
     result["samples"] = sample_fidelity(model, splits, batch_size=cfg.train.eval_batch_size)
     fd = result["samples"]
     if fd:
@@ -299,7 +325,7 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
     per_image = None
     if on:
         log(f"unseen datasets ({', '.join(on)}):")
-        data = gen.evaluate_datasets(model, cfg, splits, list(on), device=device, log=log)
+        data = gen.evaluate_datasets(model, cfg, eval_sets, device=device, log=log)
         per_image = data.pop("per_image")
         result["datasets_eval"] = data
         log(gen.format_dataset_tables(data, splits.name))

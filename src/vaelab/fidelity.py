@@ -462,6 +462,10 @@ def compare_generators(models: dict[str, Model], splits, out_dir: str | Path, *,
         if tuple(clf.architecture()["image_shape"]) != tuple(splits.image_shape):
             raise DataError(f"classifier {classifier} was trained on images of shape "
                             f"{clf.architecture()['image_shape']}, these are {list(splits.image_shape)}")
+        trained_on = clf.info.get("dataset")
+        if trained_on != splits.name:
+            raise DataError(f"classifier {classifier} was trained on {trained_on}, these runs on {splits.name}: "
+                            "a feature space of another dataset; leave out --classifier to train one")
         accuracy = clf.info.get("test_accuracy")
         source = str(classifier)
     else:
@@ -475,6 +479,9 @@ def compare_generators(models: dict[str, Model], splits, out_dir: str | Path, *,
         source = str(path)
         log(f"  test accuracy {accuracy:.4f} ({time.perf_counter() - t0:.0f} s); saved to {path}")
     n = min(n, len(splits.test), len(splits.train))
+    if n < 10:
+        raise DataError(f"comparing samples needs at least 10 test and 10 training images; {splits.name} gives {n} "
+                        "(use a larger -n or a dataset with more images)")
     real = splits.test.images[spread_index(len(splits.test), n, seed + 1)]
     samples = {"real training images (floor)": splits.train.images[spread_index(len(splits.train), n, seed + 2)]}
     for name, model in models.items():

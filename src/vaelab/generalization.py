@@ -45,7 +45,8 @@ SCORES = ("-log p(x)", "-ELBO", "complexity-corrected")
 SCORE_NOTES = {
     "-log p(x)": "the negative importance-sampled log-likelihood (nats)",
     "-ELBO": "the negative ELBO, averaged over the same k samples (nats)",
-    "complexity-corrected": "Serra et al. 2020: -log2 p(x) - L(x), L(x) = PNG code length of the image in bits",
+    "complexity-corrected": "Serra et al. 2020: -log2 p(x) - L(x), L(x) = PNG code length of the image in bits "
+                            "(1-bit PNG for binarized images)",
 }
 ANCHOR_NOTE = ("published, Fashion-MNIST (in) vs MNIST (out): a hierarchical VAE's log p(x) 0.268 and its LLR>1 "
                "0.984 (Havtorn et al. 2021), Ren et al. 2019's likelihood ratio 0.994")
@@ -75,8 +76,17 @@ def _stable_offset(name: str) -> int:
     return 5000 + zlib.crc32(name.encode("utf-8")) % 100_000
 
 
+def has_likelihood(cfg: RunConfig) -> bool:
+    """False for a Bernoulli decoder trained on grey pixels: its cross-entropy is no probability of anything."""
+    return not (cfg.data.binarize == "none" and cfg.model.likelihood == "bernoulli")
+
+
 def _prepare(images: torch.Tensor, cfg: RunConfig, image_shape: tuple[int, int, int], name: str) -> torch.Tensor:
-    """To the run's channels and size, then binarized once (seeded by the name) if the run binarizes."""
+    """To the run's channels and size, then binarized once (seeded by the name) if the run binarizes.
+
+    Constant images are thresholded at 128 instead: sampling each pixel would turn one grey level into
+    salt-and-pepper noise, which is not what the shift is meant to probe.
+    """
     c, h, w = image_shape
     images = to_channels(images, c)
     if images.shape[2:] != (h, w):
@@ -84,6 +94,8 @@ def _prepare(images: torch.Tensor, cfg: RunConfig, image_shape: tuple[int, int, 
             raise DataError(f"dataset {name}: cannot resize to the run's non-square {h}x{w} images")
         images = to_size(images, h, cfg.data.resize)
     if cfg.data.binarize != "none":
+        if name == "constant":
+            return (images >= 128).to(torch.uint8) * 255
         images = binarize_once(images, cfg.data.binarize_seed + _stable_offset(name))
     return images
 
@@ -91,12 +103,17 @@ def _prepare(images: torch.Tensor, cfg: RunConfig, image_shape: tuple[int, int, 
 def load_eval_set(spec: str, cfg: RunConfig, splits: DatasetSplits, n: int, seed: int) -> EvalSet:
     """The images a dataset spec names: at most n, a seeded random choice, prepared like the test split."""
     name, where = split_spec(spec)
+    if where is not None and (name in OWN_SPLITS or name in SHIFTS or name == "digits"):
+        raise DataError(f"dataset {spec!r}: NAME@DIR only applies to datasets read from files (mnist, "
+                        f"fashion-mnist); {name} needs no directory")
+    if name == cfg.data.dataset:
+        raise DataError(f"{name} is the run's own dataset: use test (or train, val) to score its splits")
     if name in OWN_SPLITS:
         split = splits.split(name)
         if not len(split):
             raise DataError(f"the run's {name} split is empty; leave it out of --on")
         pick = spread_index(len(split), n, seed)
-        view = eval_view(split.subset(pick), name, cfg.data.binarize, cfg.data.binarize_seed)
+        view = eval_view(split, name, cfg.data.binarize, cfg.data.binarize_seed).subset(pick)
         return EvalSet(name, view.images, f"{splits.name} {name} split", len(split))
     if name in SHIFTS:
         images = make_shift(name, splits.test.images, n, seed)
@@ -130,12 +147,26 @@ def _ood_metrics(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndar
     return out
 
 
-def evaluate_datasets(model: Model, cfg: RunConfig, splits: DatasetSplits, specs: list[str], *,
-                      device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Likelihoods of the test split and each named dataset, and OOD detection against the test split."""
+def load_eval_sets(specs: list[str], cfg: RunConfig, splits: DatasetSplits) -> list[EvalSet]:
+    """The test split first, then each named dataset (a name given twice gets a #2, #3 ... suffix)."""
     ec = cfg.eval
-    specs = ["test"] + [s for s in dict.fromkeys(specs) if split_spec(s)[0] != "test"]
-    sets = [load_eval_set(spec, cfg, splits, ec.ood_images, ec.seed + 10 + i) for i, spec in enumerate(specs)]
+    specs = ["test"] + [s for s in specs if s != "test"]
+    sets: list[EvalSet] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        s = load_eval_set(spec, cfg, splits, ec.ood_images, ec.seed + 10 + i)
+        seen[s.name] = seen.get(s.name, 0) + 1
+        if seen[s.name] > 1:
+            s = EvalSet(f"{s.name}#{seen[s.name]}", s.images, s.source, s.available)
+        sets.append(s)
+    return sets
+
+
+def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
+                      device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Likelihoods of the test split (sets[0]) and each other set, and OOD detection against the test split."""
+    ec = cfg.eval
+    binary = cfg.data.binarize != "none"
     results: dict[str, Any] = {}
     per_image: dict[str, dict[str, np.ndarray]] = {}
     for s in sets:
@@ -144,22 +175,28 @@ def evaluate_datasets(model: Model, cfg: RunConfig, splits: DatasetSplits, specs
                                     binarize_seed=cfg.data.binarize_seed, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                     seed=ec.seed, device=device)
         nll = (-est.log_px).numpy()
-        bits = png_code_length_bits(s.images)
+        bits = png_code_length_bits(s.images, binary=binary and s.images.shape[1] == 1)
         per_image[s.name] = {"-log p(x)": nll, "-ELBO": (-est.elbo).numpy(),
                              "complexity-corrected": complexity_corrected_score(nll, bits),
                              "bits/dim": nll / (math.prod(s.images.shape[1:]) * math.log(2))}
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
-    ood = {name: _ood_metrics(per_image["test"], per_image[name], ec.seed)
-           for name in per_image if name != "test"}
+    ood = {name: _ood_metrics(per_image[sets[0].name], per_image[name], ec.seed)
+           for name in per_image if name != sets[0].name}
     return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
             "score_notes": SCORE_NOTES, "per_image": per_image,
             "protocol": likelihood_protocol(cfg.model.likelihood, cfg.data.binarize, cfg.data.binarize_seed,
                                             ec.ood_k, ec.ood_images, ec.seed)
             | {"images": f"at most {ec.ood_images} per dataset, a seeded random choice; OOD metrics on "
                          "balanced sizes (the smaller of the two sets)",
-               "other_datasets": "converted to the run's channels and size, binarized once with a seed "
-                                 "derived from data.binarize_seed and the dataset's name (when the run binarizes)"}}
+               "data": ("the run's test split binarized once as a whole (data.binarize_seed + 2000); other "
+                        "datasets converted to the run's channels and size and binarized once with a seed derived "
+                        "from data.binarize_seed and the dataset's name; constant images thresholded at 128"
+                        if binary else "8-bit grey values (no binarization), converted to the run's channels "
+                                       "and size"),
+               "complexity": ("L(x): PNG file size in bits, " + ("1-bit PNG of the binary image"
+                                                                  if binary else "8-bit PNG")
+                              + " (Pillow, compress_level 9)")}}
 
 
 def format_dataset_tables(result: dict[str, Any], trained_on: str) -> str:
@@ -210,9 +247,15 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
     test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
     out: dict[str, Any] = {}
     collapse_images = test.images[spread_index(len(test), 10_000, ec.seed + 20)]
-    out["collapse"] = collapse_report(model, collapse_images, batch_size=cfg.train.eval_batch_size, device=device)
-    out["collapse"]["images"] = len(collapse_images)
-    if ec.gap_images:
+    if len(collapse_images) >= 2:
+        out["collapse"] = collapse_report(model, collapse_images, batch_size=cfg.train.eval_batch_size,
+                                          device=device)
+        out["collapse"]["images"] = len(collapse_images)
+    else:
+        log("  note: no active-unit count: it needs at least 2 test images")
+    if ec.gap_images and not has_likelihood(cfg):
+        log("  note: no inference gaps: a Bernoulli decoder on grey pixels has no likelihood to compare with")
+    elif ec.gap_images and len(test):
         x8 = test.images[spread_index(len(test), ec.gap_images, ec.seed + 21)]
         log(f"  inference gaps: {len(x8)} test images, q(z|x) refined by {ec.refine_steps} Adam steps, "
             f"log p(x) with k={ec.nll_k} ...")

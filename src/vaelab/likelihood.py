@@ -12,7 +12,7 @@ The likelihood term is a probability of the data actually observed:
 - 8-bit images (`data.binarize = none`) with the Gaussian decoder: the Gaussian
   discretized into 256 bins, so bits/dim compare with published 8-bit results;
 - a Bernoulli decoder on grey pixels has no likelihood (binary cross-entropy on grey
-  values is not a probability): `importance_sampled` refuses it.
+  values is not a probability): `importance_sampled` refuses grey images for it.
 
 Memory: the encoder runs once per image; the k latent samples are decoded in chunks
 of at most `max_decode` images, and the k log-weights are folded into running
@@ -109,6 +109,9 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     parts: list[ImportanceEstimate] = []
     done = 0
     data = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    if discrete and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
+        raise ConfigError("the Bernoulli likelihood is a probability of binary images only, and these hold grey "
+                          "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
     with eval_mode(model):
         for x in batches(data, batch_size, device=device):
             parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete))

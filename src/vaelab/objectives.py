@@ -98,11 +98,12 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std
     discretized logistic, Salimans et al. 2017, with a Gaussian). Computed in float64 in the lower
     tail of the normal CDF, where `log_ndtr` keeps its precision.
     """
-    x64, m64 = x.double(), mean.double()
+    m64 = mean.double()
     s64 = torch.as_tensor(std, dtype=torch.float64, device=x.device)
-    h = 0.5 / (levels - 1)
-    lo = torch.where(x64 <= h, torch.full_like(x64, -math.inf), (x64 - h - m64) / s64)
-    hi = torch.where(x64 >= 1 - h, torch.full_like(x64, math.inf), (x64 + h - m64) / s64)
+    level = (x.double() * (levels - 1)).round()  # bin edges from the exact level: adjacent bins share them
+    top = levels - 1
+    lo = torch.where(level <= 0, torch.full_like(m64, -math.inf), ((level - 0.5) / top - m64) / s64)
+    hi = torch.where(level >= top, torch.full_like(m64, math.inf), ((level + 0.5) / top - m64) / s64)
     # P = Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi): use the side where both arguments sit in the lower tail
     flip = (lo + hi) > 0
     a = torch.where(flip, -hi, lo)

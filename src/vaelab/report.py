@@ -63,7 +63,10 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
         if data["ood"]:
             lines += ["## Out-of-distribution detection", "",
                       "Test split (in) against each dataset (out, the positive class), balanced sizes. "
-                      "A score above 0.5 AUROC ranks the unseen data as less likely.", ""]
+                      "Every score is higher for inputs it judges more out-of-distribution: an AUROC above 0.5 "
+                      "means the score ranks the other dataset as more out-of-distribution than the test "
+                      "images; below 0.5, the other way round (for -log p(x): the unseen data are *more* "
+                      "likely).", ""]
             rows = []
             for name, scores in data["ood"].items():
                 for score, m in scores.items():

@@ -36,7 +36,7 @@ from .config import RunConfig, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
-                       generalization_gap, nll_on_splits, sample_fidelity)
+                       gap_stderr, generalization_gap, nll_on_splits, sample_fidelity)
 from .fileio import atomic_write
 from .likelihood import format_nll_table
 from .generate import interpolate, reconstruct, sample
@@ -158,8 +158,10 @@ class Trainer:
         if self.val_images is None or tc.monitor_images == 0:
             return None
         n = min(tc.monitor_images or len(self.val_images), len(self.val_images), len(self.splits.train))
-        train = eval_view(self.splits.train.subset(spread_index(len(self.splits.train), n, tc.seed + 5)), "train",
-                          dc.binarize, dc.binarize_seed)
+        # binarize the whole split once, then pick: the same bits as every other evaluation of these images
+        # (and, with static binarization, the very bits the model trains on)
+        train = eval_view(self.splits.train, "train", dc.binarize, dc.binarize_seed).subset(
+            spread_index(len(self.splits.train), n, tc.seed + 5))
         val = self.val_images if n == len(self.val_images) else self.val_images.subset(
             spread_index(len(self.val_images), n, tc.seed + 6))
         return {"images": n, "train": train, "val": val}
@@ -308,6 +310,8 @@ class Trainer:
             f"from {s.source}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}; device {self.device}"
         )
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
+        if tc.patience and self.val_images is None:
+            self.log("note: train.patience is set but there is no validation split: early stopping is off")
         try:
             with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
                 for _ in range(tc.epochs):
@@ -398,7 +402,8 @@ class Trainer:
                 scores[name] = evaluate_images(self.model, images, beta=tc.beta, batch_size=tc.eval_batch_size,
                                                device=self.device)
         return {"images": self.monitor["images"], "train": scores["train"].as_dict(),
-                "val": scores["val"].as_dict(), "gap": generalization_gap(scores["train"], scores["val"])}
+                "val": scores["val"].as_dict(), "gap": generalization_gap(scores["train"], scores["val"]),
+                "gap_stderr": gap_stderr(scores["train"], scores["val"])}
 
     def finish(self) -> TrainResult:
         """Reload the best weights, write the final images and the evaluation."""
@@ -411,6 +416,7 @@ class Trainer:
             "protocol": evaluation_protocol(self.cfg),
             "splits": {k: v.as_dict() for k, v in summaries.items()},
             "gap_test_minus_train": generalization_gap(summaries["train"], summaries["test"]),
+            "gap_stderr": gap_stderr(summaries["train"], summaries["test"]),
             "samples": sample_fidelity(self.model, self.splits, batch_size=self.cfg.train.eval_batch_size),
             "stopped_early": self.stopped_early, "epochs_trained": self.epoch,
         }
@@ -426,7 +432,9 @@ class Trainer:
         if nll:
             self.log(format_nll_table(nll["splits"], title=f"importance-sampled NLL (k={nll['k']}, "
                                                            f"{nll['images']} images per split, nats per image):"))
-            self.log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} nats per image")
+            if nll["gap_test_minus_train"] is not None:
+                self.log(f"generalization gap of the NLL (test - train): {nll['gap_test_minus_train']:.2f} ± "
+                         f"{nll['gap_stderr']:.2f} nats per image")
         fid = evaluation["samples"]
         if fid:
             self.log(f"samples: Frechet distance to {fid['images']} test images in PCA-{fid['pca_dims']} pixel space "
