@@ -141,7 +141,7 @@ def main() -> int:
     from vaelab.plots import plot_nll_vs_k
 
     plot = Path(args.out).with_suffix(".png")
-    plot_nll_vs_k(ks, [-sweep[k]["nll"] for k in ks], plot, elbo=-sweep[1]["nelbo"])
+    plot_nll_vs_k(ks, [sweep[k]["nll"] for k in ks], plot, elbo=sweep[1]["nelbo"])
     result["k_sweep"]["plot"] = str(plot)
 
     print("\ntest NLL, dynamically binarized Fashion-MNIST, nats per image (lower is better):")
