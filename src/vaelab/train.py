@@ -428,7 +428,8 @@ class Trainer:
         self.log(format_table(list(summaries.items()),
                               title=f"evaluation of the best epoch ({self.best_epoch}), nats per image:"))
         measure = "-ELBO" if self.model.variational else "reconstruction loss"
-        self.log(f"generalization gap (test - train {measure}): {evaluation['gap_test_minus_train']:.2f} nats per image")
+        self.log(f"generalization gap (test - train {measure}): {evaluation['gap_test_minus_train']:.2f} ± "
+                 f"{evaluation['gap_stderr']:.2f} nats per image")
         if nll:
             self.log(format_nll_table(nll["splits"], title=f"importance-sampled NLL (k={nll['k']}, "
                                                            f"{nll['images']} images per split, nats per image):"))
