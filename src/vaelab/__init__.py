@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config  # noqa: E402
 from .errors import VaelabError  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
-from .train import TrainResult, train  # noqa: E402
+from .train import TrainResult, resume, train  # noqa: E402
 
 __all__ = [
     "DataConfig", "ModelConfig", "Run", "RunConfig", "TrainConfig", "TrainResult", "VaelabError",
-    "__version__", "load_config", "load_run", "train",
+    "__version__", "load_config", "load_run", "resume", "train",
 ]

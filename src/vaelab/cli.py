@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        + describe_keys())
     _add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<dataset>-<model>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, exactly where it stopped "
+                                                   "(only --set train.epochs=N may change)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw images from the prior into a PNG grid", formatter_class=_formatter,
@@ -199,7 +201,22 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import resume, train
+
+    if args.resume:
+        from .config import parse_override
+
+        if args.config or args.out or args.data_dir:
+            raise VaelabError("--resume continues a run with its own config and directory; leave out --config, "
+                              "--out and --data-dir")
+        epochs = None
+        for text in args.overrides:
+            section, key, value = parse_override(text)
+            if (section, key) != ("train", "epochs") or not isinstance(value, int) or isinstance(value, bool):
+                raise VaelabError(f"--resume takes only --set train.epochs=N (more epochs), got {text!r}")
+            epochs = value
+        resume(args.resume, epochs=epochs)
+        return 0
 
     cfg = _config_from_args(args)
     out = args.out or str(Path("runs") / _default_run_name(cfg.data.dataset, cfg.model.kind, cfg.model.arch))

@@ -31,8 +31,9 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .checkpoint import encode_rng, load_checkpoint, optimizer_state_to_tensors, save_checkpoint
-from .config import RunConfig, to_dict, to_toml
+from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors,
+                         optimizer_state_to_tensors, save_checkpoint)
+from .config import RunConfig, from_dict, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
 from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
@@ -100,10 +101,14 @@ class Trainer:
     """Owns the optimizer, the RNGs, the run directory and the loop; the model only computes."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, splits: DatasetSplits | None = None,
-                 log: Callable[[str], None] = print, progress: bool | None = None) -> None:
+                 log: Callable[[str], None] = print, progress: bool | None = None,
+                 resume_from: LoadedCheckpoint | None = None, _restart: bool = False) -> None:
         self.cfg = config = _absolute_paths(config)
         self.paths = RunPaths(Path(run_dir))
-        _check_run_dir(self.paths.root)
+        self._lock = None
+        if resume_from is None and not _restart:
+            _check_run_dir(self.paths.root)
+        self.resumed = resume_from is not None
         # nothing is written until the data and the model are ready: a mistake leaves no half-made run
         self._log_file = None
         self._pending_log: list[str] = []
@@ -139,9 +144,17 @@ class Trainer:
         self.train_time = 0.0
         try:
             self.paths.root.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.paths.log, "a", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot create the run directory {self.paths.root}: {exc.strerror}; "
+                              "choose another --out") from None
+        self._lock = lock_run_dir(self.paths.root)
+        if resume_from is not None:
+            self._restore(resume_from)
+        try:
+            self._log_file = open(self.paths.log, "a", encoding="utf-8")
+        except OSError as exc:
+            self._unlock()
+            raise ConfigError(f"cannot write in the run directory {self.paths.root}: {exc.strerror}; "
                               "choose another --out") from None
         for line in self._pending_log:
             self._log_file.write(line + "\n")
@@ -179,10 +192,42 @@ class Trainer:
     def close(self) -> None:
         if self._log_file is not None and not self._log_file.closed:
             self._log_file.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def _restore(self, ckpt: LoadedCheckpoint) -> None:
+        """Continue from a `last` checkpoint: weights, Adam, both RNGs, counters and the metrics so far."""
+        meta = ckpt.meta
+        if "optimizer" not in ckpt.tensors or "optimizer" not in meta or "history" not in meta:
+            raise ConfigError(f"the last checkpoint of {self.paths.root} has no optimizer state or history "
+                              "(written by an older vaelab?); it cannot be resumed exactly")
+        self.model.load_state_dict(ckpt.tensors["model"])
+        self.optimizer.load_state_dict(optimizer_state_from_tensors(ckpt.tensors["optimizer"],
+                                                                    meta["optimizer"]))
+        torch.set_rng_state(decode_rng(meta["rng"]["torch"]))
+        self.data_gen.set_state(decode_rng(meta["rng"]["data"]))
+        if self.device.type == "cuda" and "cuda" in meta["rng"]:
+            torch.cuda.set_rng_state(decode_rng(meta["rng"]["cuda"]), self.device)
+        self.epoch = self.saved_epoch = int(meta["epoch"])
+        self.step = int(meta["step"])
+        self.skipped = int(meta.get("skipped_steps", 0))
+        self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
+        self.best_epoch = int(meta.get("best_epoch", 0))
+        self.history = list(meta["history"])
+        self.train_time = float(meta.get("train_time_s", 0.0))
+        self.stopped_early = bool(meta.get("stopped_early", False))
+        # the metrics of the epochs the checkpoint holds, and no others (a kill may have come in between)
+        lines = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.history)
+        atomic_write(self.paths.metrics, lines.encode("utf-8"), "the metrics")
 
     def _write_start_files(self) -> None:
         atomic_write(self.paths.config, to_toml(self.cfg).encode("utf-8"), "the run config")
-        write_json(self.paths.info, self._info(status="running"))
+        write_json(self.paths.info, self._info(status="running", **({"resumed_at_epoch": self.epoch}
+                                                                   if self.resumed else {})))
 
     def _info(self, status: str, **extra: Any) -> dict[str, Any]:
         s = self.splits
@@ -213,6 +258,9 @@ class Trainer:
             "best_val": None if math.isinf(self.best_val) else self.best_val,
             "best_epoch": self.best_epoch,
             "skipped_steps": self.skipped,
+            "history": self.history,
+            "train_time_s": self.train_time,
+            "stopped_early": self.stopped_early,
             "rng": {"torch": encode_rng(torch.get_rng_state()), "data": encode_rng(self.data_gen.get_state())},
         }
         if self.device.type == "cuda":
@@ -312,9 +360,12 @@ class Trainer:
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
         if tc.patience and self.val_images is None:
             self.log("note: train.patience is set but there is no validation split: early stopping is off")
+        if self.resumed:
+            self.log(f"resuming after epoch {self.epoch} (step {self.step}) from {self.paths.checkpoint('last')}")
+        previous_handler = _catch_sigterm()
         try:
             with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
-                for _ in range(tc.epochs):
+                for _ in range(tc.epochs - self.epoch if not self.stopped_early else 0):
                     t0 = time.perf_counter()
                     train_terms = self.train_epoch()
                     record = self.end_epoch(train_terms, time.perf_counter() - t0)
@@ -334,11 +385,12 @@ class Trainer:
                      else "after the last epoch")
             if self.saved_epoch:
                 self.log(f"{status} {where}; the {self.saved_epoch} finished epoch(s) are saved in "
-                         f"{self.paths.checkpoint('last')}")
+                         f"{self.paths.checkpoint('last')}; continue with: vaelab train --resume {self.paths.root}")
             else:
                 self.log(f"{status} {where}; no epoch was finished, nothing was saved")
             raise
         finally:
+            _restore_sigterm(previous_handler)
             self.close()
 
     def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
@@ -371,10 +423,10 @@ class Trainer:
             "monitor": self._monitor_record(val),
         }
         self.history.append(record)
+        if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
+            self.save("best", with_optimizer=False)  # pointing at a best epoch that was not saved
         self.save("last", with_optimizer=True)
         self.saved_epoch = self.epoch
-        if improved:
-            self.save("best", with_optimizer=False)
         if tc.grid_every and self.epoch % tc.grid_every == 0:
             self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
         val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
@@ -475,6 +527,90 @@ class Trainer:
                 rows.append(interpolate(self.model, test[2 * i], test[2 * i + 1], steps=10, method=method))
         if rows:
             save_png(make_grid(torch.cat(rows), nrow=10), self.paths.images / "interpolations.png")
+
+
+# --------------------------------------------------------------------------- locks, signals, resuming
+
+
+def lock_run_dir(root: Path):
+    """An exclusive lock on RUN/.lock for the life of a training process; a second one is refused."""
+    import fcntl
+
+    handle = open(root / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run directory {root} is in use by {holder}; wait for it to finish, or choose "
+                          "another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"vaelab process {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt (main thread only), so a killed job stops like Ctrl-C: the
+    current epoch is abandoned, the last checkpoint stays, and the message says how to resume."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSplits | None = None,
+           log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
+    """Continue a run from its `last` checkpoint, exactly where it stopped (epoch granularity).
+
+    On CPU the weights at the end equal those of an uninterrupted run with the same config. `epochs`
+    raises train.epochs to train further than the run first asked for.
+    """
+    from .config import load_config
+
+    root = Path(run_dir)
+    paths = RunPaths(root)
+    ckpt_dir = paths.checkpoint("last")
+    if not (ckpt_dir.exists() or ckpt_dir.with_name("last.old").exists()):
+        if not paths.config.is_file():
+            raise ConfigError(f"{root} holds no vaelab run to resume (no config.toml, no checkpoints/last)")
+        # stopped before its first epoch ended: start it again, in place, with its own config
+        config = load_config(paths.config)
+        if epochs is not None:
+            config = config.replace(train={"epochs": epochs})
+        log(f"{root} stopped before its first epoch ended: starting it again from the beginning")
+        paths.metrics.unlink(missing_ok=True)
+        return Trainer(config, root, splits=splits, log=log, progress=progress, resume_from=None,
+                       _restart=True).run()
+    ckpt = load_checkpoint(ckpt_dir)
+    config = from_dict(ckpt.meta["config"], origin=f"{ckpt_dir} meta.json")
+    if epochs is not None:
+        if epochs < int(ckpt.meta["epoch"]):
+            raise ConfigError(f"train.epochs={epochs} is below the {ckpt.meta['epoch']} epochs already trained")
+        config = config.replace(train={"epochs": epochs})
+    done, best = int(ckpt.meta["epoch"]), int(ckpt.meta.get("best_epoch", 0))
+    patience = config.train.patience
+    stopped = bool(patience) and ckpt.meta.get("best_val") is not None and done - best >= patience
+    if done >= config.train.epochs or stopped:
+        why = "stopped early (train.patience)" if stopped else f"trained all {config.train.epochs} epochs"
+        raise ConfigError(f"run {root} {why}; nothing to resume (raise train.epochs with --set train.epochs=N "
+                          "to train further)")
+    return Trainer(config, root, splits=splits, log=log, progress=progress, resume_from=ckpt).run()
 
 
 def train(config: RunConfig, run_dir: str | Path, *, splits: DatasetSplits | None = None,

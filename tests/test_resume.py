@@ -1,0 +1,140 @@
+"""Runs survive interruption: SIGKILL at random moments, SIGTERM, a second process on the same directory."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelab import load_config, load_run, resume, train
+from vaelab.cli import main
+from vaelab.errors import ConfigError
+from vaelab.train import lock_run_dir
+
+ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
+        "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0"]
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vaelab", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+def _weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_run(run, checkpoint=name).model.state_dict()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = _start(*ARGS, "--out", str(out))
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    return out
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_weights(reference, tmp_path):
+    """Killed with SIGKILL at random moments (during steps, validation or checkpoint writes) and resumed until
+    it finishes, each run ends with weights bit-identical to the uninterrupted one, best and last."""
+    rng = random.Random(2026)
+    kills = 0
+    for trial in range(3):
+        out = tmp_path / f"killed{trial}"
+        proc = _start(*ARGS, "--out", str(out))
+        time.sleep(rng.uniform(5.0, 11.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if (out / "evaluation.json").is_file():
+            continue_with = None
+        elif (out / "config.toml").is_file():
+            continue_with = ["--resume", str(out)]
+        else:  # killed while still loading data: nothing of the run exists yet, the same command starts it
+            continue_with = [*ARGS, "--out", str(out)]
+        if continue_with:
+            resumed = _start(*continue_with)
+            assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+        for name in ("last", "best"):
+            assert _same(_weights(out, name), _weights(reference, name)), (trial, name)
+        ref_lines = (reference / "metrics.jsonl").read_text().splitlines()
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == len(ref_lines) == 6  # no epoch lost, none twice
+    assert kills >= 2  # the kills really landed while training ran
+
+
+def test_sigterm_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
+    out = tmp_path / "termed"
+    proc = _start(*ARGS, "--out", str(out))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "last").exists():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert f"vaelab train --resume {out}" in output
+    assert "Traceback" not in output
+    resumed = _start("--resume", str(out))
+    assert resumed.wait(timeout=300) == 0
+    assert _same(_weights(out, "last"), _weights(reference, "last"))
+
+
+def test_in_process_resume_and_more_epochs(tmp_path):
+    from vaelab.train import Trainer
+
+    cfg = load_config(overrides=["data.dataset=digits", "train.epochs=3", "train.grid_every=0", "train.grid_size=4",
+                                 "eval.nll_images=0"])
+    full = train(cfg, tmp_path / "full", log=lambda m: None)
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    Trainer.train_epoch = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "part", log=lambda m: None)
+    finally:
+        Trainer.train_epoch = original
+    result = resume(tmp_path / "part", log=lambda m: None)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert _same(_weights(tmp_path / "part", "last"), _weights(tmp_path / "full", "last"))
+    assert full.evaluation["splits"]["test"] == result.evaluation["splits"]["test"]
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        resume(tmp_path / "part", log=lambda m: None)
+    more = resume(tmp_path / "part", epochs=4, log=lambda m: None)  # train further than first asked
+    assert [r["epoch"] for r in more.history] == [1, 2, 3, 4]
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, capsys):
+    run = tmp_path / "busy"
+    run.mkdir()
+    holder = lock_run_dir(run)
+    try:
+        cfg = load_config(overrides=["data.dataset=digits", "train.epochs=1", "train.grid_size=4"])
+        with pytest.raises(ConfigError, match="is in use by vaelab process"):
+            train(cfg, run, log=lambda m: None)
+    finally:
+        holder.close()
+    assert not (run / "config.toml").exists()  # the refused process wrote nothing
+
+
+def test_resume_mistakes_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing-here")]) == 2
+    assert "holds no vaelab run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--set", "train.lr=0.1"]) == 2
+    assert "only --set train.epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "leave out --config" in capsys.readouterr().err
