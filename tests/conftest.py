@@ -39,6 +39,16 @@ def _isolate(tmp_path_factory, monkeypatch):
     np.random.seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny models: on a busy 2-core machine a second thread only spins
+    against the first (many small ops per step). The count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _missing(what: str, how: str):
     # In CI the data is installed by .ci/run: a missing dataset there is a failure, not a skip.
     if os.environ.get("CI", "").lower() in ("1", "true"):

@@ -11,13 +11,7 @@ from vaelab.data import ImageSet
 from vaelab.errors import CheckpointError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tests stay fast on a busy machine (two threads there spin against each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds contention
 
 
 def _clusters(centres: torch.Tensor, per_cluster: int, seed: int) -> torch.Tensor:

@@ -13,13 +13,7 @@ from vaelab.models import DiagonalGaussian, build_model, eval_mode
 SHAPE = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: a second thread only adds contention (many small ops per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds contention
 
 
 def tiny_vae(seed: int = 0, latent_dim: int = 2, kind: str = "vae"):
