@@ -87,7 +87,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
     assert _same(_weights(out, "last"), _weights(reference, "last"))
 
 
-def test_in_process_resume_and_more_epochs(tmp_path):
+def test_in_process_resume_and_more_epochs(tmp_path, monkeypatch):
     from vaelab.train import Trainer
 
     cfg = load_config(overrides=["data.dataset=digits", "train.epochs=3", "train.grid_every=0", "train.grid_size=4",
@@ -102,12 +102,10 @@ def test_in_process_resume_and_more_epochs(tmp_path):
             raise KeyboardInterrupt
         return original(self)
 
-    Trainer.train_epoch = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, tmp_path / "part", log=lambda m: None)
-    finally:
-        Trainer.train_epoch = original
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "part", log=lambda m: None)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
     result = resume(tmp_path / "part", log=lambda m: None)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert _same(_weights(tmp_path / "part", "last"), _weights(tmp_path / "full", "last"))

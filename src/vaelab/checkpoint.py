@@ -110,16 +110,23 @@ def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, to
     return final
 
 
+def read_format_json(path: Path, fmt: str, what: str, not_ours: str) -> dict[str, Any]:
+    """A JSON object whose "format" is `fmt`; anything else raises CheckpointError (never unpickles)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(not_ours)
+    return meta
+
+
 def _load_dir(path: Path) -> LoadedCheckpoint:
     meta_path = path / META
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint {path} has no {META}; it is incomplete")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: {META} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a vaelab checkpoint ({META} lacks format={FORMAT!r})")
+    meta = read_format_json(meta_path, FORMAT, f"checkpoint {path}: {META}",
+                            f"{path} is not a vaelab checkpoint ({META} lacks format={FORMAT!r})")
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"checkpoint {path}: {META} has no valid format_version; it is damaged")

@@ -49,6 +49,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .data import ImageSet, batches
+from .checkpoint import read_format_json
 from .errors import CheckpointError
 from .evaluate import frechet_distance, gaussian_stats
 from .fileio import atomic_write
@@ -254,12 +255,8 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
     for p, what in ((path, "weights"), (side, "sidecar")):
         if not p.is_file():
             raise CheckpointError(f"classifier {what} {p} not found; train and save the classifier first")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"classifier sidecar {side} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(f"{side} is not a vaelab classifier sidecar (no format={CLASSIFIER_FORMAT!r})")
+    meta = read_format_json(side, CLASSIFIER_FORMAT, f"classifier sidecar {side}",
+                            f"{side} is not a vaelab classifier sidecar (no format={CLASSIFIER_FORMAT!r})")
     version = meta.get("format_version")
     if type(version) is not int or version > CLASSIFIER_FORMAT_VERSION:
         raise CheckpointError(f"classifier sidecar {side} has format version {version!r}; this vaelab reads "

@@ -472,7 +472,7 @@ class Trainer:
             "samples": sample_fidelity(self.model, self.splits, batch_size=self.cfg.train.eval_batch_size),
             "stopped_early": self.stopped_early, "epochs_trained": self.epoch,
         }
-        nll = self._final_nll()
+        nll = nll_on_splits(self.model, self.cfg, self.splits, self.device, self.log)
         if nll:
             evaluation["nll"] = nll
         write_json(self.paths.evaluation, evaluation)
@@ -498,10 +498,6 @@ class Trainer:
         self.log(f"run written to {self.paths.root}")
         self.close()
         return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
-
-    def _final_nll(self) -> dict[str, Any] | None:
-        """The importance-sampled NLL on equal-size random subsets of train, validation and test."""
-        return nll_on_splits(self.model, self.cfg, self.splits, self.device, self.log)
 
     def _plot_curves(self) -> None:
         from .plots import plot_training_curves
