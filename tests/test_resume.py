@@ -136,3 +136,28 @@ def test_resume_mistakes_are_one_line_errors(tmp_path, capsys):
     assert "only --set train.epochs" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "leave out --config" in capsys.readouterr().err
+
+
+def test_a_run_killed_during_its_final_evaluation_resumes_into_it(tmp_path, monkeypatch):
+    """All epochs trained, then interrupted while evaluating: --resume writes the evaluation instead of refusing."""
+    from vaelab.train import Trainer
+
+    cfg = load_config(overrides=["data.dataset=digits", "train.epochs=2", "train.grid_every=0", "train.grid_size=4",
+                                 "eval.nll_images=0"])
+    original = Trainer.finish
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run" / "evaluation.json").exists()
+    monkeypatch.setattr(Trainer, "finish", original)
+    messages = []
+    result = resume(tmp_path / "run", log=messages.append)
+    assert any("stopped before its final evaluation" in m for m in messages)
+    assert (tmp_path / "run" / "evaluation.json").is_file()
+    assert [r["epoch"] for r in result.history] == [1, 2]  # no epoch trained again
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        resume(tmp_path / "run", log=lambda m: None)

@@ -570,6 +570,15 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _finished(paths: RunPaths) -> bool:
+    """True when the run's final evaluation was written (the last thing `Trainer.finish` does)."""
+    try:
+        info = json.loads(paths.info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return paths.evaluation.is_file() and isinstance(info, dict) and info.get("status") == "finished"
+
+
 def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSplits | None = None,
            log: Callable[[str], None] = print, progress: bool | None = None) -> TrainResult:
     """Continue a run from its `last` checkpoint, exactly where it stopped (epoch granularity).
@@ -602,10 +611,12 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
     done, best = int(ckpt.meta["epoch"]), int(ckpt.meta.get("best_epoch", 0))
     patience = config.train.patience
     stopped = bool(patience) and ckpt.meta.get("best_val") is not None and done - best >= patience
-    if done >= config.train.epochs or stopped:
+    if (done >= config.train.epochs or stopped) and _finished(paths):
         why = "stopped early (train.patience)" if stopped else f"trained all {config.train.epochs} epochs"
         raise ConfigError(f"run {root} {why}; nothing to resume (raise train.epochs with --set train.epochs=N "
                           "to train further)")
+    if done >= config.train.epochs or stopped:
+        log(f"{root} trained all its epochs but stopped before its final evaluation was written: writing it now")
     return Trainer(config, root, splits=splits, log=log, progress=progress, resume_from=ckpt).run()
 
 
