@@ -17,7 +17,8 @@ from vaelab.errors import ConfigError
 from vaelab.train import lock_run_dir
 
 ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
-        "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0"]
+        "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0",
+        "--set", "train.checkpoint_steps=3"]  # checkpoints inside epochs too: kills land in and between them
 
 
 def _start(*args: str) -> subprocess.Popen:

@@ -84,16 +84,20 @@ def test_persistent_nan_stops_with_a_clear_error(tmp_path, digits_splits, monkey
     from vaelab.models.distributions import BernoulliLikelihood
 
     monkeypatch.setattr(BernoulliLikelihood, "log_prob", lambda self, x, p: torch.full((len(x),), float("nan")))
-    cfg = load_config(overrides=[*DIGITS, "train.epochs=10", "train.batch_size=16"])
-    with pytest.raises(VaelabError, match="NaN or infinite for 50 steps in a row.*lower train.lr"):
-        train(cfg, tmp_path / "r", splits=digits_splits, log=lambda m: None)
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=10", "train.batch_size=8"])  # > 80 steps per epoch
+    messages = []
+    with pytest.raises(VaelabError, match=r"NaN or infinite for 20 steps in a row \(last at batch 80 of epoch 1, "
+                                          r"after 0 applied steps\) after 3 restore\(s\).*lower train.lr"):
+        train(cfg, tmp_path / "r", splits=digits_splits, log=messages.append)
+    assert sum("restored the weights and optimizer" in m for m in messages) == 3
+    stop = cfg.replace(train={"on_nan": "stop"})
+    with pytest.raises(VaelabError, match=r"for 20 steps in a row \(last at batch 20 of epoch 1, after 0 applied steps\); lower"):
+        train(stop, tmp_path / "s", splits=digits_splits, log=lambda m: None)
 
 
 def test_nan_streak_is_counted_across_epochs(tmp_path, digits_splits, monkeypatch):
     # NaN for the last 3 training steps of epoch 1 and the first 3 of epoch 2: with a limit of 5 in a
     # row the run must stop in epoch 2 (a counter reset at each epoch would never reach 5)
-    import sys
-
     from vaelab.models.distributions import BernoulliLikelihood
 
     steps = math.ceil(len(digits_splits.train) / 128)
@@ -108,10 +112,9 @@ def test_nan_streak_is_counted_across_epochs(tmp_path, digits_splits, monkeypatc
         return out * float("nan") if steps - 3 < calls["n"] <= steps + 3 else out
 
     monkeypatch.setattr(BernoulliLikelihood, "log_prob", flaky)
-    monkeypatch.setattr(sys.modules["vaelab.train"], "MAX_SKIPS_IN_A_ROW", 5)
-    with pytest.raises(VaelabError, match=r"5 steps in a row \(last at step \d+, epoch 2\)"):
-        train(load_config(overrides=[*DIGITS, "train.epochs=3"]), tmp_path / "r", splits=digits_splits,
-              log=lambda m: None)
+    with pytest.raises(VaelabError, match=r"5 steps in a row \(last at batch 2 of epoch 2, after \d+ applied steps\)"):
+        train(load_config(overrides=[*DIGITS, "train.epochs=3", "train.nan_patience=5", "train.on_nan=stop"]),
+              tmp_path / "r", splits=digits_splits, log=lambda m: None)
 
 
 def test_an_epoch_with_every_step_skipped_is_an_error_not_a_zero_loss(tmp_path, digits_splits, monkeypatch):
@@ -139,7 +142,7 @@ def test_nan_validation_loss_stops_with_a_clear_error(tmp_path, digits_splits, m
         train(load_config(overrides=[*DIGITS, "train.epochs=2"]), tmp_path / "r", splits=digits_splits,
               log=lines.append)
     # nothing was saved, and nothing claims otherwise
-    assert lines[-1] == "failed during epoch 1; no epoch was finished, nothing was saved"
+    assert lines[-1] == "failed during epoch 1; no checkpoint was written yet, nothing was saved"
     assert json.loads((tmp_path / "r" / "run.json").read_text())["epochs"] == 0
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -163,7 +166,7 @@ def test_failure_in_a_later_epoch_reports_the_epochs_really_saved(tmp_path, digi
         train(load_config(overrides=[*DIGITS, "train.epochs=3", "train.monitor_images=0"]), tmp_path / "r",
               splits=digits_splits,
               log=lines.append)
-    assert lines[-1].startswith("failed during epoch 3; the 2 finished epoch(s) are saved in")
+    assert lines[-1].startswith("failed during epoch 3; the end of epoch 2 (step 20) is saved in")
     assert json.loads((tmp_path / "r" / "run.json").read_text())["epochs"] == 2
     assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2
 
@@ -205,7 +208,7 @@ def test_interruption_keeps_finished_epochs_and_says_so(tmp_path, digits_splits,
     with pytest.raises(KeyboardInterrupt):
         train(load_config(overrides=[*DIGITS, "train.epochs=5"]), tmp_path / "r", splits=digits_splits,
               log=lines.append)
-    assert "interrupted during epoch 3; the 2 finished epoch(s) are saved" in lines[-1]
+    assert "interrupted during epoch 3; the end of epoch 2 (step 20) is saved" in lines[-1]
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "interrupted" and info["epochs"] == 2
     assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2

@@ -139,6 +139,21 @@ class TrainConfig:
     )
     patience: int = _opt(0, "early stopping: stop after N epochs without a better validation loss (0: off)")
     min_delta: float = _opt(0.0, "early stopping: an improvement must exceed this many nats")
+    grad_clip: float = _opt(0.0, "clip the gradient's global L2 norm to this (0: off); clipped steps are counted")
+    nan_patience: int = _opt(
+        20, "bad steps (NaN or infinite loss or gradient; skipped, never applied) in a row before train.on_nan acts"
+    )
+    on_nan: Literal["restore", "stop"] = _opt(
+        "restore", "restore: go back to the weights and optimizer of the last good checkpoint and multiply the "
+                   "learning rate by train.nan_lr_factor; stop: end the run with an error naming the step"
+    )
+    nan_lr_factor: float = _opt(0.5, "learning-rate factor applied at each restore after bad steps")
+    max_restores: int = _opt(3, "restores after bad steps before the run stops with an error")
+    checkpoint_minutes: float = _opt(
+        10.0, "also write the `last` checkpoint inside an epoch every N minutes of training, resumable to the "
+              "step (0: only at the end of each epoch); SIGTERM and Ctrl-C always write one"
+    )
+    checkpoint_steps: int = _opt(0, "also write the `last` checkpoint every N steps inside an epoch (0: off)")
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -154,6 +169,14 @@ class TrainConfig:
             _non_negative(self, "train", "monitor_images")
         if not self.min_delta >= 0:
             raise ConfigError(f"train.min_delta must be >= 0, got {self.min_delta}")
+        for name in ("grad_clip", "checkpoint_minutes"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        _positive(self, "train", "nan_patience")
+        _non_negative(self, "train", "max_restores")
+        _non_negative(self, "train", "checkpoint_steps")
+        if not 0 < self.nan_lr_factor <= 1:
+            raise ConfigError(f"train.nan_lr_factor must lie in (0, 1], got {self.nan_lr_factor}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.beta >= 0:
@@ -271,34 +294,43 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {_show(value)}")
     if origin is Literal:
         if value not in args:
             choices = ", ".join(str(a) for a in args)
-            raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
+            raise ConfigError(f"{key} must be one of {choices}; got {_show(value)}")
         return value
     if origin is tuple:
         if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
                                                     and -MAX_INT <= v <= MAX_INT for v in value):
             return value if isinstance(value, tuple) else tuple(value)
-        raise ConfigError(f"{key} must be a list of integers like [32, 64], got {value!r}")
+        raise ConfigError(f"{key} must be a list of integers like [32, 64], got {_show(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if not -MAX_INT <= value <= MAX_INT:
-                raise ConfigError(f"{key} = {value} is out of range (at most {MAX_INT:,} in size)")
+                raise ConfigError(f"{key} = {_show(value)} is out of range (at most {MAX_INT:,} in size)")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            if not abs(value) <= sys.float_info.max:  # NaN, inf, and ints too big for a float
+                raise ConfigError(f"{key} must be a finite number, got {_show(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {_show(value)}")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """`repr(value)` for an error message: shortened, and safe for huge ints and deep nesting."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # ints over 4300 digits, lists nested thousands deep
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- building
@@ -309,11 +341,13 @@ def apply_mapping(base: RunConfig, mapping: Mapping[str, Any], origin: str = "co
 
     Unknown sections and keys raise `ConfigError` listing the valid ones.
     """
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{origin} must be a table of sections ({', '.join(SECTIONS)}), got {_show(mapping)}")
     new_sections = {}
     for section, values in mapping.items():
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown section [{section}] in {origin}; valid sections: {', '.join(SECTIONS)}"
+                f"unknown section [{_show(section)}] in {origin}; valid sections: {', '.join(SECTIONS)}"
             )
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{section}] in {origin} must be a table of key = value pairs")
@@ -321,6 +355,9 @@ def apply_mapping(base: RunConfig, mapping: Mapping[str, Any], origin: str = "co
         names = {f.name for f in dataclasses.fields(current)}
         for key in values:
             if key not in names:
+                if not isinstance(key, str):
+                    raise ConfigError(f"unknown key {_show(key)} in [{section}] of {origin}; "
+                                      f"valid keys: {', '.join(sorted(names))}")
                 hint = _closest(key, names)
                 raise ConfigError(
                     f"unknown key {section}.{key} in {origin}"
@@ -355,6 +392,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except (ValueError, RecursionError):  # an int over 4300 digits, arrays nested ~1000 deep
+        raise ConfigError(f"override {dotted}: the value is too long or too deeply nested to read") from None
     return section, key, value
 
 
@@ -370,6 +409,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except (ValueError, RecursionError):  # an int over 4300 digits, arrays nested ~1000 deep
+        raise ConfigError(f"config file {path} holds a value too long or too deeply nested to read") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -379,7 +420,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         cfg = apply_mapping(cfg, load_toml(path), origin=str(path))
     for text in overrides:
         section, key, value = parse_override(text)
-        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
+        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text if len(text) <= 80 else text[:77] + '...'}")
     return cfg
 
 

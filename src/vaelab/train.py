@@ -12,12 +12,18 @@
    interpolations, the loss terms on train / val / test and a sample-fidelity
    score (Frechet distance to the test images in PCA space) in evaluation.json.
 
-A step whose loss is NaN or infinite is skipped and counted (never applied);
-many in a row stop the run with an error naming the step.
+A step whose loss or gradient is NaN or infinite is skipped and counted (never
+applied); `train.nan_patience` of them in a row restore the last good checkpoint
+with a lower learning rate (`train.on_nan = "restore"`) or stop the run with an
+error naming the step. Inside an epoch, `last` is also written every
+`train.checkpoint_minutes` (and on SIGTERM / Ctrl-C after the step in flight),
+with the epoch's data order and position, so a resumed run continues from that
+very step.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -35,10 +41,11 @@ from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoi
                          optimizer_state_to_tensors, save_checkpoint)
 from .config import RunConfig, from_dict, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
-from .errors import ConfigError, VaelabError
+from .errors import ConfigError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
                        gap_stderr, generalization_gap, nll_on_splits, sample_fidelity)
 from .fileio import atomic_write
+from .guard import BadSteps, StopSignals, TrainingDiverged, grad_norm, lock_run_dir
 from .likelihood import format_nll_table
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
@@ -46,12 +53,8 @@ from .models import Model, build_model, eval_mode
 from .objectives import beta_vae_loss
 from .runs import RunPaths, json_safe, resolve_device, write_json
 
-MAX_SKIPS_IN_A_ROW = 50
 CODE_FIT_IMAGES = 10_000
-
-
-class TrainingDiverged(VaelabError):
-    """The loss stayed NaN/inf for many steps in a row."""
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "resume", "train", "lock_run_dir"]
 
 
 @dataclass
@@ -136,8 +139,13 @@ class Trainer:
         self.epoch = 0
         self.saved_epoch = 0  # the epoch the `last` checkpoint holds
         self.step = 0
-        self.skipped = 0
-        self.skips_in_a_row = 0
+        self.bad = BadSteps(tc.nan_patience, tc.on_nan, tc.max_restores)
+        self.clipped = 0
+        self.batch_index = 0  # 1-based, inside the current epoch
+        self.position: dict[str, Any] | None = None  # where inside an epoch `last` was written (None: at its end)
+        self.saved_at = "the start of training"
+        self._last_save = time.monotonic()
+        self.signals = StopSignals()
         self.best_val = math.inf
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -150,6 +158,7 @@ class Trainer:
         self._lock = lock_run_dir(self.paths.root)
         if resume_from is not None:
             self._restore(resume_from)
+        self._good = self._snapshot()  # what a restore after bad steps goes back to
         try:
             self._log_file = open(self.paths.log, "a", encoding="utf-8")
         except OSError as exc:
@@ -214,7 +223,12 @@ class Trainer:
             torch.cuda.set_rng_state(decode_rng(meta["rng"]["cuda"]), self.device)
         self.epoch = self.saved_epoch = int(meta["epoch"])
         self.step = int(meta["step"])
-        self.skipped = int(meta.get("skipped_steps", 0))
+        self.bad.total = int(meta.get("skipped_steps", 0))
+        self.bad.in_a_row = int(meta.get("bad_in_a_row", 0))
+        self.bad.restores = int(meta.get("restores", 0))
+        self.clipped = int(meta.get("clipped_steps", 0))
+        self.position = meta.get("in_epoch")
+        self.saved_at = self._describe_save()
         self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
         self.best_epoch = int(meta.get("best_epoch", 0))
         self.history = list(meta["history"])
@@ -257,7 +271,11 @@ class Trainer:
             "step": self.step,
             "best_val": None if math.isinf(self.best_val) else self.best_val,
             "best_epoch": self.best_epoch,
-            "skipped_steps": self.skipped,
+            "skipped_steps": self.bad.total,
+            "bad_in_a_row": self.bad.in_a_row,
+            "restores": self.bad.restores,
+            "clipped_steps": self.clipped,
+            "in_epoch": self.position,
             "history": self.history,
             "train_time_s": self.train_time,
             "stopped_early": self.stopped_early,
@@ -275,56 +293,139 @@ class Trainer:
             tensors["optimizer"] = opt_tensors
             meta["optimizer"] = {"type": "Adam", **opt_info}
         save_checkpoint(self.paths.checkpoints, name, tensors, meta)
+        if name == "last":
+            self.saved_epoch = self.epoch
+            self.saved_at = self._describe_save()
+            self._last_save = time.monotonic()
+            self._good = self._snapshot()
+
+    def _describe_save(self) -> str:
+        if self.position is None:
+            return f"the end of epoch {self.epoch} (step {self.step})"
+        p = self.position
+        return f"step {self.step}, batch {p['batches']} of {p['of']} in epoch {self.epoch + 1}"
+
+    # ------------------------------------------------------------------ bad steps
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "at": self.saved_at}
+
+    def _bad_step(self) -> None:
+        """A step whose loss or gradient was not finite: skipped; the policy may restore or stop."""
+        tc = self.cfg.train
+        action = self.bad.record_bad()
+        if action is None:
+            return
+        where = f"batch {self.batch_index} of epoch {self.epoch + 1}, after {self.step} applied steps"
+        if action == "stop":
+            after = f" after {self.bad.restores} restore(s) with a lower learning rate" if self.bad.restores else ""
+            raise TrainingDiverged(
+                f"the loss or gradient was NaN or infinite for {tc.nan_patience} steps in a row (last at {where})"
+                f"{after}; lower train.lr, set train.grad_clip, or check the data"
+            )
+        lrs = [g["lr"] * tc.nan_lr_factor for g in self.optimizer.param_groups]
+        self.model.load_state_dict(self._good["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(self._good["optimizer"]))
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.log(f"{tc.nan_patience} bad steps in a row (NaN or infinite loss or gradient), last at {where}: "
+                 f"restored the weights and optimizer of {self._good['at']} and lowered the learning rate to "
+                 f"{lrs[0]:.3g} (restore {self.bad.restores} of at most {tc.max_restores})")
 
     # ------------------------------------------------------------------ the loop
 
-    def train_epoch(self) -> dict[str, float]:
+    def _step(self, x: torch.Tensor):
+        """One Adam step on batch x; None when it was skipped (loss or gradient not finite)."""
         tc = self.cfg.train
-        model, lik = self.model, self.model.likelihood
-        model.train()
-        n_batches = math.ceil(len(self.train_images) / tc.batch_size)
-        recon_sum = kl_sum = torch.zeros((), dtype=torch.float64)
-        n_images = 0
+        out = self.model(x)
+        terms = beta_vae_loss(self.model.likelihood.log_prob(x, out.x_params), out.kl, tc.beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(terms.loss))
+        if finite:
+            terms.loss.backward()
+            norm = grad_norm(self.model.parameters())
+            finite = bool(torch.isfinite(norm))
+        if not finite:  # never applied
+            self.optimizer.zero_grad(set_to_none=True)
+            self._bad_step()
+            return None
+        self.bad.record_good()
+        if tc.grad_clip and norm > tc.grad_clip:
+            self.clipped += 1
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return terms
+
+    def _checkpoint_due(self, batches_done: int) -> bool:
+        tc = self.cfg.train
+        if tc.checkpoint_steps and batches_done % tc.checkpoint_steps == 0:
+            return True
+        return bool(tc.checkpoint_minutes) and time.monotonic() - self._last_save >= 60 * tc.checkpoint_minutes
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split, from where a mid-epoch checkpoint left off if it did."""
+        tc = self.cfg.train
+        self.model.train()
+        n = len(self.train_images)
+        n_batches = math.ceil(n / tc.batch_size)
+        t0 = time.perf_counter()
+        if self.position is None:  # a fresh epoch: its order comes first from the data generator
+            order_rng = self.data_gen.get_state()
+            order = torch.randperm(n, generator=self.data_gen)
+            done, recon_sum, kl_sum, n_images, time_before = 0, 0.0, 0.0, 0, 0.0
+        else:  # resumed inside the epoch: the same order, and the generator where the checkpoint left it
+            p = self.position
+            order_rng = decode_rng(p["order_rng"])
+            order = torch.randperm(n, generator=torch.Generator().set_state(order_rng))
+            done, n_images, time_before = int(p["batches"]), int(p["images"]), float(p["time_s"])
+            recon_sum, kl_sum = float(p["recon_sum"]), float(p["kl_sum"])
+        recon_t = torch.tensor(recon_sum, dtype=torch.float64)
+        kl_t = torch.tensor(kl_sum, dtype=torch.float64)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr)
-        for x in batches(self.train_images.images, tc.batch_size, shuffle=True, generator=self.data_gen,
-                         dynamic=self.dynamic, device=self.device, memory_format=self.memory_format):
-            out = model(x)
-            terms = beta_vae_loss(lik.log_prob(x, out.x_params), out.kl, tc.beta)
-            self.optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(terms.loss):
-                # never applied; counted across epochs, so a run cannot limp on with NaN forever
-                self.skipped += 1
-                self.skips_in_a_row += 1
-                if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    raise TrainingDiverged(
-                        f"the loss was NaN or infinite for {self.skips_in_a_row} steps in a row (last at "
-                        f"step {self.step + 1}, epoch {self.epoch + 1}); lower train.lr or check the data"
-                    )
-                continue
-            self.skips_in_a_row = 0
-            terms.loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            recon_sum = recon_sum + terms.recon.detach().sum().double().cpu()
-            kl_sum = kl_sum + terms.kl.detach().sum().double().cpu()
-            n_images += len(x)
+            bar = tqdm(total=n_batches, initial=done, desc=f"epoch {self.epoch + 1}/{tc.epochs}", leave=False,
+                       file=sys.stderr)
+        self.signals.stepping = True
+        try:
+            for x in batches(self.train_images.images, tc.batch_size, order=order[done * tc.batch_size:],
+                             generator=self.data_gen, dynamic=self.dynamic, device=self.device,
+                             memory_format=self.memory_format):
+                self.batch_index = done + 1
+                terms = self._step(x)
+                done += 1
+                if terms is not None:
+                    recon_t = recon_t + terms.recon.detach().sum().double().cpu()
+                    kl_t = kl_t + terms.kl.detach().sum().double().cpu()
+                    n_images += len(x)
+                if bar is not None:
+                    bar.update(1)
+                    if terms is not None and self.step % 20 == 0:
+                        bar.set_postfix(loss=f"{terms.loss.item():.1f}")
+                stop = self.signals.requested
+                if done < n_batches and (stop or self._checkpoint_due(done)):
+                    self.position = {"order_rng": encode_rng(order_rng), "batches": done, "of": n_batches,
+                                     "images": n_images, "recon_sum": recon_t.item(), "kl_sum": kl_t.item(),
+                                     "time_s": time_before + time.perf_counter() - t0}
+                    self.save("last", with_optimizer=True)
+                if stop and done < n_batches:  # on the last batch the epoch ends first, and saves
+                    raise KeyboardInterrupt(stop)
+        finally:
+            self.signals.stepping = False
             if bar is not None:
-                bar.update(1)
-                if self.step % 20 == 0:
-                    bar.set_postfix(loss=f"{terms.loss.item():.1f}")
-        if bar is not None:
-            bar.close()
+                bar.close()
+        self.position = None
         if n_images == 0:
             raise TrainingDiverged(
-                f"every step of epoch {self.epoch + 1} had a NaN or infinite loss and was skipped; "
+                f"every step of epoch {self.epoch + 1} had a NaN or infinite loss or gradient and was skipped; "
                 "lower train.lr or check the data"
             )
-        recon, kl = recon_sum.item() / max(n_images, 1), kl_sum.item() / max(n_images, 1)
-        return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": n_images}
+        recon, kl = recon_t.item() / n_images, kl_t.item() / n_images
+        return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": n_images,
+                "time_s": time_before + time.perf_counter() - t0}
 
     def _fit_codes(self) -> None:
         """For the autoencoder: fit its sampling Gaussian to codes of training images."""
@@ -361,16 +462,16 @@ class Trainer:
         if tc.patience and self.val_images is None:
             self.log("note: train.patience is set but there is no validation split: early stopping is off")
         if self.resumed:
-            self.log(f"resuming after epoch {self.epoch} (step {self.step}) from {self.paths.checkpoint('last')}")
-        previous_handler = _catch_sigterm()
+            self.log(f"resuming from {self.saved_at}, written to {self.paths.checkpoint('last')}")
         try:
-            with open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
+            with self.signals, open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
                 for _ in range(tc.epochs - self.epoch if not self.stopped_early else 0):
-                    t0 = time.perf_counter()
                     train_terms = self.train_epoch()
-                    record = self.end_epoch(train_terms, time.perf_counter() - t0)
+                    record = self.end_epoch(train_terms, train_terms.pop("time_s"))
                     metrics_file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
                     metrics_file.flush()
+                    if self.signals.requested:  # came during the epoch's last step: the epoch is saved
+                        raise KeyboardInterrupt(self.signals.requested)
                     if tc.patience and self.val_images is not None and self.epoch - self.best_epoch >= tc.patience:
                         self.stopped_early = True
                         self.log(f"early stopping after epoch {self.epoch}: no better validation loss for "
@@ -383,14 +484,13 @@ class Trainer:
                                                    error=str(exc) or type(exc).__name__))
             where = (f"during epoch {self.saved_epoch + 1}" if self.saved_epoch < tc.epochs and not self.stopped_early
                      else "after the last epoch")
-            if self.saved_epoch:
-                self.log(f"{status} {where}; the {self.saved_epoch} finished epoch(s) are saved in "
-                         f"{self.paths.checkpoint('last')}; continue with: vaelab train --resume {self.paths.root}")
+            if self.paths.checkpoint("last").exists():
+                self.log(f"{status} {where}; {self.saved_at} is saved in {self.paths.checkpoint('last')}; "
+                         f"continue with: vaelab train --resume {self.paths.root}")
             else:
-                self.log(f"{status} {where}; no epoch was finished, nothing was saved")
+                self.log(f"{status} {where}; no checkpoint was written yet, nothing was saved")
             raise
         finally:
-            _restore_sigterm(previous_handler)
             self.close()
 
     def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
@@ -417,7 +517,8 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
             "train_time_s": round(self.train_time, 3),
             "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
-            "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.skipped,
+            "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.bad.total,
+            "restores": self.bad.restores, "clipped_steps": self.clipped,
             "train": {k: v for k, v in train_terms.items() if k != "images"},
             "val": val.as_dict() if val is not None else None, "best": improved,
             "monitor": self._monitor_record(val),
@@ -426,7 +527,6 @@ class Trainer:
         if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
             self.save("best", with_optimizer=False)  # pointing at a best epoch that was not saved
         self.save("last", with_optimizer=True)
-        self.saved_epoch = self.epoch
         if tc.grid_every and self.epoch % tc.grid_every == 0:
             self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
         val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
@@ -526,48 +626,6 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- locks, signals, resuming
-
-
-def lock_run_dir(root: Path):
-    """An exclusive lock on RUN/.lock for the life of a training process; a second one is refused."""
-    import fcntl
-
-    handle = open(root / ".lock", "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(f"run directory {root} is in use by {holder}; wait for it to finish, or choose "
-                          "another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"vaelab process {os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _catch_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt (main thread only), so a killed job stops like Ctrl-C: the
-    current epoch is abandoned, the last checkpoint stays, and the message says how to resume."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _restore_sigterm(previous) -> None:
-    import signal
-
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _finished(paths: RunPaths) -> bool:

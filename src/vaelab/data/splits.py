@@ -226,14 +226,18 @@ def batches(
     dynamic: bool = False,
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
+    order: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Float batches in [0, 1] of uint8 images; resampled as Bernoulli if `dynamic`.
 
     One `torch.randperm` per epoch and tensor indexing per batch: no per-image
     Python work. The order and the binarization both come from `generator`.
+    `order` (indices into `images`) replaces the shuffle: the trainer passes the
+    rest of an epoch's order when it resumes inside the epoch.
     """
-    n = len(images)
-    order = torch.randperm(n, generator=generator) if shuffle else None
+    n = len(images) if order is None else len(order)
+    if order is None and shuffle:
+        order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
         x = images[idx].to(dtype=torch.float32).div_(255.0)
