@@ -1,12 +1,14 @@
 import json
+import os
 import pickle
 import shutil
+import struct
 
 import pytest
 import torch
 
 from vaelab.checkpoint import (
-    decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors, optimizer_state_to_tensors,
+    CheckpointWriteError, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors, optimizer_state_to_tensors,
     save_checkpoint,
 )
 from vaelab.config import ModelConfig, RunConfig, to_dict
@@ -99,22 +101,21 @@ def test_missing_checkpoint_and_missing_meta(tmp_path):
 
 
 def test_pickle_renamed_as_checkpoint_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "PWNED"  # absolute: the payload would write it whatever the working directory
+
     class Boom:
         def __reduce__(self):
-            return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+            return (exec, (f"import pathlib; pathlib.Path({str(marker)!r}).write_text('x')",))
 
-    d = tmp_path / "last"
-    d.mkdir()
     payload = pickle.dumps({"model": Boom()})
-    (d / "model.safetensors").write_bytes(payload)
-    import hashlib
-
-    meta = {"format": "vaelab-checkpoint", "format_version": 2,
-            "files": {"model.safetensors": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}}
-    _write_meta(d / "meta.json", meta)
-    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
-        load_checkpoint(d)
-    assert not (tmp_path / "PWNED").exists()
+    torch.save({"model": Boom()}, tmp_path / "zip.pt")  # torch's format: a zip holding the same pickle
+    for name, blob in (("last", payload), ("best", (tmp_path / "zip.pt").read_bytes())):
+        _plant(tmp_path / name, blob)
+        with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+            load_checkpoint(tmp_path / name)
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: unpickled, it leaves the marker
+    assert marker.exists()
 
 
 def test_meta_naming_other_files_is_refused(tmp_path):
@@ -205,6 +206,105 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
         write_json(tmp_path / "a.json", {"x": 1})
     with pytest.raises(OSError):
         save_png(np.zeros((4, 4), np.uint8), tmp_path / "a.png")
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
         _save(tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["ckpt"]  # only the (empty) checkpoint root
+
+
+def test_failed_rename_puts_the_previous_checkpoint_back(tmp_path, monkeypatch):
+    """The new checkpoint is complete but cannot be renamed in after the old one moved aside:
+    the old one returns under its own name (not only as last.old)."""
+    _save(tmp_path, scale=1.0)
+    real = os.replace
+
+    def refuse_the_new_one(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr("os.replace", refuse_the_new_one)
+    with pytest.raises(CheckpointWriteError):
+        _save(tmp_path, scale=2.0)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert load_checkpoint(tmp_path / "last").meta["step"] == 1
+
+
+def _lying(header, data=b"", header_len=None):
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + data
+
+
+LYING_HEADERS = {
+    "data_offsets beyond the file": _lying({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)),
+    "data_offsets claiming a terabyte": _lying({"w": {"dtype": "F32", "shape": [2**38], "data_offsets": [0, 2**40]}},
+                                               bytes(8)),
+    "overlapping offsets": _lying({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                   "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),
+    "reversed offsets": _lying({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, bytes(8)),
+    "bytes not covered": _lying({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(64)),
+    "header length 2**63": _lying({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), 2**63),
+    "header length past the end": _lying({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8),
+                                         50_000_000),
+    "header length 2**64-1": _lying({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8),
+                                    2**64 - 1),
+    "header not JSON": _lying(b"\x80\x04not json at all", bytes(8)),
+    "header a JSON list": _lying(b"[1, 2, 3]", bytes(8)),
+    "unknown dtype": _lying({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+    "shape product != byte length": _lying({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),
+    "shape product overflows": _lying({"w": {"dtype": "F32", "shape": [2**32, 2**32, 8], "data_offsets": [0, 8]}},
+                                      bytes(8)),
+    "negative dimension": _lying({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8)),
+    "shorter than its length field": b"\x01\x02",
+}
+
+
+def _plant(d, blob):
+    import hashlib
+
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(blob)
+    meta = {"format": "vaelab-checkpoint", "format_version": 2,
+            "files": {"model.safetensors": {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}}
+    _write_meta(d / "meta.json", meta)  # the forger re-signs meta.json: only the safetensors checks remain
+
+
+@pytest.mark.parametrize("what", sorted(LYING_HEADERS))
+def test_safetensors_header_that_lies_is_refused_in_one_line(tmp_path, what):
+    import resource
+
+    _plant(tmp_path / "last", LYING_HEADERS[what])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="not a valid safetensors file") as info:
+        load_checkpoint(tmp_path / "last")
+    assert "\n" not in str(info.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: no huge allocation
+
+
+def test_valid_safetensors_with_foreign_dtype_or_shape_is_refused_by_the_model_check(tmp_path):
+    cfg = RunConfig().replace(model={"arch": "mlp", "latent_dim": 2, "mlp_hidden": [8]})
+    model = build_model(cfg.model, (1, 4, 4))
+    meta = {"config": to_dict(cfg), "image_shape": [1, 4, 4]}
+    state = model.state_dict()
+    key = next(iter(state))
+    for bad in (state[key].to(torch.float64), torch.zeros((0, 10**12)), state[key].to(torch.float8_e4m3fn)):
+        save_checkpoint(tmp_path, "best", {"model": {**state, key: bad}}, meta)
+        loaded = load_checkpoint(tmp_path / "best")
+        with pytest.raises(CheckpointError, match="the config needs"):
+            model_from_checkpoint(loaded.meta, loaded.tensors["model"], "best")
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    """A whole load (checkpoint files, meta, model rebuild) with every unpickler disabled still works."""
+    cfg = RunConfig().replace(model={"arch": "mlp", "latent_dim": 2, "mlp_hidden": [8]})
+    model = build_model(cfg.model, (1, 4, 4))
+    save_checkpoint(tmp_path / "run" / "checkpoints", "best", {"model": model.state_dict()},
+                    {"config": to_dict(cfg), "image_shape": [1, 4, 4]})
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for target in ("pickle.load", "pickle.loads", "pickle.Unpickler", "torch.load", "numpy.load"):
+        monkeypatch.setattr(target, forbidden)
+    run = load_run(tmp_path / "run")
+    assert run.image_shape == (1, 4, 4)

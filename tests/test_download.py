@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,55 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     truncate: set[str] = set()
     redirects: dict[str, str] = {}
     requests: list[str] = []
+    # misbehaviours, by file name: "stall" (headers, then silence), "trickle" (a byte every 50 ms,
+    # forever), "long" (Content-Length 1000 more than sent), "short" (Content-Length 10 less than the body),
+    # "fail:N" (the first N requests get a 503), "drop:N" (the first N get half the body, then a hang-up)
+    modes: dict[str, str] = {}
+    release = threading.Event()  # set at teardown: stalled handlers give up
 
     def log_message(self, *args):
         pass
 
+    def _misbehave(self, name: str) -> bool:
+        mode = self.modes.get(name)
+        if mode is None:
+            return False
+        body = (Path(self.directory) / name).read_bytes()
+        seen = sum(1 for r in _Handler.requests if r.lstrip("/") == name)
+        if mode.startswith(("fail:", "drop:")) and seen > int(mode.split(":")[1]):
+            return False  # recovered: serve the file normally
+        try:
+            if mode.startswith("fail:"):
+                self.send_error(503, "try later")
+                return True
+            self.send_response(200)
+            length = {"long": len(body) + 1000, "short": len(body) - 10}.get(mode, len(body))
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if mode == "stall":
+                self.wfile.flush()
+                self.release.wait(10)
+            elif mode == "trickle":
+                for i in range(2000):
+                    if self.release.is_set():
+                        break
+                    self.wfile.write(body[i % len(body): i % len(body) + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            elif mode.startswith("drop:"):
+                self.wfile.write(body[: len(body) // 2])
+            else:  # long, short: the whole body, whatever the header said
+                self.wfile.write(body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+        return True
+
     def do_GET(self):
         _Handler.requests.append(self.path)
+        if self._misbehave(self.path.lstrip("/")):
+            return
         if self.path.lstrip("/") in self.redirects:
             self.send_response(302)
             self.send_header("Location", self.redirects[self.path.lstrip("/")])
@@ -54,12 +98,15 @@ def server(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
+    _Handler.release.clear()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    _Handler.release.set()
     httpd.shutdown()
     httpd.server_close()
     _Handler.truncate = set()
     _Handler.redirects = {}
     _Handler.requests = []
+    _Handler.modes = {}
 
 
 def test_good_file_is_accepted(server, tmp_path):
@@ -173,3 +220,107 @@ def test_hash_table_is_well_formed_and_debian_copy_is_complete(fashion_mnist_dir
         assert all(m.startswith("https://") and m.endswith("/") for m in spec.mirrors)
     data = gzip.decompress((fashion_mnist_dir / "train-images-idx3-ubyte.gz").read_bytes())
     assert len(data) == 16 + 60000 * 28 * 28
+
+
+# --------------------------------------------------------------------------- a misbehaving server
+
+
+BODY = bytes(range(256)) * 400  # 100 KiB
+GOOD = hashlib.sha256(BODY).hexdigest()
+
+
+def _cached_good_file(cache: Path) -> Path:
+    """A file already in the cache, verified earlier: no failed download may touch it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "f.bin").write_bytes(b"the good copy")
+    return cache / "f.bin"
+
+
+def _assert_cache_untouched(cache: Path) -> None:
+    assert sorted(p.name for p in cache.iterdir()) == ["f.bin"]  # no .part file, nothing else
+    assert (cache / "f.bin").read_bytes() == b"the good copy"
+
+
+@pytest.mark.parametrize("mode, retries, expect", [
+    ("stall", 1, "no data for 0.5 s: the server stalled"),
+    ("trickle", 1, "the server stalled"),
+    ("long", 2, "closed after 102400 of 103400 bytes"),
+    ("drop:99", 2, "could not download"),
+    ("fail:99", 3, "HTTP 503 try later"),
+])
+def test_misbehaving_server_fails_in_bounded_time_and_attempts(server, tmp_path, mode, retries, expect):
+    """Each failure is retried exactly `retries` times (the server sees retries + 1 requests), then one
+    clear DownloadError; within a time bound; the cache holds only the good file it held before."""
+    root, url = server
+    (root / "f.bin").write_bytes(BODY)
+    _Handler.modes = {"f.bin": mode}
+    cache = tmp_path / "cache"
+    _cached_good_file(cache)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="could not download .* after") as info:
+        download_file(url + "f.bin", cache / "f.bin", GOOD, timeout=0.5, retries=retries, backoff=0.01)
+    elapsed = time.monotonic() - t0
+    assert expect in str(info.value) and "\n" not in str(info.value)
+    assert _Handler.requests == ["/f.bin"] * (retries + 1)
+    # each attempt is bounded by about 2 x timeout (silence, or one slow window plus a read)
+    assert elapsed < (retries + 1) * 1.5 + 1.0, elapsed
+    _assert_cache_untouched(cache)
+
+
+def test_content_length_shorter_than_the_body_is_a_hash_mismatch_not_retried(server, tmp_path):
+    root, url = server
+    (root / "f.bin").write_bytes(BODY)
+    _Handler.modes = {"f.bin": "short"}
+    cache = tmp_path / "cache"
+    _cached_good_file(cache)
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download_file(url + "f.bin", cache / "f.bin", GOOD, timeout=0.5, retries=3, backoff=0.01)
+    assert _Handler.requests == ["/f.bin"]  # the wrong bytes are not asked for again
+    _assert_cache_untouched(cache)
+
+
+def test_wrong_bytes_never_replace_the_cached_file(server, tmp_path):
+    root, url = server
+    (root / "f.bin").write_bytes(b"tampered")
+    cache = tmp_path / "cache"
+    _cached_good_file(cache)
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download_file(url + "f.bin", cache / "f.bin", GOOD, timeout=0.5, retries=3, backoff=0.01)
+    _assert_cache_untouched(cache)
+
+
+@pytest.mark.parametrize("mode", ["fail:2", "drop:2"])
+def test_flaky_server_is_retried_a_bounded_number_of_times(server, tmp_path, mode):
+    """Two failures then success: retries=2 gets the file on the third request; retries=1 gives up
+    after exactly two, leaving no partial file."""
+    root, url = server
+    (root / "f.bin").write_bytes(BODY)
+    _Handler.modes = {"f.bin": mode}
+    with pytest.raises(DownloadError, match="after 2 attempts"):
+        download_file(url + "f.bin", tmp_path / "a" / "f.bin", GOOD, timeout=2, retries=1, backoff=0.01)
+    assert _Handler.requests == ["/f.bin"] * 2 and list((tmp_path / "a").iterdir()) == []
+    _Handler.requests = []
+    dest = download_file(url + "f.bin", tmp_path / "b" / "f.bin", GOOD, timeout=2, retries=2, backoff=0.01)
+    assert dest.read_bytes() == BODY and _Handler.requests == ["/f.bin"] * 3
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["f.bin"]
+
+
+def test_backoff_grows_and_is_bounded(server, tmp_path, monkeypatch):
+    import vaelab.data.download as dl
+
+    root, url = server
+    (root / "f.bin").write_bytes(BODY)
+    _Handler.modes = {"f.bin": "fail:99"}
+    sleeps = []
+    monkeypatch.setattr(dl.time, "sleep", sleeps.append)
+    with pytest.raises(DownloadError):
+        download_file(url + "f.bin", tmp_path / "f.bin", GOOD, retries=6)
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0] and len(_Handler.requests) == 7
+
+
+def test_only_https_except_loopback(tmp_path):
+    for url in ("http://example.com/f", "ftp://example.com/f", "file:///etc/passwd", "http://localhost.evil.com/f",
+                "http://10.0.0.1/f", "//example.com/f", "example.com/f"):
+        with pytest.raises(DownloadError, match="only https"):
+            download_file(url, tmp_path / "f", GOOD)
+    assert list(tmp_path.iterdir()) == []

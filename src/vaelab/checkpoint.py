@@ -10,6 +10,9 @@ and fsynced; the previous one is renamed to `<name>.old`, the new one renamed
 into place, and only then is `<name>.old` removed. At every instant a complete
 checkpoint exists under `<name>` or `<name>.old`, and loading falls back to
 `<name>.old` (with a warning) when `<name>` is missing, truncated or altered.
+A write that fails (a full disk, a file-size limit) raises `CheckpointWriteError`
+naming the problem, removes its temporary directory and leaves the previous
+checkpoint where it was.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -26,13 +30,27 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from .errors import CheckpointError
 
 FORMAT = "vaelab-checkpoint"
 FORMAT_VERSION = 2  # 2: meta.json carries its own SHA-256 (meta_sha256); 1 had none
 META = "meta.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a checkpoint name is one plain path component
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, file too large, read-only); the previous one is intact."""
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a plain checkpoint name (letters, digits, - and _), else CheckpointError."""
+    if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        raise CheckpointError(f"{name!r} is not a checkpoint name; use letters, digits, - and _ "
+                              "(e.g. best or last), no path")
+    return name
 
 
 @dataclass(frozen=True)
@@ -79,21 +97,31 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, torch.Tensor]],
                     meta: dict[str, Any]) -> Path:
-    """Atomically write checkpoint `name` under `root`; returns its directory."""
+    """Atomically write checkpoint `name` under `root`; returns its directory.
+
+    On an OSError (ENOSPC, EFBIG, EROFS, ...) raises CheckpointWriteError; the
+    previous checkpoint `name` is left in place and no temporary file remains.
+    """
+    check_name(name)
+    for stem in tensors:
+        check_name(stem)
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final, old = root / name, root / f"{name}.old"
     tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    moved_away = False
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         files = {}
         for stem, group in tensors.items():
             path = tmp / f"{stem}.safetensors"
-            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(path))
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            # serialized here and written by Python, so a failing write is an OSError naming its errno
+            # (safetensors' own save_file reports it as an opaque SafetensorError)
+            data = safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in group.items()})
+            _write_file(path, data)
+            files[path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            del data
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
         full_meta["meta_sha256"] = _meta_digest(full_meta)
         _write_file(tmp / META, json.dumps(full_meta, indent=1, sort_keys=True, allow_nan=False).encode())
@@ -101,11 +129,24 @@ def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, to
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
+            moved_away = True
         os.replace(tmp, final)
+        moved_away = False
         _fsync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved_away:  # the new one never arrived: put the previous one back under its name
+            try:
+                os.replace(old, final)
+            except OSError:
+                pass  # load_checkpoint still finds it as <name>.old
+        if isinstance(exc, OSError):
+            raise CheckpointWriteError(
+                f"could not write checkpoint {final}: {exc.strerror or exc} (errno {exc.errno}"
+                f"{', ' + os.path.basename(str(exc.filename)) if exc.filename else ''}); free disk space or "
+                "raise the file-size limit; the previous checkpoint, if any, is unchanged"
+            ) from exc
         raise
     return final
 
@@ -203,13 +244,24 @@ def optimizer_state_to_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.T
 
 
 def optimizer_state_from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `optimizer_state_to_tensors`; a malformed entry raises CheckpointError."""
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = value
-    for name, value in info.get("scalars", {}).items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+    try:
+        if not isinstance(info, dict) or not isinstance(info.get("param_groups"), list):
+            raise ValueError("no param_groups list")
+        for name, value in tensors.items():
+            head, idx, key = name.split(".", 2)
+            if head != "state":
+                raise ValueError(f"tensor {name!r}")
+            state.setdefault(int(idx), {})[key] = value
+        scalars = info.get("scalars", {})
+        if not isinstance(scalars, dict):
+            raise ValueError("scalars is not an object")
+        for name, value in scalars.items():
+            idx, key = name.split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint's optimizer state is malformed ({exc}); it was altered") from None
     return {"state": state, "param_groups": info["param_groups"]}
 
 

@@ -189,8 +189,12 @@ def _stamp() -> str:
 
 
 def _default_run_name(dataset: str, kind: str, arch: str) -> str:
+    """One plain path component under runs/: a dataset spec's '/', '..' or '@DIR' never leads elsewhere."""
+    import re
+
     name = dataset if not dataset.startswith("folder:") else "folder-" + Path(dataset[7:]).name
-    return f"{name}-{kind}-{arch}-{_stamp()}"
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{name}-{kind}-{arch}").strip("_") or "run"
+    return f"{name}-{_stamp()}"
 
 
 def _config_from_args(args: argparse.Namespace):

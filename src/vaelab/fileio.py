@@ -42,6 +42,9 @@ def atomic_write(path: str | Path, data: bytes, what: str = "the output") -> Pat
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a size limit: name the file the user asked for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {what})", str(path)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from . import generate
-from .checkpoint import load_checkpoint
+from .checkpoint import check_name, load_checkpoint
 from .config import RunConfig, from_dict
 from .errors import CheckpointError, DataError
 from .fileio import atomic_write
@@ -196,6 +196,7 @@ class Run:
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
     """The checkpoint directory of a run (or `path` itself if it is a checkpoint)."""
+    check_name(checkpoint)  # a name such as ../../x would reach outside the run
     path = Path(path)
     if (path / "meta.json").is_file() or path.name in ("best", "last") and path.parent.name == "checkpoints":
         return path

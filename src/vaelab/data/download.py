@@ -2,10 +2,15 @@
 
 A file is streamed into a temporary file beside its destination, hashed on the
 way, and renamed into place only when its SHA-256 matches. A wrong hash, a
-dropped connection or a stalled server leaves nothing behind in the cache.
+dropped connection or a stalled server leaves nothing behind in the cache,
+and a file already in the cache is only ever replaced by a verified one.
 Only https:// URLs are accepted, redirects included, except plain http:// to
 the loopback interface (used by the tests' local server). Network errors and
 5xx answers are retried a bounded number of times; 4xx answers are not.
+
+A stalled server is detected two ways: no byte for `timeout` seconds (the
+socket's read timeout), or fewer than `min_rate` bytes per second over any
+`timeout`-second window (a server that trickles a few bytes forever).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from ..errors import DownloadError
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF_S = 0.25  # first retry after 0.5 s, then 1 s, 2 s, ... (at most 10 s)
+DEFAULT_MIN_RATE = 1024  # bytes per second, averaged over a `timeout` window
 _CHUNK = 1 << 16
 
 
@@ -82,21 +89,28 @@ def download_file(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF_S,
+    min_rate: float = DEFAULT_MIN_RATE,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Fetch `url` into `dest` if its SHA-256 equals `sha256`; return `dest`.
 
-    Network errors are retried `retries` times with a short backoff; a hash
-    mismatch is not retried (the server sends the wrong file).
+    Network errors (a refused or dropped connection, a read timeout after
+    `timeout` seconds of silence, a server slower than `min_rate` bytes/s over
+    `timeout` seconds, a 5xx answer) are retried `retries` times, after
+    `backoff * 2**attempt` seconds (at most 10); a hash mismatch is not
+    retried (the server sends the wrong file). At most `retries + 1` requests.
     """
     _check_url(url)
+    if not (timeout > 0 and retries >= 0 and backoff >= 0 and min_rate >= 0):
+        raise ValueError("download_file needs timeout > 0, retries >= 0, backoff >= 0 and min_rate >= 0")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
     last_error: Exception | None = None
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(2.0**attempt, 10.0) * 0.25)
+            time.sleep(min(2.0**attempt * backoff, 10.0))
         try:
             if log:
                 log(f"downloading {url}")
@@ -104,10 +118,19 @@ def download_file(
             with _open(url, timeout) as response, open(tmp, "wb") as out:
                 expected_len = response.headers.get("Content-Length")
                 received = 0
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                window_start, window_bytes = time.monotonic(), 0
+                # read1: return what one socket read brings, so a trickling server is noticed between reads
+                for chunk in iter(lambda: response.read1(_CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
                     received += len(chunk)
+                    window_bytes += len(chunk)
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= timeout:
+                        if window_bytes < min_rate * elapsed:
+                            raise DownloadError(f"the server stalled: {window_bytes} bytes in {elapsed:.1f} s "
+                                                f"after {received} bytes")
+                        window_start, window_bytes = time.monotonic(), 0
                 if expected_len is not None and received != int(expected_len):
                     raise DownloadError(f"connection to {url} closed after {received} of {expected_len} bytes")
                 out.flush()
@@ -137,6 +160,10 @@ def download_file(
             tmp.unlink(missing_ok=True)
             last_error = exc
     reason = getattr(last_error, "reason", last_error)
+    if isinstance(last_error, urllib.error.HTTPError):
+        reason = f"HTTP {last_error.code} {last_error.reason}"
+    elif isinstance(last_error, TimeoutError) or isinstance(reason, TimeoutError):
+        reason = f"no data for {timeout:g} s: the server stalled"
     raise DownloadError(
         f"could not download {url} after {retries + 1} attempts ({reason}); "
         "check the network, or put the file in the dataset directory by hand"
