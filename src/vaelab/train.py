@@ -41,7 +41,7 @@ from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoi
                          optimizer_state_to_tensors, save_checkpoint)
 from .config import RunConfig, from_dict, to_dict, to_toml
 from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
-from .errors import ConfigError
+from .errors import ConfigError, VaelabError
 from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
                        gap_stderr, generalization_gap, nll_on_splits, sample_fidelity)
 from .fileio import atomic_write
@@ -200,7 +200,10 @@ class Trainer:
 
     def close(self) -> None:
         if self._log_file is not None and not self._log_file.closed:
-            self._log_file.close()
+            try:
+                self._log_file.close()
+            except OSError:  # a full disk: what the log could not take was printed already
+                pass
         self._unlock()
 
     def _unlock(self) -> None:
@@ -480,15 +483,23 @@ class Trainer:
             return self.finish()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            write_json(self.paths.info, self._info(status=status, epochs=self.saved_epoch,
-                                                   error=str(exc) or type(exc).__name__))
             where = (f"during epoch {self.saved_epoch + 1}" if self.saved_epoch < tc.epochs and not self.stopped_early
                      else "after the last epoch")
             if self.paths.checkpoint("last").exists():
-                self.log(f"{status} {where}; {self.saved_at} is saved in {self.paths.checkpoint('last')}; "
-                         f"continue with: vaelab train --resume {self.paths.root}")
+                message = (f"{status} {where}; {self.saved_at} is saved in {self.paths.checkpoint('last')}; "
+                           f"continue with: vaelab train --resume {self.paths.root}")
             else:
-                self.log(f"{status} {where}; no checkpoint was written yet, nothing was saved")
+                message = f"{status} {where}; no checkpoint was written yet, nothing was saved"
+            # on a full disk these writes may fail too: the error that stopped the run is the one to report
+            try:
+                write_json(self.paths.info, self._info(status=status, epochs=self.saved_epoch,
+                                                       error=str(exc) or type(exc).__name__))
+            except (OSError, VaelabError):
+                pass
+            try:
+                self.log(message)
+            except OSError:
+                pass
             raise
         finally:
             self.close()
