@@ -9,6 +9,9 @@ where each kill landed (inside an epoch, inside a checkpoint write, in the final
 as the files on disk tell.
 
     python bench/kill_resume.py --trials 20       # about 20 minutes on a 2-core machine
+
+Run it from a checkout nobody edits meanwhile: a process resumed while the source changes under it
+imports the new code.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", 
 
 def _run(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vaelab", "train", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
 
 
 def _phase(out: Path, epochs: int) -> str:
@@ -70,7 +73,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaelab-kill-"))
     ref = work / "reference"
     t0 = time.perf_counter()
-    assert _run([*ARGS, "--out", str(ref)]).wait() == 0
+    ref_proc = _run([*ARGS, "--out", str(ref)])
+    assert ref_proc.communicate()[1] is not None and ref_proc.returncode == 0
     wall = time.perf_counter() - t0
     ref_w = {n: load_run(ref, checkpoint=n).model.state_dict() for n in ("best", "last")}
     phases, rows, kills = Counter(), [], 0
@@ -84,15 +88,15 @@ def main() -> None:
                 time.sleep(rng.uniform(0.5, wall))
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
-                    proc.wait()
+                    proc.communicate()
                     trial_kills += 1
                     phases[_phase(out, 6)] += 1
                     cmd = ["--resume", str(out)] if (out / "config.toml").exists() else cmd
                     continue
-            code = proc.wait()
-            if code == 0:
+            _, err = proc.communicate()
+            if proc.returncode == 0:
                 break
-            raise SystemExit(f"trial {trial}: vaelab exited with {code}")
+            raise SystemExit(f"trial {trial}: vaelab exited with {proc.returncode}:\n{err}")
         kills += trial_kills
         identical = all(_same(load_run(out, checkpoint=n).model.state_dict(), ref_w[n]) for n in ("best", "last"))
         lines = (out / "metrics.jsonl").read_text().splitlines()
