@@ -89,6 +89,9 @@ class LinearGaussian(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return (z @ self.w.T + self.b).view(-1, *self.image_shape)
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return obj.log_standard_normal(z)
+
     @torch.no_grad()
     def sample_x(self, n: int, seed: int) -> torch.Tensor:
         g = gen(seed)

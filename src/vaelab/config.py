@@ -98,6 +98,11 @@ class ModelConfig:
         "bernoulli", "p(x|z): bernoulli (pixels in [0,1]) or gaussian with fixed std"
     )
     gaussian_std: float = _opt(0.1, "gaussian likelihood: the fixed standard deviation sigma")
+    prior: Literal["standard", "vamp"] = _opt(
+        "standard", "vae: p(z) is standard (N(0, I)) or vamp (VampPrior: a mixture of the posteriors of "
+                    "learned pseudo-inputs, Tomczak & Welling 2018)"
+    )
+    pseudo_inputs: int = _opt(500, "vamp prior: the number of pseudo-inputs (mixture components)")
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -118,6 +123,11 @@ class ModelConfig:
             raise ConfigError("model.conv_channels takes at most 8 layers and model.mlp_hidden at most 16")
         if not self.gaussian_std > 0:
             raise ConfigError(f"model.gaussian_std must be > 0, got {self.gaussian_std}")
+        _positive(self, "model", "pseudo_inputs")
+        if self.pseudo_inputs > 10_000:
+            raise ConfigError(f"model.pseudo_inputs must be at most 10,000, got {self.pseudo_inputs}")
+        if self.prior != "standard" and self.kind != "vae":
+            raise ConfigError(f"model.prior = {self.prior!r} needs model.kind = 'vae' (an autoencoder has no prior)")
 
 
 @dataclass(frozen=True)

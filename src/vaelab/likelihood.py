@@ -57,12 +57,9 @@ def _check_scorable(model: Model) -> None:
 def log_weights(model: Model, x: torch.Tensor, q, z: torch.Tensor, discrete: bool = True) -> torch.Tensor:
     """log p(x | z) + log p(z) - log q(z | x) for z of shape (S, B, D) and x (B, C, H, W): returns (S, B)."""
     s, b, d = z.shape
-    params = model.decode(z.reshape(s * b, d))
     xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-    lik = model.likelihood
-    log_px_z = (lik.discrete_log_prob if discrete else lik.log_prob)(xs, params).view(s, b).double()
-    log_pz = obj.log_standard_normal(z.reshape(s * b, d)).view(s, b).double()
-    return log_px_z + log_pz - _log_q(z, q)
+    log_joint = model.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
+    return log_joint - _log_q(z, q)
 
 
 def _log_q(z: torch.Tensor, q) -> torch.Tensor:

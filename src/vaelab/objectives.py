@@ -67,6 +67,21 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * _sum_per_example(LOG_2PI + z.pow(2))
 
 
+def log_mixture_diag(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k N(z; means_k, diag(exp(logvars_k))) for z (N, D) and K components (K, D): (N,).
+
+    The density of the VampPrior (Tomczak & Welling 2018), whose components are the posteriors of
+    its K pseudo-inputs. The squared distances are expanded into matrix products, so memory is
+    O(N*K), not O(N*K*D); the sums run in float64 to keep the expansion exact enough.
+    """
+    z64, m, lv = z.double(), means.double(), logvars.double()
+    inv_var = torch.exp(-lv)  # (K, D)
+    sq = (z64.pow(2) @ inv_var.T - 2.0 * z64 @ (m * inv_var).T
+          + (m.pow(2) * inv_var).sum(1) + lv.sum(1))  # (N, K): sum_d (z_d - m_kd)^2 / v_kd + log v_kd
+    log_components = -0.5 * (z.shape[1] * LOG_2PI + sq)
+    return (torch.logsumexp(log_components, dim=1) - math.log(means.shape[0])).to(z.dtype)
+
+
 def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log p(x | logits) for pixels x in [0, 1], summed per example (= -binary cross-entropy).
 

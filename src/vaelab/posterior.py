@@ -28,6 +28,7 @@ Grosse & Salakhutdinov 2015, "Importance weighted autoencoders", sec. 5.2),
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 
 from .data import batches
 from .models import DiagonalGaussian, eval_mode
-from .objectives import log_normal_diag, log_standard_normal
+from .objectives import log_normal_diag
 
 MAX_DECODER_INPUTS = 4096  # latent codes decoded at once when averaging over many samples
 DEFAULT_ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: active when Cov_x(E_q[z_d|x]) > 0.01
@@ -60,7 +61,7 @@ def _standard_normal(shape: tuple[int, ...], like: torch.Tensor,
 
 def _log_weights(model: Any, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
                  eps: torch.Tensor, path_only: bool = False, discrete: bool = False) -> torch.Tensor:
-    """log p(x|z) + log N(z; 0, I) - log q(z|x) at z = mean + sigma * eps, shape (S, B).
+    """log p(x|z) + log p(z) - log q(z|x) at z = mean + sigma * eps, shape (S, B).
 
     x (B, C, H, W); mean, logvar (B, D); eps (S, B, D). All S * B codes go through the
     decoder in one call: callers chunk `eps`. Differentiable in mean and logvar; with
@@ -76,7 +77,7 @@ def _log_weights(model: Any, x: torch.Tensor, mean: torch.Tensor, logvar: torch.
     x_rep = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
     lik = model.likelihood
     log_px_z = (lik.discrete_log_prob if discrete else lik.log_prob)(x_rep, model.decode(z_flat))  # (S*B,)
-    log_pz = log_standard_normal(z_flat)  # (S*B,)
+    log_pz = model.log_prior(z_flat)  # (S*B,)
     if path_only:
         mean, logvar = mean.detach(), logvar.detach()
     log_qz = log_normal_diag(z_flat, mean.expand(s, b, d).reshape(s * b, d),
@@ -182,6 +183,8 @@ def refine_posterior(model: Any, x: torch.Tensor, *, steps: int = 100, lr: float
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     model.eval()
+    fixed = model.fixed_prior() if hasattr(model, "fixed_prior") else nullcontext()
+    fixed.__enter__()
     try:
         for p in params:
             p.requires_grad_(False)
@@ -207,6 +210,7 @@ def refine_posterior(model: Any, x: torch.Tensor, *, steps: int = 100, lr: float
             mean = torch.where(keep_start, start_mean, mean.detach())
             logvar = torch.where(keep_start, start_logvar, logvar.detach())
     finally:
+        fixed.__exit__(None, None, None)
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         model.train(was_training)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -26,8 +26,11 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
     else:
         encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim)
         decoder = MLPDecoder(image_shape, cfg.mlp_hidden, cfg.latent_dim)
-    cls = VAE if cfg.kind == "vae" else Autoencoder
-    return cls(encoder, decoder, make_likelihood(cfg.likelihood, cfg.gaussian_std), image_shape, cfg.latent_dim)
+    likelihood = make_likelihood(cfg.likelihood, cfg.gaussian_std)
+    if cfg.kind == "ae":
+        return Autoencoder(encoder, decoder, likelihood, image_shape, cfg.latent_dim)
+    return VAE(encoder, decoder, likelihood, image_shape, cfg.latent_dim, prior=cfg.prior,
+               pseudo_inputs=cfg.pseudo_inputs)
 
 
 @contextmanager
@@ -36,7 +39,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (model.fixed_prior() if hasattr(model, "fixed_prior") else nullcontext()):
             yield model
     finally:
         model.train(was_training)

@@ -8,11 +8,14 @@ zero for the autoencoder, so one objective serves both.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
+from .. import objectives as obj
 from .distributions import DiagonalGaussian
 
 
@@ -64,9 +67,25 @@ class _ImageModel(nn.Module):
 
 
 class VAE(_ImageModel):
-    """Gaussian q(z|x), standard normal prior, reparameterized single-sample ELBO."""
+    """Gaussian q(z|x), reparameterized single-sample ELBO, and one of two priors p(z):
+
+    - "standard": N(0, I); the KL term is closed-form;
+    - "vamp": the VampPrior (Tomczak & Welling 2018), p(z) = (1/K) sum_k q(z | u_k), the mixture of
+      the posteriors of K learned pseudo-inputs u_k (images in [0, 1], a sigmoid of free
+      parameters); the KL term is the single-sample estimate log q(z|x) - log p(z).
+    """
 
     variational = True
+
+    def __init__(self, *args, prior: str = "standard", pseudo_inputs: int = 500, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if prior not in ("standard", "vamp"):
+            raise ValueError(f"unknown prior {prior!r}")
+        self.prior = prior
+        self._prior_cache: DiagonalGaussian | None = None
+        if prior == "vamp":
+            # small noise around grey: every pseudo-input starts as a plausible, distinct image
+            self.pseudo_logits = nn.Parameter(0.1 * torch.randn(pseudo_inputs, *self.image_shape))
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mean, logvar = self.encoder(x).chunk(2, dim=1)
@@ -75,10 +94,64 @@ class VAE(_ImageModel):
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x).mean
 
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The VampPrior's pseudo-inputs as images in [0, 1], (K, C, H, W)."""
+        return torch.sigmoid(self.pseudo_logits)
+
+    def prior_components(self) -> DiagonalGaussian | None:
+        """The VampPrior's K components q(z | u_k), (K, D) each; None for the standard normal prior.
+
+        Evaluation computes them once per batch and passes them to `log_prior`."""
+        return self.encode(self.pseudo_inputs()) if self.prior == "vamp" else None
+
+    @contextmanager
+    def fixed_prior(self) -> Iterator[None]:
+        """For its duration, the VampPrior's components are computed once, without gradient, and reused by
+        `log_prior`: evaluation and posterior refinement score many codes under one unchanging prior."""
+        if self.prior == "standard" or self._prior_cache is not None:
+            yield
+            return
+        with torch.no_grad():
+            self._prior_cache = self.prior_components()
+        try:
+            yield
+        finally:
+            self._prior_cache = None
+
+    def log_prior(self, z: torch.Tensor, components: DiagonalGaussian | None = None) -> torch.Tensor:
+        """log p(z) for z (N, D): (N,)."""
+        if self.prior == "standard":
+            return obj.log_standard_normal(z)
+        comp = components or self._prior_cache or self.prior_components()
+        return obj.log_mixture_diag(z, comp.mean, comp.logvar)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor, discrete: bool = False,
+                  components: DiagonalGaussian | None = None) -> torch.Tensor:
+        """log p(x | z) + log p(z) for x (N, C, H, W) and z (N, D): (N,). `discrete` scores x with the
+        likelihood's probability of 8-bit pixels (`discrete_log_prob`) instead of `log_prob`."""
+        lik = self.likelihood
+        log_px_z = (lik.discrete_log_prob if discrete else lik.log_prob)(x, self.decode(z))
+        return log_px_z + self.log_prior(z, components)
+
+    def kl(self, q: DiagonalGaussian, z: torch.Tensor) -> torch.Tensor:
+        """The KL term of the ELBO per image: closed form under N(0, I), else log q(z|x) - log p(z)."""
+        if self.prior == "standard":
+            return q.kl_standard_normal()
+        return q.log_prob(z) - self.log_prior(z)
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> ModelOutput:
         q = self.encode(x)
         z = q.rsample(generator)
-        return ModelOutput(x_params=self.decode(z), z=z, kl=q.kl_standard_normal(), posterior=q)
+        return ModelOutput(x_params=self.decode(z), z=z, kl=self.kl(q, z), posterior=q)
+
+    def prior_sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.prior == "standard":
+            return super().prior_sample(n, temperature, generator)
+        with torch.no_grad():
+            comp = self.prior_components()
+        pick = torch.randint(len(comp.mean), (n,), generator=generator).to(comp.mean.device)
+        eps = torch.randn((n, self.latent_dim), generator=generator).to(comp.mean.device)
+        return comp.mean[pick] + temperature * comp.std[pick] * eps
 
 
 class Autoencoder(_ImageModel):
