@@ -34,6 +34,7 @@ _DTYPES = {
 }
 _CODES = {np.dtype(v).newbyteorder("=").str if v.itemsize > 1 else v.str: k for k, v in _DTYPES.items()}
 _CHUNK = 1 << 20
+_MAX_NDIM = 16
 
 
 def _is_gzip(path: Path) -> bool:
@@ -77,6 +78,11 @@ def _parse_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ..
             f"{path} is not an IDX file: wrong magic number 0x{head.hex()} "
             "(expected 0x000008NN); check that the file is an MNIST-style IDX file"
         )
+    if ndim > _MAX_NDIM:  # numpy cannot hold more (64), and no image or label file needs them
+        raise DataError(
+            f"IDX file {path} declares {ndim} dimensions, more than the {_MAX_NDIM} vaelab reads; "
+            "the file is damaged or not an IDX file"
+        )
     dims_raw = stream.read(4 * ndim)
     if len(dims_raw) < 4 * ndim:
         raise DataError(f"IDX file {path} is truncated inside its header; download it again")
@@ -113,7 +119,12 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
         raise DataError(f"IDX file {path} does not exist") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}; the file is damaged, download it again") from None
-    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # e.g. a zero dimension beside dimensions too big for numpy
+        raise DataError(f"IDX file {path} declares shape {shape}, which numpy cannot hold ({exc}); "
+                        "the file is damaged or not an IDX file") from None
+    return array.astype(dtype.newbyteorder("="), copy=True)
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:

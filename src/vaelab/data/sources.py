@@ -22,6 +22,7 @@ resumes).
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -104,6 +105,14 @@ IDX_DATASETS: dict[str, IdxDataset] = {
 BUILTIN = ("fashion-mnist", "mnist", "digits")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# decoders tried on a folder's files, whatever their name says (PIL would otherwise try every format
+# it knows, EPS through Ghostscript included); JPEG also opens cameras' multi-picture (MPO) files
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+# largest image read (pixels): PIL allocates the whole image before decoding, so a 100-byte file
+# whose header claims 9000 x 9000 pixels would cost 324 MB (RGBA) before failing
+MAX_IMAGE_PIXELS = 1 << 25
+# what PIL's decoders raise on damaged files, beside UnidentifiedImageError and DecompressionBombError
+_IMAGE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error)
 
 
 # --------------------------------------------------------------------------- locating IDX files
@@ -331,24 +340,31 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
     if not files:
         raise DataError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
 
-    def open_image(p: Path) -> "Image.Image":
+    def open_image(p: Path) -> np.ndarray:
+        """The image at `p` as a uint8 array (H, W) or (H, W, C), flattened to `mode` and resized."""
         try:
-            img = Image.open(p)
+            img = Image.open(p, formats=IMAGE_FORMATS)
             img.load()
-            return _to_8bit(img)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            img = _flatten(_to_8bit(img), mode)
+            if image_size is not None:
+                img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
             raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
 
     # first pass: headers only, for the colour mode and sizes
     modes, sizes = set(), set()
     for p in files:
         try:
-            with Image.open(p) as img:
+            with Image.open(p, formats=IMAGE_FORMATS) as img:
                 modes.add(img.mode)
                 w, h = img.size
+                if not 0 < w * h <= MAX_IMAGE_PIXELS:
+                    raise ValueError(f"its header claims {w} x {h} pixels (vaelab reads 1 to "
+                                     f"{MAX_IMAGE_PIXELS:,} pixels; scale large images down first)")
                 orientation = img.getexif().get(0x0112, 1)
                 sizes.add((h, w) if orientation in (5, 6, 7, 8) else (w, h))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
             raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
     if channels is None:
         channels = 1 if modes <= {"1", "L", "LA", "La", *_WIDE_GREY_MODES} else 3
@@ -365,10 +381,12 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
     classes = tuple(subdirs) + ((".",) if subdirs and has_root_files else ())
     arrays, labels = [], []
     for p in files:
-        img = _flatten(open_image(p), mode)
-        if image_size is not None:
-            img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = open_image(p)
+        if arrays and arr.shape[:2] != arrays[0].shape[1:]:  # a size the headers did not show (late EXIF)
+            raise DataError(
+                f"images in {root} have different sizes ({files[0].name}: {arrays[0].shape[1]}x{arrays[0].shape[2]}, "
+                f"{p.name}: {arr.shape[0]}x{arr.shape[1]}); set data.image_size to resize them all"
+            )
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
         parts = p.relative_to(root).parts
         labels.append(class_index[parts[0]] if len(parts) > 1 else len(subdirs))
