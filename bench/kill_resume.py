@@ -53,9 +53,18 @@ def _phase(out: Path, epochs: int) -> str:
     if (ckpts / "last.old").exists():
         return "checkpoint write"
     metrics = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-    if len(metrics) >= epochs and not (out / "evaluation.json").exists():
+    if _finished(out):
+        return "exit (after the run was complete)"
+    if len(metrics) >= epochs:
         return "final evaluation"
     return "training (steps, validation, grids)"
+
+
+def _finished(out: Path) -> bool:
+    try:
+        return json.loads((out / "run.json").read_text())["status"] == "finished"
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -91,6 +100,8 @@ def main() -> None:
                     proc.communicate()
                     trial_kills += 1
                     phases[_phase(out, 6)] += 1
+                    if _finished(out):  # killed while exiting, after the run was complete
+                        break
                     cmd = ["--resume", str(out)] if (out / "config.toml").exists() else cmd
                     continue
             _, err = proc.communicate()
