@@ -126,8 +126,6 @@ class ModelConfig:
         _positive(self, "model", "pseudo_inputs")
         if self.pseudo_inputs > 10_000:
             raise ConfigError(f"model.pseudo_inputs must be at most 10,000, got {self.pseudo_inputs}")
-        if self.prior != "standard" and self.kind != "vae":
-            raise ConfigError(f"model.prior = {self.prior!r} needs model.kind = 'vae' (an autoencoder has no prior)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +162,31 @@ class TrainConfig:
               "step (0: only at the end of each epoch); SIGTERM and Ctrl-C always write one"
     )
     checkpoint_steps: int = _opt(0, "also write the `last` checkpoint every N steps inside an epoch (0: off)")
+    objective: Literal["elbo", "iwae"] = _opt(
+        "elbo", "elbo: recon + beta * KL, one sample; iwae: the importance-weighted bound with train.iwae_k "
+                "samples per image (Burda et al. 2015)"
+    )
+    iwae_k: int = _opt(5, "iwae objective: importance samples per image")
+    warmup: int = _opt(0, "KL warm-up: beta rises linearly from 0 to train.beta over this many train.warmup_unit "
+                          "(0: off; Sonderby et al. 2016)")
+    warmup_unit: Literal["epochs", "steps"] = _opt("epochs", "the unit of train.warmup")
+    free_bits: float = _opt(
+        0.0, "free bits (Kingma et al. 2016): the KL term of the loss is at least this many nats, per latent "
+             "dimension (train.free_bits_mode = dim) or for the whole code (group), averaged over the batch; 0: off"
+    )
+    free_bits_mode: Literal["dim", "group"] = _opt("dim", "what train.free_bits applies to")
+    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW, Loshchilov & Hutter 2019); 0: plain Adam")
+    lr_schedule: Literal["constant", "cosine"] = _opt(
+        "constant", "learning rate over training: constant, or cosine decay to 0 at the last step"
+    )
+    lr_warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up from 0 (0: none)")
+    ema: float = _opt(
+        0.0, "decay of an exponential moving average of the weights, used for validation, the best checkpoint "
+             "and every evaluation (e.g. 0.999; 0: off)"
+    )
+    skip_grad_norm: float = _opt(
+        0.0, "skip an update whose gradient norm exceeds this (counted as skipped_large; 0: off; vdvae-style)"
+    )
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -187,6 +210,19 @@ class TrainConfig:
         _non_negative(self, "train", "checkpoint_steps")
         if not 0 < self.nan_lr_factor <= 1:
             raise ConfigError(f"train.nan_lr_factor must lie in (0, 1], got {self.nan_lr_factor}")
+        _positive(self, "train", "iwae_k")
+        if self.iwae_k > 5000:
+            raise ConfigError(f"train.iwae_k must be at most 5,000, got {self.iwae_k}")
+        _non_negative(self, "train", "warmup")
+        _non_negative(self, "train", "lr_warmup_steps")
+        for name in ("free_bits", "weight_decay", "skip_grad_norm"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema must lie in [0, 1) (a decay such as 0.999; 0 is off), got {self.ema}")
+        if self.free_bits and self.objective == "iwae":
+            raise ConfigError("train.free_bits applies to the elbo objective; set train.objective = 'elbo' "
+                              "or train.free_bits = 0")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.beta >= 0:
@@ -235,9 +271,31 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if not _DEFERRED_CHECKS:
+            check_combinations(self)
+
     def replace(self, **sections: Any) -> "RunConfig":
         """A copy with some sections or keys replaced: `cfg.replace(train={"epochs": 1})`."""
         return apply_mapping(self, sections)
+
+
+_DEFERRED_CHECKS: list[bool] = []  # non-empty while load_config applies one override after another
+
+
+def check_combinations(cfg: RunConfig) -> None:
+    """Rules that tie keys of different sections; checked on the finished config, not between overrides."""
+    m, t = cfg.model, cfg.train
+    if m.prior != "standard" and m.kind != "vae":
+        raise ConfigError(f"model.prior = {m.prior!r} needs model.kind = 'vae' (an autoencoder has no prior)")
+    if t.free_bits and t.free_bits_mode == "dim" and m.prior != "standard":
+        raise ConfigError("train.free_bits_mode = 'dim' needs the standard normal prior (the KL splits by "
+                          "dimension only there); use train.free_bits_mode = 'group'")
+    if m.kind == "ae" and t.ema:
+        raise ConfigError("train.ema averages the weights of VAEs; set train.ema = 0 for the autoencoder")
+    if m.kind == "ae" and (t.objective != "elbo" or t.free_bits or t.warmup):
+        raise ConfigError("train.objective = 'iwae', train.free_bits and train.warmup shape the KL term, which "
+                          "an autoencoder (model.kind = 'ae') does not have; leave them at their defaults")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -426,11 +484,17 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the TOML file (if any), then `section.key=value` overrides."""
     cfg = RunConfig()
-    if path is not None:
-        cfg = apply_mapping(cfg, load_toml(path), origin=str(path))
-    for text in overrides:
-        section, key, value = parse_override(text)
-        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text if len(text) <= 80 else text[:77] + '...'}")
+    _DEFERRED_CHECKS.append(True)
+    try:
+        if path is not None:
+            cfg = apply_mapping(cfg, load_toml(path), origin=str(path))
+        for text in overrides:
+            section, key, value = parse_override(text)
+            cfg = apply_mapping(cfg, {section: {key: value}},
+                                origin=f"--set {text if len(text) <= 80 else text[:77] + '...'}")
+    finally:
+        _DEFERRED_CHECKS.pop()
+    check_combinations(cfg)
     return cfg
 
 

@@ -57,6 +57,24 @@ def kl_diag_gaussians(mean_q: torch.Tensor, logvar_q: torch.Tensor,
     )
 
 
+def kl_standard_normal_per_dim(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) of each dimension, (B, D); sums over D to `kl_standard_normal`."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def free_bits_kl(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL term of a loss with free bits (Kingma et al. 2016, "Improved variational inference with
+    inverse autoregressive flow", eq. 15): sum over groups of max(free_bits, batch mean of the group's KL).
+
+    kl: (B,) for one group (the whole code) or (B, D) for one group per dimension. A group whose
+    average KL is under `free_bits` gets no gradient towards a smaller KL, so it is not driven to
+    collapse early in training. Returns a scalar (already averaged over the batch).
+    """
+    if kl.dim() == 1:
+        return kl.mean().clamp(min=free_bits)
+    return kl.mean(0).clamp(min=free_bits).sum()
+
+
 def log_normal_diag(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag(exp(logvar))), summed per example."""
     return -0.5 * _sum_per_example(LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp())

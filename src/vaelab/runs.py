@@ -216,11 +216,14 @@ def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.dev
     """Load a trained run for inference: one call, from its directory, no dataset needed.
 
     `checkpoint` is "best" (lowest validation loss; the last epoch's weights
-    when the run had no validation split) or "last".
+    when the run had no validation split) or "last". With train.ema, both give
+    the averaged weights.
     """
     ckpt_path = find_checkpoint(path, checkpoint)
     loaded = load_checkpoint(ckpt_path)
-    model, config = model_from_checkpoint(loaded.meta, loaded.tensors["model"], str(ckpt_path))
+    # a `last` checkpoint of a run with train.ema holds the average beside the trained weights: use it
+    weights = loaded.tensors.get("ema", loaded.tensors["model"])
+    model, config = model_from_checkpoint(loaded.meta, weights, str(ckpt_path))
     root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path
     dev = resolve_device(device, "device") if isinstance(device, str) else device
     return Run(root, model, config, loaded.meta, dev)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from contextlib import nullcontext
 import os
 import platform
 import sys
@@ -50,7 +51,9 @@ from .likelihood import format_nll_table
 from .generate import interpolate, reconstruct, sample
 from .images import make_grid, pairs_grid, save_png, square_grid
 from .models import Model, build_model, eval_mode
-from .objectives import beta_vae_loss
+from .ema import EMA
+from .losses import training_loss
+from .schedules import kl_weight, lr_factor
 from .runs import RunPaths, json_safe, resolve_device, write_json
 
 CODE_FIT_IMAGES = 10_000
@@ -129,7 +132,9 @@ class Trainer:
                               else torch.contiguous_format)
         self.model = build_model(config.model, self.splits.image_shape).to(self.device,
                                                                            memory_format=self.memory_format)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.optimizer = (torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+                          if tc.weight_decay else torch.optim.Adam(self.model.parameters(), lr=tc.lr))
+        self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.data_gen = torch.Generator().manual_seed(tc.seed + 1)
         dc = config.data
         self.train_images, self.dynamic = train_view(self.splits.train, dc.binarize, dc.binarize_seed)
@@ -141,6 +146,8 @@ class Trainer:
         self.step = 0
         self.bad = BadSteps(tc.nan_patience, tc.on_nan, tc.max_restores)
         self.clipped = 0
+        self.skipped_large = 0
+        self.beta = tc.beta  # the KL weight of the latest step (below train.beta while warming up)
         self.batch_index = 0  # 1-based, inside the current epoch
         self.position: dict[str, Any] | None = None  # where inside an epoch `last` was written (None: at its end)
         self.saved_at = "the start of training"
@@ -230,6 +237,12 @@ class Trainer:
         self.bad.in_a_row = int(meta.get("bad_in_a_row", 0))
         self.bad.restores = int(meta.get("restores", 0))
         self.clipped = int(meta.get("clipped_steps", 0))
+        self.skipped_large = int(meta.get("skipped_large", 0))
+        if self.ema is not None:
+            if "ema" not in ckpt.tensors:
+                raise ConfigError(f"the last checkpoint of {self.paths.root} holds no weight average (train.ema) "
+                                  "to continue")
+            self.ema.load(ckpt.tensors["ema"], int(meta.get("ema_updates", 0)))
         self.position = meta.get("in_epoch")
         self.saved_at = self._describe_save()
         self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
@@ -278,6 +291,8 @@ class Trainer:
             "bad_in_a_row": self.bad.in_a_row,
             "restores": self.bad.restores,
             "clipped_steps": self.clipped,
+            "skipped_large": self.skipped_large,
+            "ema_updates": self.ema.updates if self.ema is not None else None,
             "in_epoch": self.position,
             "history": self.history,
             "train_time_s": self.train_time,
@@ -289,12 +304,19 @@ class Trainer:
         return meta
 
     def save(self, name: str, with_optimizer: bool) -> None:
-        tensors = {"model": self.model.state_dict()}
+        """`best` holds the weights evaluation uses (the average with train.ema); `last` the trained ones,
+        the average and the optimizer, everything a resumed run needs."""
         meta = self._meta()
+        if name == "last":
+            tensors = {"model": self.model.state_dict()}
+            if self.ema is not None:
+                tensors["ema"] = self.ema.state()
+        else:
+            tensors = {"model": self.ema.state() if self.ema is not None else self.model.state_dict()}
         if with_optimizer:
             opt_tensors, opt_info = optimizer_state_to_tensors(self.optimizer.state_dict())
             tensors["optimizer"] = opt_tensors
-            meta["optimizer"] = {"type": "Adam", **opt_info}
+            meta["optimizer"] = {"type": type(self.optimizer).__name__, **opt_info}
         save_checkpoint(self.paths.checkpoints, name, tensors, meta)
         if name == "last":
             self.saved_epoch = self.epoch
@@ -312,7 +334,24 @@ class Trainer:
 
     def _snapshot(self) -> dict[str, Any]:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "at": self.saved_at}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "at": self.saved_at,
+                "ema": None if self.ema is None else ({k: v.clone() for k, v in self.ema.state().items()},
+                                                       self.ema.updates)}
+
+    def eval_weights(self):
+        """The weights that validation, `best` and evaluation use: the average with train.ema, else the model's."""
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext(self.model)
+
+    def _n_batches(self) -> int:
+        return math.ceil(len(self.train_images) / self.cfg.train.batch_size)
+
+    def _set_lr(self) -> None:
+        """Base rate x schedule at this step x nan_lr_factor per restore after bad steps."""
+        tc = self.cfg.train
+        factor = lr_factor(self.step, tc.epochs * self._n_batches(), tc.lr_schedule, tc.lr_warmup_steps)
+        lr = tc.lr * factor * tc.nan_lr_factor ** self.bad.restores
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _bad_step(self) -> None:
         """A step whose loss or gradient was not finite: skipped; the policy may restore or stop."""
@@ -327,22 +366,24 @@ class Trainer:
                 f"the loss or gradient was NaN or infinite for {tc.nan_patience} steps in a row (last at {where})"
                 f"{after}; lower train.lr, set train.grad_clip, or check the data"
             )
-        lrs = [g["lr"] * tc.nan_lr_factor for g in self.optimizer.param_groups]
         self.model.load_state_dict(self._good["model"])
         self.optimizer.load_state_dict(copy.deepcopy(self._good["optimizer"]))
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
+        if self.ema is not None:
+            self.ema.load(*self._good["ema"])
+        self._set_lr()
         self.log(f"{tc.nan_patience} bad steps in a row (NaN or infinite loss or gradient), last at {where}: "
                  f"restored the weights and optimizer of {self._good['at']} and lowered the learning rate to "
-                 f"{lrs[0]:.3g} (restore {self.bad.restores} of at most {tc.max_restores})")
+                 f"{self.optimizer.param_groups[0]['lr']:.3g} (restore {self.bad.restores} of at most "
+                 f"{tc.max_restores})")
 
     # ------------------------------------------------------------------ the loop
 
     def _step(self, x: torch.Tensor):
         """One Adam step on batch x; None when it was skipped (loss or gradient not finite)."""
         tc = self.cfg.train
-        out = self.model(x)
-        terms = beta_vae_loss(self.model.likelihood.log_prob(x, out.x_params), out.kl, tc.beta)
+        warmup = tc.warmup * (self._n_batches() if tc.warmup_unit == "epochs" else 1)
+        self.beta = kl_weight(self.step, warmup, tc.beta)
+        terms = training_loss(self.model, x, tc, self.beta)
         self.optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(terms.loss))
         if finite:
@@ -354,11 +395,18 @@ class Trainer:
             self._bad_step()
             return None
         self.bad.record_good()
+        if tc.skip_grad_norm and norm > tc.skip_grad_norm:  # an exploding update: skipped, counted
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_large += 1
+            return None
         if tc.grad_clip and norm > tc.grad_clip:
             self.clipped += 1
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self._set_lr()
         self.optimizer.step()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
         return terms
 
     def _checkpoint_due(self, batches_done: int) -> bool:
@@ -374,6 +422,7 @@ class Trainer:
         n = len(self.train_images)
         n_batches = math.ceil(n / tc.batch_size)
         t0 = time.perf_counter()
+        large_before = self.skipped_large
         if self.position is None:  # a fresh epoch: its order comes first from the data generator
             order_rng = self.data_gen.get_state()
             order = torch.randperm(n, generator=self.data_gen)
@@ -422,10 +471,10 @@ class Trainer:
                 bar.close()
         self.position = None
         if n_images == 0:
-            raise TrainingDiverged(
-                f"every step of epoch {self.epoch + 1} had a NaN or infinite loss or gradient and was skipped; "
-                "lower train.lr or check the data"
-            )
+            why = ("had a gradient norm above train.skip_grad_norm" if self.skipped_large - large_before == done
+                   else "had a NaN or infinite loss or gradient")
+            raise TrainingDiverged(f"every step of epoch {self.epoch + 1} {why} and was skipped; "
+                                   "lower train.lr, raise train.skip_grad_norm or check the data")
         recon, kl = recon_t.item() / n_images, kl_t.item() / n_images
         return {"loss": recon + tc.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl, "images": n_images,
                 "time_s": time_before + time.perf_counter() - t0}
@@ -511,9 +560,11 @@ class Trainer:
         self.epoch += 1
         self._fit_codes()
         val = None
-        if self.val_images is not None:
-            val = evaluate_images(self.model, self.val_images, beta=tc.beta, batch_size=tc.eval_batch_size,
-                                  device=self.device)
+        with self.eval_weights():
+            if self.val_images is not None:
+                val = evaluate_images(self.model, self.val_images, beta=tc.beta, batch_size=tc.eval_batch_size,
+                                      device=self.device)
+            monitor = self._monitor_record(val)
         if val is not None and not math.isfinite(val.loss):
             raise TrainingDiverged(
                 f"the validation loss after epoch {self.epoch} is {val.loss} (NaN or infinite): the weights "
@@ -528,18 +579,19 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
             "train_time_s": round(self.train_time, 3),
             "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
-            "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.bad.total,
-            "restores": self.bad.restores, "clipped_steps": self.clipped,
+            "lr": self.optimizer.param_groups[0]["lr"], "beta": self.beta, "skipped_steps": self.bad.total,
+            "restores": self.bad.restores, "clipped_steps": self.clipped, "skipped_large": self.skipped_large,
             "train": {k: v for k, v in train_terms.items() if k != "images"},
             "val": val.as_dict() if val is not None else None, "best": improved,
-            "monitor": self._monitor_record(val),
+            "monitor": monitor,
         }
         self.history.append(record)
         if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
             self.save("best", with_optimizer=False)  # pointing at a best epoch that was not saved
         self.save("last", with_optimizer=True)
         if tc.grid_every and self.epoch % tc.grid_every == 0:
-            self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
+            with self.eval_weights():
+                self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
         val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
                     if val is not None else "no validation split")
         if record["monitor"] is not None:
