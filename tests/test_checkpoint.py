@@ -38,6 +38,20 @@ def test_save_replaces_atomically_and_keeps_no_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 
 
+def test_temporary_directories_of_a_killed_writer_are_cleared_by_the_next_save(tmp_path):
+    _save(tmp_path, scale=1.0)
+    stale = tmp_path / ".last.tmp-99999"  # what SIGKILL during a write by process 99999 leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    other = tmp_path / ".best.tmp-99999"
+    other.mkdir()
+    _save(tmp_path, scale=2.0)
+    assert not stale.exists()
+    assert other.exists()  # only the name being written is swept
+    _save(tmp_path, "best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+
+
 def test_truncated_file_falls_back_to_previous_with_warning(tmp_path):
     _save(tmp_path, scale=1.0)
     # simulate a crash between "rename old away" and "rename new in": the new one is damaged

@@ -111,7 +111,8 @@ def save_checkpoint(root: str | Path, name: str, tensors: dict[str, dict[str, to
     moved_away = False
     try:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(f".{name}.tmp-*"):  # left by a process killed while writing (the run is locked)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         files = {}
         for stem, group in tensors.items():
