@@ -72,6 +72,48 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(reference
     assert kills >= 2  # the kills really landed while training ran
 
 
+KILL_IN_WRITE = """
+import os, sys, time
+import vaelab.checkpoint as ckpt
+from vaelab.cli import main
+marker, nth = sys.argv[1], int(sys.argv[2])
+original, calls = ckpt._write_file, [0]
+
+def write(path, data):
+    calls[0] += 1
+    if calls[0] == nth:  # half the file on disk, then wait to be killed
+        with open(path, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+        open(marker, "w").close()
+        time.sleep(120)
+    original(path, data)
+
+ckpt._write_file = write
+sys.exit(main(["train", *sys.argv[3:]]))
+"""
+
+
+@pytest.mark.parametrize("nth", [4, 11])  # inside the 2nd checkpoint's weights; inside a later one's meta.json
+def test_sigkill_inside_a_checkpoint_write_then_resume_gives_identical_weights(reference, tmp_path, nth):
+    out, marker = tmp_path / "run", tmp_path / "in-write"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_IN_WRITE, str(marker), str(nth), *ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert any(".tmp-" in p.name for p in (out / "checkpoints").iterdir())  # the kill landed mid-write
+    resumed = _start("--resume", str(out))
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    for name in ("last", "best"):
+        assert _same(_weights(out, name), _weights(reference, name)), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "last"]  # no debris left
+
+
 def test_sigterm_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
     out = tmp_path / "termed"
     proc = _start(*ARGS, "--out", str(out))
