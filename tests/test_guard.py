@@ -130,7 +130,7 @@ def test_gradient_clipping_is_applied_and_counted(tmp_path, splits):
 
 
 def _stop_at(monkeypatch, call, how):
-    """Interrupt the `call`-th training step: raise KeyboardInterrupt in it, or send SIGTERM from it."""
+    """Interrupt the `call`-th training step: raise KeyboardInterrupt in it, or send SIGTERM / SIGINT from it."""
     original = Trainer._step
     calls = {"n": 0}
 
@@ -139,18 +139,19 @@ def _stop_at(monkeypatch, call, how):
         if calls["n"] == call:
             if how == "kill":
                 raise KeyboardInterrupt
-            signal.raise_signal(signal.SIGTERM)  # arrives during the step; the step still completes
+            signal.raise_signal(how)  # arrives during the step; the step still completes
         return original(self, x)
 
     monkeypatch.setattr(Trainer, "_step", step)
 
 
-def test_sigterm_inside_an_epoch_finishes_the_step_writes_a_checkpoint_and_resumes_to_the_step(
-        tmp_path, splits, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_an_epoch_finishes_the_step_writes_a_checkpoint_and_resumes_to_the_step(
+        tmp_path, splits, monkeypatch, sig):
     cfg = load_config(overrides=[*DIGITS, "train.epochs=2"])
     train(cfg, tmp_path / "full", splits=splits, log=lambda m: None)
     steps = math.ceil(len(splits.train) / 128)
-    _stop_at(monkeypatch, steps + 4, "sigterm")  # the 4th step of epoch 2
+    _stop_at(monkeypatch, steps + 4, sig)  # the 4th step of epoch 2
     messages = []
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "part", splits=splits, log=messages.append)
@@ -190,3 +191,18 @@ def test_bad_fault_settings_are_refused(bad):
 
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         load_config(overrides=[bad])
+
+
+def test_stop_signals_defer_inside_steps_and_not_twice_or_outside():
+    from vaelab.guard import StopSignals
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as signals:
+        with pytest.raises(KeyboardInterrupt):  # outside the steps: at once
+            signal.raise_signal(signal.SIGTERM)
+        signals.stepping = True
+        signal.raise_signal(signal.SIGTERM)  # inside: only noted
+        assert signals.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
