@@ -218,3 +218,27 @@ def test_compare_refuses_a_classifier_of_another_dataset(fm_run, tmp_path, capsy
     path = save_classifier(clf, tmp_path / "clf.safetensors", {"dataset": "mnist"})
     assert main(["compare", str(fm_run), "-n", "50", "--classifier", str(path), "--out", str(tmp_path / "c")]) == 2
     assert "trained on mnist" in capsys.readouterr().err
+
+
+def test_llr_rows_carry_the_published_anchor_and_eval_llr_k_is_read_when_present():
+    import types
+
+    from vaelab import generalization as gen
+    from vaelab.errors import ConfigError
+
+    m = {"auroc": 0.9, "auprc": 0.9, "fpr_at_80_tpr": 0.1, "n_in": 10, "n_out": 10}
+    result = {"k": 5, "datasets": {"test": {"nll": {"n": 10, "nll": 1.0, "stderr": 0.1, "nelbo": 1.0,
+                                                    "bits_per_dim": 0.1, "ess": 1.0}}},
+              "ood": {"mnist": {"-log p(x)": m, "LLR>1": m}}, "model": "hvae",
+              "score_notes": {"LLR>1": "Havtorn et al. 2021"}}
+    text = gen.format_dataset_tables(result, "fashion-mnist")
+    llr_line = next(line for line in text.splitlines() if "LLR>1" in line and "0.900" in line)
+    assert "published LLR>1" in llr_line and "0.984" in llr_line
+    assert "0.984" not in gen.format_dataset_tables(result, "digits").split("LLR>1")[1].splitlines()[0]
+    assert any(r["method"] == "vaelab HVAE, LLR>1" for r in gen.anchors(result))
+    cfg = load_config(overrides=["model.kind=hvae", "model.hvae_latents=[2, 2, 2, 2]"])
+    assert gen.llr_layers(cfg) == 1 and gen.llr_layers(load_config()) is None
+    eval_with_k = types.SimpleNamespace(llr_k=3)
+    assert gen.llr_layers(types.SimpleNamespace(model=cfg.model, eval=eval_with_k)) == 3
+    with pytest.raises(ConfigError, match="llr_k"):
+        gen.llr_layers(types.SimpleNamespace(model=cfg.model, eval=types.SimpleNamespace(llr_k=4)))

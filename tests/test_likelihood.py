@@ -163,3 +163,44 @@ def test_gaussian_decoder_scores_8bit_images_with_a_probability():
     assert (est.log_px < 0).all()  # a probability of discrete data: log p <= 0, unlike a density
     summary, _ = estimate_nll(model, images, likelihood="gaussian", binarize="none", binarize_seed=0, k=10)
     assert "discretized" in summary.protocol["pixel_likelihood"]
+
+
+def _reference_batch(model, x, k, generator, max_decode):
+    """The estimator as it was before models got `log_weights` (vaelab 0.1, part 2): encode once, draw
+    (S, B, D) noise per chunk, score with `likelihood.log_weights`, fold into running log-sum-exps."""
+    from vaelab.likelihood import log_weights
+
+    q = model.encode(x)
+    b, d = q.mean.shape
+    chunk = max(1, max_decode // b)
+    lse = torch.full((b,), -math.inf, dtype=torch.float64)
+    lse2 = lse.clone()
+    total = torch.zeros(b, dtype=torch.float64)
+    for start in range(0, k, chunk):
+        s = min(chunk, k - start)
+        eps = torch.randn((s, b, d), generator=generator, device=generator.device).to(x.device)
+        lw = log_weights(model, x, q, q.mean + q.std * eps, True)
+        lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
+        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+        total += lw.sum(0)
+    return lse - math.log(k), total / k, torch.exp(2 * lse - lse2)
+
+
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_model_log_weights_keep_the_vae_numbers_bit_identical(prior):
+    """Moving the weights into `model.log_weights` changed no number: same noise, same order, same float ops."""
+    from vaelab.data import batches
+    from vaelab.models import eval_mode
+
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(latent_dim=4, conv_channels=(8, 16), prior=prior, pseudo_inputs=5), (1, 12, 12))
+    images = (torch.rand(10, 1, 12, 12) > 0.5).to(torch.uint8) * 255
+    for k, batch_size, max_decode in [(20, 4, 4096), (13, 4, 10), (1, 3, 4096)]:
+        est = importance_sampled(model, images, k=k, batch_size=batch_size, seed=5, max_decode=max_decode)
+        gen = torch.Generator().manual_seed(5)
+        parts = []
+        with eval_mode(model):
+            for x in batches(images, batch_size):
+                parts.append(_reference_batch(model, x, k, gen, max_decode))
+        for new, old in zip((est.log_px, est.elbo, est.ess), (torch.cat([p[i] for p in parts]) for i in range(3))):
+            assert torch.equal(new, old)

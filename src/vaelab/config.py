@@ -87,7 +87,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["vae", "ae"] = _opt("vae", "vae (variational) or ae (plain autoencoder baseline)")
+    kind: Literal["vae", "ae", "hvae"] = _opt(
+        "vae", "vae (variational), ae (plain autoencoder baseline) or hvae (hierarchical VAE with top-down "
+               "inference, LVAE / Havtorn et al. 2021: model.hvae_* keys; arch, conv_channels, latent_dim unused)"
+    )
     arch: Literal["conv", "mlp"] = _opt("conv", "conv (strided convolutions) or mlp (fully connected)")
     latent_dim: int = _opt(20, "size of the latent code z")
     conv_channels: tuple[int, ...] = _opt((32, 64), "channels of the stride-2 conv layers (decoder mirrors them)")
@@ -103,6 +106,13 @@ class ModelConfig:
                     "learned pseudo-inputs, Tomczak & Welling 2018)"
     )
     pseudo_inputs: int = _opt(500, "vamp prior: the number of pseudo-inputs (mixture components)")
+    hvae_latents: tuple[int, ...] = _opt(
+        (8, 16, 8), "hvae: channels of each stochastic layer, bottom (nearest the data) to top; the number of "
+                    "entries is the number of layers (2 to 8); each layer halves the resolution down to 4x4 "
+                    "(28x28: 14x14, 7x7, 4x4)"
+    )
+    hvae_channels: int = _opt(32, "hvae: channels of the deterministic residual networks (bottom-up and top-down)")
+    hvae_blocks: int = _opt(1, "hvae: residual blocks per stochastic layer in each of the two passes (0 to 8)")
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -124,6 +134,14 @@ class ModelConfig:
         if not self.gaussian_std > 0:
             raise ConfigError(f"model.gaussian_std must be > 0, got {self.gaussian_std}")
         _positive(self, "model", "pseudo_inputs")
+        if not 2 <= len(self.hvae_latents) <= 8 or any(c <= 0 or c > 1024 for c in self.hvae_latents):
+            raise ConfigError(f"model.hvae_latents must list 2 to 8 layer sizes between 1 and 1,024 channels, "
+                              f"got {list(self.hvae_latents)}")
+        _positive(self, "model", "hvae_channels")
+        if self.hvae_channels > 1024:
+            raise ConfigError(f"model.hvae_channels must be at most 1,024, got {self.hvae_channels}")
+        if not 0 <= self.hvae_blocks <= 8:
+            raise ConfigError(f"model.hvae_blocks must lie between 0 and 8, got {self.hvae_blocks}")
         if self.pseudo_inputs > 10_000:
             raise ConfigError(f"model.pseudo_inputs must be at most 10,000, got {self.pseudo_inputs}")
 
@@ -286,6 +304,12 @@ _DEFERRED_CHECKS: list[bool] = []  # non-empty while load_config applies one ove
 def check_combinations(cfg: RunConfig) -> None:
     """Rules that tie keys of different sections; checked on the finished config, not between overrides."""
     m, t = cfg.model, cfg.train
+    if m.kind == "hvae" and m.prior != "standard":
+        raise ConfigError(f"model.prior = {m.prior!r} is for model.kind = 'vae'; the hierarchical VAE's top prior "
+                          "is N(0, I) (set model.prior = 'standard')")
+    if m.kind == "hvae" and t.free_bits and t.free_bits_mode == "dim":
+        raise ConfigError("train.free_bits_mode = 'dim' is not supported by model.kind = 'hvae': use "
+                          "train.free_bits_mode = 'group', which for the hierarchical VAE means per stochastic layer")
     if m.prior != "standard" and m.kind != "vae":
         raise ConfigError(f"model.prior = {m.prior!r} needs model.kind = 'vae' (an autoencoder has no prior)")
     if t.free_bits and t.free_bits_mode == "dim" and m.prior != "standard":

@@ -289,6 +289,8 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
                           "train with data.binarize=dynamic or model.likelihood=gaussian")
     # every dataset is loaded before the long computations start: a typo costs seconds, not minutes
     eval_sets = gen.load_eval_sets(list(on), cfg, splits) if on else None
+    if on:
+        gen.llr_layers(cfg, model)  # a bad eval.llr_k fails now, not after the first dataset
     if cfg.model.arch == "conv":
         model.to(memory_format=torch.channels_last)  # faster convolutions on CPU; the numbers are the same
     title = (f"{run.path} ({cfg.model.kind}, {checkpoint} checkpoint, epoch {run.meta.get('epoch')}) "

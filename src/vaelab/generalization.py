@@ -34,8 +34,8 @@ from .config import RunConfig
 from .data import binarize_once, eval_view, load_raw, spread_index
 from .data.shifts import SHIFTS, make_shift
 from .data.splits import DatasetSplits, to_channels, to_size
-from .errors import DataError
-from .likelihood import estimate_nll, format_nll_table, likelihood_protocol
+from .errors import ConfigError, DataError
+from .likelihood import estimate_nll, format_nll_table, likelihood_protocol, llr_scores
 from .models import Model
 from .ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
                   png_code_length_bits, roc_points)
@@ -48,6 +48,26 @@ SCORE_NOTES = {
     "complexity-corrected": "Serra et al. 2020: -log2 p(x) - L(x), L(x) = PNG code length of the image in bits "
                             "(1-bit PNG for binarized images)",
 }
+LLR_NOTE = ("Havtorn et al. 2021: L - L>{j}, the importance-sampled bound minus the same bound with the {j} "
+            "lowest latent layer(s) drawn from their conditional prior (nats; both with k={k} samples, one seed)")
+DEFAULT_LLR_K = 1  # latent layers taken from the prior by the LLR>k score; eval.llr_k when that key exists
+
+
+def llr_layers(cfg: RunConfig, model: Model | None = None) -> int | None:
+    """How many of the lowest layers the LLR>k score takes from the prior (None: the model has no LLR score).
+
+    `eval.llr_k` when the config has that key, else 1; at most the model's number of layers minus one."""
+    layers = getattr(model, "n_layers", None) if model is not None else (
+        len(cfg.model.hvae_latents) if cfg.model.kind == "hvae" else None)
+    if not layers or layers < 2:
+        return None
+    k = int(getattr(cfg.eval, "llr_k", DEFAULT_LLR_K))
+    if not 1 <= k < layers:
+        raise ConfigError(f"eval.llr_k must lie between 1 and {layers - 1} (the model has {layers} latent layers), "
+                        f"got {k}")
+    return k
+
+
 ANCHOR_NOTE = ("published, Fashion-MNIST (in) vs MNIST (out): a hierarchical VAE's log p(x) 0.268 and its LLR>1 "
                "0.984 (Havtorn et al. 2021), Ren et al. 2019's likelihood ratio 0.994")
 
@@ -132,11 +152,16 @@ def load_eval_set(spec: str, cfg: RunConfig, splits: DatasetSplits, n: int, seed
     return EvalSet(name, _prepare(images, cfg, splits.image_shape, name), raw.source, available)
 
 
+def _score_names(scores: dict[str, np.ndarray]) -> list[str]:
+    """The OOD scores of a per-image table: the three of every VAE, then LLR>k where computed."""
+    return list(SCORES) + [name for name in scores if name.startswith("LLR>")]
+
+
 def _ood_metrics(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     n_in, n_out = len(scores_in[SCORES[0]]), len(scores_out[SCORES[0]])
     i_in, i_out = balanced_index(n_in, n_out, seed)
     out: dict[str, Any] = {}
-    for score in SCORES:
+    for score in _score_names(scores_in):
         a, b = scores_in[score][i_in], scores_out[score][i_out]
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             out[score] = {"error": "non-finite scores"}
@@ -169,8 +194,11 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
     binary = cfg.data.binarize != "none"
     results: dict[str, Any] = {}
     per_image: dict[str, dict[str, np.ndarray]] = {}
+    j = llr_layers(cfg, model)  # hierarchical VAEs: LLR>j beside the three scores
+    llr_name = f"LLR>{j}" if j else None
     for s in sets:
-        log(f"  {s.name}: {len(s.images)} images from {s.source}, k={ec.ood_k} ...")
+        log(f"  {s.name}: {len(s.images)} images from {s.source}, k={ec.ood_k}"
+            + (f", and L>{j} for {llr_name}" if j else "") + " ...")
         summary, est = estimate_nll(model, s.images, likelihood=cfg.model.likelihood, binarize=cfg.data.binarize,
                                     binarize_seed=cfg.data.binarize_seed, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                     seed=ec.seed, device=device)
@@ -181,10 +209,20 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
                              "bits/dim": nll / (math.prod(s.images.shape[1:]) * math.log(2))}
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
+        if j:
+            ratio = llr_scores(model, s.images, prior_layers=j, k=ec.ood_k, batch_size=ec.nll_batch_size,
+                               seed=ec.seed, device=device, log_px=est)
+            per_image[s.name][llr_name] = ratio.llr.numpy()
+            results[s.name]["llr"] = {"prior_layers": j, "k": ec.ood_k, "mean": float(ratio.llr.mean()),
+                                      "log_px_gt_mean": float(ratio.log_px_gt.mean())}
     ood = {name: _ood_metrics(per_image[sets[0].name], per_image[name], ec.seed)
            for name in per_image if name != sets[0].name}
+    notes = dict(SCORE_NOTES)
+    if j:
+        notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k)
     return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
-            "score_notes": SCORE_NOTES, "per_image": per_image,
+            "model": cfg.model.kind, "llr_k": j,
+            "score_notes": notes, "per_image": per_image,
             "protocol": likelihood_protocol(cfg.model.likelihood, cfg.data.binarize, cfg.data.binarize_seed,
                                             ec.ood_k, ec.ood_images, ec.seed)
             | {"images": f"at most {ec.ood_images} per dataset, a seeded random choice; OOD metrics on "
@@ -210,16 +248,20 @@ def format_dataset_tables(result: dict[str, Any], trained_on: str) -> str:
         head = f"{'':<14}{'score':<22}{'AUROC':>8}{'AUPRC':>8}{'FPR80':>8}{'n':>7}"
         lines += [head, "-" * len(head)]
         for name, scores in result["ood"].items():
+            dataset = name
             for score, m in scores.items():
                 if "error" in m:
                     lines.append(f"{name:<14}{score:<22}{m['error']:>24}")
                     continue
+                published = ""
+                if score == "LLR>1" and dataset == "mnist" and trained_on == "fashion-mnist":
+                    published = f"   (published LLR>1, Havtorn et al. 2021: {PUBLISHED_AUROC['hvae_llr_gt1']:.3f})"
                 lines.append(f"{name:<14}{score:<22}{m['auroc']:8.3f}{m['auprc']:8.3f}{m['fpr_at_80_tpr']:8.3f}"
-                             f"{m['n_in']:>7}")
+                             f"{m['n_in']:>7}{published}")
                 name = ""
         if trained_on == "fashion-mnist" and "mnist" in result["ood"]:
             lines.append(f"{ANCHOR_NOTE}")
-        lines.append("scores: " + "; ".join(f"{k}: {v}" for k, v in SCORE_NOTES.items()))
+        lines.append("scores: " + "; ".join(f"{k}: {v}" for k, v in result.get("score_notes", SCORE_NOTES).items()))
     return "\n".join(lines)
 
 
@@ -228,7 +270,8 @@ def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
     mnist = result.get("ood", {}).get("mnist")
     if not mnist:
         return None
-    rows = [{"method": f"vaelab VAE, {score}", "auroc": m.get("auroc")} for score, m in mnist.items()]
+    model = {"hvae": "HVAE"}.get(result.get("model", "vae"), "VAE")
+    rows = [{"method": f"vaelab {model}, {score}", "auroc": m.get("auroc")} for score, m in mnist.items()]
     rows += [{"method": "HVAE log p(x) (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_log_px"]},
              {"method": "HVAE LLR>1 (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_llr_gt1"]},
              {"method": "likelihood ratio (Ren et al. 2019)", "auroc": PUBLISHED_AUROC["ren2019_likelihood_ratio"]}]
@@ -247,13 +290,22 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
     test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
     out: dict[str, Any] = {}
     collapse_images = test.images[spread_index(len(test), 10_000, ec.seed + 20)]
+    hierarchical = getattr(model, "n_layers", 1) > 1
     if len(collapse_images) >= 2:
         out["collapse"] = collapse_report(model, collapse_images, batch_size=cfg.train.eval_batch_size,
                                           device=device)
         out["collapse"]["images"] = len(collapse_images)
+        if hierarchical:
+            out["collapse"]["layer"] = f"top (z_{model.n_layers}; its prior is N(0, I))"
+            out["collapse"]["kl_per_layer"] = kl_per_layer(model, collapse_images, cfg.train.eval_batch_size,
+                                                           device, seed=ec.seed + 23)
     else:
         log("  note: no active-unit count: it needs at least 2 test images")
-    if ec.gap_images and not has_likelihood(cfg):
+    if ec.gap_images and hierarchical:
+        note = ("no inference gaps: posterior refinement (Cremer et al. 2018) is implemented for single-latent "
+                "VAEs only; a hierarchical VAE's q has one conditional Gaussian per layer")
+        out["gaps_skipped"] = note  # printed by format_inside
+    elif ec.gap_images and not has_likelihood(cfg):
         log("  note: no inference gaps: a Bernoulli decoder on grey pixels has no likelihood to compare with")
     elif ec.gap_images and len(test):
         x8 = test.images[spread_index(len(test), ec.gap_images, ec.seed + 21)]
@@ -270,12 +322,36 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
     return out
 
 
+@torch.no_grad()
+def kl_per_layer(model: Model, images: torch.Tensor, batch_size: int, device: torch.device | str,
+                 seed: int) -> list[float]:
+    """Mean KL(q(z_l | x, z_>l) || p(z_l | z_>l)) of each stochastic layer of a hierarchical VAE (nats per image,
+    bottom to top), one posterior sample per image from a seeded generator."""
+    from .data import batches
+    from .models import eval_mode
+
+    gen = torch.Generator().manual_seed(seed)
+    total, n = None, 0
+    with eval_mode(model):
+        for x in batches(images, batch_size, device=device):
+            kl = model(x, generator=gen).kl_layers.double().sum(0).cpu()
+            total = kl if total is None else total + kl
+            n += len(x)
+    return (total / max(n, 1)).tolist()
+
+
 def format_inside(inside: dict[str, Any]) -> str:
     lines = []
     c = inside.get("collapse")
     if c:
-        lines.append(f"posterior collapse: {c['active_units']} of {c['latent_dim']} latent units active "
+        where = f" of the {c['layer']} layer" if c.get("layer") else ""
+        lines.append(f"posterior collapse: {c['active_units']} of {c['latent_dim']} latent units{where} active "
                      f"(Cov_x E[z|x] > {c['threshold']}); KL {c['kl_total']:.2f} nats per image")
+        if c.get("kl_per_layer"):
+            lines.append("KL per stochastic layer, bottom to top (nats per image): "
+                         + ", ".join(f"z_{i + 1} {v:.2f}" for i, v in enumerate(c["kl_per_layer"])))
+    if inside.get("gaps_skipped"):
+        lines.append(f"note: {inside['gaps_skipped']}")
     g = inside.get("gaps")
     if g:
         lines.append(f"inference gaps on {g['n']} test images (Cremer et al. 2018), nats per image: "

@@ -17,6 +17,11 @@ The likelihood term is a probability of the data actually observed:
 Memory: the encoder runs once per image; the k latent samples are decoded in chunks
 of at most `max_decode` images, and the k log-weights are folded into running
 log-sum-exps, so memory does not grow with k.
+
+Every variational model provides `log_weights(x, S, generator, discrete, prior_layers, context)`
+(S, B): the single-latent VAE and the hierarchical VAE, whose `prior_layers = j` gives the
+L>j bound of Havtorn et al. 2021 (the j lowest layers from their conditional prior);
+`llr_scores` turns L and L>j into their LLR>j out-of-distribution score.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class ImportanceEstimate:
     elbo: torch.Tensor  # mean of the k log-weights: an unbiased estimate of the ELBO
     ess: torch.Tensor  # effective sample size (sum w)^2 / sum w^2, between 1 and k
     k: int
+    prior_layers: int = 0  # > 0: the L>k bound (the k lowest layers from their conditional prior)
 
 
 def _check_scorable(model: Model) -> None:
@@ -55,7 +61,8 @@ def _check_scorable(model: Model) -> None:
 
 
 def log_weights(model: Model, x: torch.Tensor, q, z: torch.Tensor, discrete: bool = True) -> torch.Tensor:
-    """log p(x | z) + log p(z) - log q(z | x) for z of shape (S, B, D) and x (B, C, H, W): returns (S, B)."""
+    """log p(x | z) + log p(z) - log q(z | x) of a single-latent VAE for given z (S, B, D) and x (B, C, H, W):
+    (S, B). Kept for callers that bring their own codes; the estimators use `model.log_weights`."""
     s, b, d = z.shape
     xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
     log_joint = model.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
@@ -67,39 +74,56 @@ def _log_q(z: torch.Tensor, q) -> torch.Tensor:
     return -0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1).double()
 
 
+def _check_prior_layers(model: Model, prior_layers: int) -> None:
+    layers = getattr(model, "n_layers", 1)
+    if prior_layers and layers == 1:
+        raise ConfigError("L>k (prior_layers > 0) needs a hierarchical VAE (model.kind = 'hvae'); this model has "
+                          "a single stochastic layer")
+    if not 0 <= prior_layers <= layers:
+        raise ConfigError(f"prior_layers must lie between 0 and the model's {layers} stochastic layers, "
+                          f"got {prior_layers}")
+
+
 @torch.no_grad()
 def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: torch.Generator,
-                             max_decode: int = MAX_DECODE, discrete: bool = True) -> ImportanceEstimate:
-    """L_k, the ELBO and the ESS of each image of one batch x (B, C, H, W), with running log-sum-exps."""
-    q = model.encode(x)  # once per image, reused by all k samples
-    b, d = q.mean.shape
+                             max_decode: int = MAX_DECODE, discrete: bool = True,
+                             prior_layers: int = 0) -> ImportanceEstimate:
+    """L_k (or L>k_k with `prior_layers`), the ELBO and the ESS of each image of one batch x (B, C, H, W).
+
+    The model's `log_weights` is called on chunks of at most max(1, max_decode // B) samples per image, so
+    at most max(B, max_decode) decoder inputs at once; the weights are folded into running log-sum-exps.
+    What does not depend on the samples (the encoder / bottom-up pass) runs once per batch
+    (`model.inference_context`)."""
+    b = x.shape[0]
+    context = model.inference_context(x)  # once per image, reused by all k samples
     chunk = max(1, max_decode // b)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w
     lse2 = lse.clone()  # log sum w^2
     total = torch.zeros(b, dtype=torch.float64, device=x.device)  # sum log w
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
-        eps = torch.randn((s, b, d), generator=generator, device=generator.device).to(x.device)
-        z = q.mean + q.std * eps  # (S, B, D)
-        lw = log_weights(model, x, q, z, discrete)
+        lw = model.log_weights(x, s, generator, discrete=discrete, prior_layers=prior_layers, context=context)
         lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
         total += lw.sum(0)
     return ImportanceEstimate(log_px=(lse - math.log(k)).cpu(), elbo=(total / k).cpu(),
-                              ess=torch.exp(2 * lse - lse2).cpu(), k=k)
+                              ess=torch.exp(2 * lse - lse2).cpu(), k=k, prior_layers=prior_layers)
 
 
 def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K, batch_size: int = 64,
                        seed: int = NLL_SEED, device: torch.device | str = "cpu", discrete: bool = True,
-                       max_decode: int = MAX_DECODE,
+                       max_decode: int = MAX_DECODE, prior_layers: int = 0,
                        progress: Callable[[int, int], None] | None = None) -> ImportanceEstimate:
     """L_k for every image of a uint8 (or float in [0, 1]) tensor (N, C, H, W), in order.
 
     Deterministic for a given seed (the noise comes from one CPU generator). `discrete=True`
     scores the data with a probability (see the module docstring); False uses the training
-    likelihood as it is (a density for the Gaussian decoder).
+    likelihood as it is (a density for the Gaussian decoder). `prior_layers = j > 0` (hierarchical
+    VAEs only) gives Havtorn et al.'s L>j instead: the j lowest latent layers drawn from their
+    conditional prior, their terms left out of the weights.
     """
     _check_scorable(model)
+    _check_prior_layers(model, prior_layers)
     if not 1 <= k <= MAX_K:
         raise ConfigError(f"k (importance samples per image) must lie between 1 and {MAX_K:,}, got {k}")
     gen = torch.Generator().manual_seed(seed)
@@ -111,15 +135,53 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
     with eval_mode(model):
         for x in batches(data, batch_size, device=device):
-            parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete))
+            parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete, prior_layers))
             done += len(x)
             if progress is not None:
                 progress(done, len(data))
     if not parts:
         empty = torch.zeros(0, dtype=torch.float64)
-        return ImportanceEstimate(empty, empty, empty, k)
+        return ImportanceEstimate(empty, empty, empty, k, prior_layers)
     return ImportanceEstimate(log_px=torch.cat([p.log_px for p in parts]), elbo=torch.cat([p.elbo for p in parts]),
-                              ess=torch.cat([p.ess for p in parts]), k=k)
+                              ess=torch.cat([p.ess for p in parts]), k=k, prior_layers=prior_layers)
+
+
+@dataclass(frozen=True)
+class LikelihoodRatio:
+    """Havtorn et al. 2021's LLR>j per image (float64, (N,)): L - L>j, both with k importance samples.
+
+    Higher = more out-of-distribution: the data are explained by the model's high-level layers
+    alone much worse than by all layers."""
+
+    llr: torch.Tensor
+    log_px: torch.Tensor  # L: the ordinary importance-sampled bound
+    log_px_gt: torch.Tensor  # L>j: the j lowest layers from their conditional prior
+    k: int  # importance samples per image, the same for both bounds
+    prior_layers: int  # j
+    seed: int
+
+
+def llr_scores(model: Model, images: torch.Tensor, *, prior_layers: int = 1, k: int = DEFAULT_K,
+               batch_size: int = 64, seed: int = NLL_SEED, device: torch.device | str = "cpu",
+               discrete: bool = True, max_decode: int = MAX_DECODE,
+               log_px: ImportanceEstimate | None = None) -> LikelihoodRatio:
+    """LLR>j = L - L>j per image (Havtorn et al. 2021, "Hierarchical VAEs know what they don't know"), j =
+    `prior_layers`, both bounds importance-sampled with the same k and seed (so they share their noise).
+
+    `log_px`: the ordinary bound when the caller already has it, computed with the same k, seed and
+    batch size (it is then not recomputed). Deterministic for a given seed.
+    """
+    if prior_layers < 1:
+        raise ConfigError(f"LLR>k needs k >= 1 latent layers taken from the prior, got {prior_layers}")
+    if log_px is None:
+        log_px = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
+                                    discrete=discrete, max_decode=max_decode)
+    elif log_px.k != k or log_px.prior_layers != 0 or len(log_px.log_px) != len(images):
+        raise ValueError("log_px must be the ordinary bound (prior_layers 0) of the same images with the same k")
+    gt = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
+                            discrete=discrete, max_decode=max_decode, prior_layers=prior_layers)
+    return LikelihoodRatio(llr=log_px.log_px - gt.log_px, log_px=log_px.log_px, log_px_gt=gt.log_px, k=k,
+                           prior_layers=prior_layers, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The training losses, built from a model and a batch: the ELBO (with beta, KL warm-up and free
 bits) and the importance-weighted bound. The math lives in `objectives`; this module only wires
-it to a model's encoder, decoder, prior and likelihood.
+it to a model's encoder, decoder, prior and likelihood. A hierarchical VAE (`models.HVAE`) takes free
+bits per stochastic layer (mode "group", from `ModelOutput.kl_layers`) and its IWAE weights from
+`log_weight_terms` (joint samples of every layer).
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ def training_loss(model, x: torch.Tensor, cfg: TrainConfig, beta: float) -> obj.
     log_px_z = model.likelihood.log_prob(x, out.x_params)
     if not (model.variational and cfg.free_bits):
         return obj.beta_vae_loss(log_px_z, out.kl, beta)
-    groups = (obj.kl_standard_normal_per_dim(out.posterior.mean, out.posterior.logvar)
-              if cfg.free_bits_mode == "dim" else out.kl)  # (B, D) or (B,)
+    if cfg.free_bits_mode == "dim":
+        if out.kl_layers is not None:
+            raise ValueError("train.free_bits_mode = 'dim' is for single-latent VAEs; a hierarchical VAE takes "
+                             "free bits per layer (train.free_bits_mode = 'group')")
+        groups = obj.kl_standard_normal_per_dim(out.posterior.mean, out.posterior.logvar)  # (B, D)
+    else:  # one group: the whole code, or each stochastic layer of a hierarchical VAE
+        groups = out.kl if out.kl_layers is None else out.kl_layers  # (B,) or (B, L)
     loss = (-log_px_z).mean() + beta * obj.free_bits_kl(groups, cfg.free_bits)
     return obj.LossTerms(loss=loss, recon=-log_px_z, kl=out.kl)
 
@@ -36,6 +43,10 @@ def iwae_loss(model, x: torch.Tensor, k: int, beta: float = 1.0) -> obj.LossTerm
     beta < 1 during KL warm-up. Returns recon = -mean_i log p(x|z_i) and kl = mean_i (log q - log p),
     per image (B,): the single-sample ELBO's terms, averaged over the k samples.
     """
+    if hasattr(model, "log_weight_terms"):  # hierarchical VAE: joint samples of all layers from the top-down pass
+        log_px_z, log_ratio = model.log_weight_terms(x, k)  # (k, B) each: log p(x|z), log p(z) - log q(z|x)
+        loss = -obj.iwae_bound(log_px_z + beta * log_ratio).mean()
+        return obj.LossTerms(loss=loss, recon=-log_px_z.mean(0), kl=-log_ratio.mean(0))
     q = model.encode(x)  # once per image
     b, d = q.mean.shape
     eps = torch.randn((k, b, d), dtype=q.mean.dtype, device=q.mean.device)

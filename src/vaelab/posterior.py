@@ -48,6 +48,12 @@ def _require_variational(model: Any, what: str) -> None:
                          f"{type(model).__name__} has no posterior")
 
 
+def _require_single_latent(model: Any, what: str) -> None:
+    if getattr(model, "n_layers", 1) > 1:
+        raise ValueError(f"{what} refines a single Gaussian q(z|x) and is implemented for single-latent VAEs only; "
+                         f"{type(model).__name__} has {model.n_layers} stochastic layers")
+
+
 # --------------------------------------------------------------------------- Monte-Carlo ELBO
 
 
@@ -114,6 +120,7 @@ def elbo_samples(model: Any, x: torch.Tensor, q: DiagonalGaussian, n_samples: in
     `discrete_log_prob` (the probability of 8-bit pixels, as `vaelab.likelihood` uses by
     default; the same for a Bernoulli decoder, different for the Gaussian one).
     """
+    _require_single_latent(model, "elbo_samples")
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     return _mc_elbo(model, x, q.mean, q.logvar, n_samples, generator, discrete=discrete)
@@ -170,6 +177,7 @@ def refine_posterior(model: Any, x: torch.Tensor, *, steps: int = 100, lr: float
     `discrete` picks the likelihood term as in `elbo_samples`. Returns the refined q, detached: mean, logvar (B, D).
     """
     _require_variational(model, "refine_posterior")
+    _require_single_latent(model, "refine_posterior")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not lr > 0:
@@ -276,6 +284,7 @@ def inference_gaps(model: Any, x: torch.Tensor, log_px: torch.Tensor | float, *,
     a probability (for a Bernoulli decoder the two terms are the same).
     """
     _require_variational(model, "inference_gaps")
+    _require_single_latent(model, "inference_gaps")
     if eval_samples < 1:
         raise ValueError(f"eval_samples must be at least 1, got {eval_samples}")
     b = x.shape[0]
@@ -354,7 +363,9 @@ def collapse_report(model: Any, images: torch.Tensor, batch_size: int = 1000, de
     evaluation protocol wants (`data.eval_view`); the model must be on `device`.
     Returns {"active_units", "latent_dim", "threshold", "variance" (per dimension, of
     the posterior mean over images), "kl_per_dim" (nats), "kl_total" (their sum: the mean
-    KL per image), "n" (images)}. Raises ValueError for a non-variational model.
+    KL per image), "n" (images)}. Raises ValueError for a non-variational model. For a hierarchical
+    VAE, `encode` is the top layer's q(z_L|x), whose prior is N(0, I): the report is that layer's
+    (`generalization.kl_per_layer` gives the KL of every layer).
     """
     _require_variational(model, "collapse_report")
     if images.dim() != 4 or len(images) < 2:

@@ -10,15 +10,19 @@ import torch
 from ..config import ModelConfig
 from .conv import ConvDecoder, ConvEncoder
 from .distributions import BernoulliLikelihood, DiagonalGaussian, GaussianLikelihood, make_likelihood
+from .hvae import HVAE
 from .mlp import MLPDecoder, MLPEncoder
 from .vae import VAE, Autoencoder, ModelOutput
 
-Model = VAE | Autoencoder
+Model = VAE | Autoencoder | HVAE
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
-    """A VAE or autoencoder sized for images of shape (C, H, W)."""
+    """A VAE, hierarchical VAE or autoencoder sized for images of shape (C, H, W)."""
     image_shape = tuple(int(s) for s in image_shape)
+    if cfg.kind == "hvae":  # its own residual conv networks: model.arch, conv_channels, latent_dim do not apply
+        return HVAE(image_shape, make_likelihood(cfg.likelihood, cfg.gaussian_std), latents=cfg.hvae_latents,
+                    channels=cfg.hvae_channels, blocks=cfg.hvae_blocks)
     code_dim = 2 * cfg.latent_dim if cfg.kind == "vae" else cfg.latent_dim  # (mean, logvar) or the code
     if cfg.arch == "conv":
         encoder = ConvEncoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, code_dim)
@@ -46,6 +50,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 __all__ = [
-    "Autoencoder", "BernoulliLikelihood", "ConvDecoder", "ConvEncoder", "DiagonalGaussian",
+    "Autoencoder", "BernoulliLikelihood", "HVAE", "ConvDecoder", "ConvEncoder", "DiagonalGaussian",
     "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelOutput", "VAE", "build_model", "eval_mode",
 ]

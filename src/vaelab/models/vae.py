@@ -24,7 +24,8 @@ class ModelOutput:
     x_params: torch.Tensor  # decoder output (B, C, H, W): logits or pre-sigmoid means
     z: torch.Tensor  # the latent code used (B, latent_dim)
     kl: torch.Tensor  # KL(q(z|x) || p(z)) per image (B,); zeros for the autoencoder
-    posterior: DiagonalGaussian | None  # q(z|x); None for the autoencoder
+    posterior: DiagonalGaussian | None  # q(z|x); None for the autoencoder (the HVAE: its top layer's, flattened)
+    kl_layers: torch.Tensor | None = None  # hierarchical models: the KL of each stochastic layer (B, L), bottom to top
 
 
 class _ImageModel(nn.Module):
@@ -143,6 +144,33 @@ class VAE(_ImageModel):
         q = self.encode(x)
         z = q.rsample(generator)
         return ModelOutput(x_params=self.decode(z), z=z, kl=self.kl(q, z), posterior=q)
+
+    def inference_context(self, x: torch.Tensor) -> DiagonalGaussian:
+        """What `log_weights` needs of x that does not depend on the samples: q(z|x)."""
+        return self.encode(x)
+
+    def log_weights(self, x: torch.Tensor, s: int, generator: torch.Generator | None = None, discrete: bool = False,
+                    prior_layers: int = 0, context: DiagonalGaussian | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for S samples z ~ q(z|x) per image of x (B, C, H, W): (S, B) float64.
+
+        The noise (S, B, D) is one draw from `generator` (on its device); `context` is q(z|x) when the caller
+        already has it (`inference_context`), so that the encoder runs once for many calls. A single latent
+        layer has no lower layers to take from the prior: `prior_layers` must be 0. No gradient is blocked.
+        """
+        if prior_layers != 0:
+            raise ValueError("the single-latent VAE has one stochastic layer: prior_layers must be 0 "
+                             "(the L>k bound needs a hierarchical VAE, model.kind = 'hvae')")
+        q = context if context is not None else self.encode(x)
+        b, d = q.mean.shape
+        if generator is None:
+            eps = torch.randn((s, b, d), device=q.mean.device, dtype=q.mean.dtype)
+        else:
+            eps = torch.randn((s, b, d), generator=generator, device=generator.device).to(x.device)
+        z = q.mean + q.std * eps  # (S, B, D)
+        xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+        log_joint = self.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
+        log_q = -0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1).double()
+        return log_joint - log_q
 
     def prior_sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.prior == "standard":
