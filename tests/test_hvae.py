@@ -259,3 +259,15 @@ def test_vaelab_evaluate_on_noise_reports_the_llr_score(digits_run, tmp_path, ca
     assert len(ev["inside"]["collapse"]["kl_per_layer"]) == 3
     header = (out / "per_image_scores.csv").read_text().splitlines()[0]
     assert "LLR>1" in header
+
+
+def test_generate_sample_draws_every_layer_from_the_prior():
+    from vaelab.generate import sample
+
+    torch.manual_seed(0)
+    model = build_model(load_config(overrides=["model.kind=hvae"]).model, (1, 28, 28))
+    images = sample(model, 3, 1.0, torch.Generator().manual_seed(4))
+    with eval_mode(model):
+        ancestral = model.sample_images(3, 1.0, torch.Generator().manual_seed(4))
+        top_only = model.decode_mean(model.prior_sample(3, 1.0, torch.Generator().manual_seed(4)))
+    assert torch.equal(images, ancestral) and not torch.equal(images, top_only)

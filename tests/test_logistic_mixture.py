@@ -111,3 +111,33 @@ def test_bad_parameter_shapes_are_refused():
     with pytest.raises(ValueError, match="3K values per channel"):
         obj.discretized_logistic_mixture_log_likelihood(torch.zeros(1, 1, 2, 2), torch.zeros(1, 4, 2, 2))
     assert math.isclose(float(LogisticMixtureLikelihood(4).params_per_channel), 12.0)
+
+
+def test_a_vae_with_the_logistic_mixture_trains_on_8_bit_digits_and_reports_bits_per_dim(tmp_path):
+    from vaelab import load_config, load_run, train
+
+    cfg = load_config(overrides=["data.dataset=digits", "data.binarize=none", "model.likelihood=logistic_mixture",
+                                 "model.mixture_components=3", "train.epochs=2", "train.grid_every=0",
+                                 "train.grid_size=4", "eval.nll_images=20", "eval.nll_k=20"])
+    result = train(cfg, tmp_path / "r", log=lambda m: None)
+    assert result.history[1]["train"]["nelbo"] < result.history[0]["train"]["nelbo"]
+    test = result.evaluation["nll"]["splits"]["test"]
+    assert 0 < test["bits_per_dim"] < 8  # a probability of 8-bit pixels: at most 8 bits each for a sane model
+    assert "logistics" in test["protocol"]["pixel_likelihood"]
+    run = load_run(tmp_path / "r")
+    assert run.model.decoder(torch.zeros(1, 20)).shape == (1, 9, 8, 8)  # digits at their 8x8; 3 x K values per pixel
+    images = run.sample(4, seed=0)
+    assert images.shape == (4, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+
+
+def test_logistic_mixture_needs_8_bit_data_and_builds_into_the_hvae():
+    from vaelab import load_config
+    from vaelab.errors import ConfigError
+    from vaelab.models import build_model
+
+    with pytest.raises(ConfigError, match="set data.binarize = 'none'"):
+        load_config(overrides=["model.likelihood=logistic_mixture"])
+    cfg = load_config(overrides=["model.kind=hvae", "model.likelihood=logistic_mixture", "data.binarize=none"])
+    model = build_model(cfg.model, (1, 28, 28))
+    out = model(torch.rand(2, 1, 28, 28))
+    assert out.x_params.shape == (2, 15, 28, 28)  # 5 components x 3 values

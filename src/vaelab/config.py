@@ -97,9 +97,11 @@ class ModelConfig:
     kernel_size: int = _opt(4, "conv kernel size (even sizes downsample exactly by 2)")
     fc_hidden: int = _opt(0, "conv: width of an extra fully connected layer before z (0: none)")
     mlp_hidden: tuple[int, ...] = _opt((400,), "mlp: hidden layer widths (784-400-20 is the classic)")
-    likelihood: Literal["bernoulli", "gaussian"] = _opt(
-        "bernoulli", "p(x|z): bernoulli (pixels in [0,1]) or gaussian with fixed std"
+    likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = _opt(
+        "bernoulli", "p(x|z): bernoulli (pixels in [0,1]), gaussian with fixed std, or logistic_mixture (a mixture "
+                     "of discretized logistics per pixel for 8-bit images, Salimans et al. 2017)"
     )
+    mixture_components: int = _opt(5, "logistic_mixture: logistics per pixel and channel")
     gaussian_std: float = _opt(0.1, "gaussian likelihood: the fixed standard deviation sigma")
     prior: Literal["standard", "vamp"] = _opt(
         "standard", "vae: p(z) is standard (N(0, I)) or vamp (VampPrior: a mixture of the posteriors of "
@@ -116,6 +118,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
+        _positive(self, "model", "mixture_components")
+        if self.mixture_components > 64:
+            raise ConfigError(f"model.mixture_components must be at most 64, got {self.mixture_components}")
         _positive(self, "model", "latent_dim")
         _positive(self, "model", "kernel_size")
         if self.kernel_size < 2:
@@ -264,9 +269,12 @@ class EvalConfig:
     refine_steps: int = _opt(200, "Adam steps per image when refining q(z|x) (Cremer et al. 2018)")
     refine_lr: float = _opt(1e-2, "learning rate of that refinement")
     seed: int = _opt(2025, "seed of the importance samples and the image subsets")
+    llr_k: int = _opt(1, "hvae: the LLR>k score of `vaelab evaluate --on` draws the k lowest latent layers from "
+                         "the prior (Havtorn et al. 2021)")
 
     def __post_init__(self) -> None:
         _check_types(self, "eval")
+        _positive(self, "eval", "llr_k")
         _positive(self, "eval", "nll_k")
         if self.nll_k > 100_000:
             raise ConfigError(f"eval.nll_k must be at most 100,000, got {self.nll_k}")
@@ -315,6 +323,12 @@ def check_combinations(cfg: RunConfig) -> None:
     if t.free_bits and t.free_bits_mode == "dim" and m.prior != "standard":
         raise ConfigError("train.free_bits_mode = 'dim' needs the standard normal prior (the KL splits by "
                           "dimension only there); use train.free_bits_mode = 'group'")
+    if m.likelihood == "logistic_mixture" and cfg.data.binarize != "none":
+        raise ConfigError("model.likelihood = 'logistic_mixture' models 8-bit pixels; set data.binarize = 'none' "
+                          "(or use the bernoulli likelihood for binarized images)")
+    if m.kind == "hvae" and cfg.eval.llr_k >= len(m.hvae_latents):
+        raise ConfigError(f"eval.llr_k = {cfg.eval.llr_k} must be below the number of latent layers "
+                          f"({len(m.hvae_latents)}, model.hvae_latents)")
     if m.kind == "ae" and t.ema:
         raise ConfigError("train.ema averages the weights of VAEs; set train.ema = 0 for the autoencoder")
     if m.kind == "ae" and (t.objective != "elbo" or t.free_bits or t.warmup):

@@ -35,7 +35,7 @@ from .data import binarize_once, eval_view, load_raw, spread_index
 from .data.shifts import SHIFTS, make_shift
 from .data.splits import DatasetSplits, to_channels, to_size
 from .errors import ConfigError, DataError
-from .likelihood import estimate_nll, format_nll_table, likelihood_protocol, llr_scores
+from .likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
 from .models import Model
 from .ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
                   png_code_length_bits, roc_points)
@@ -50,7 +50,7 @@ SCORE_NOTES = {
 }
 LLR_NOTE = ("Havtorn et al. 2021: L - L>{j}, the importance-sampled bound minus the same bound with the {j} "
             "lowest latent layer(s) drawn from their conditional prior (nats; both with k={k} samples, one seed)")
-DEFAULT_LLR_K = 1  # latent layers taken from the prior by the LLR>k score; eval.llr_k when that key exists
+DEFAULT_LLR_K = 1  # latent layers taken from the prior by the LLR>k score (eval.llr_k)
 
 
 def llr_layers(cfg: RunConfig, model: Model | None = None) -> int | None:
@@ -224,7 +224,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
             "model": cfg.model.kind, "llr_k": j,
             "score_notes": notes, "per_image": per_image,
             "protocol": likelihood_protocol(cfg.model.likelihood, cfg.data.binarize, cfg.data.binarize_seed,
-                                            ec.ood_k, ec.ood_images, ec.seed)
+                                            ec.ood_k, ec.ood_images, ec.seed, describe_prior(model))
             | {"images": f"at most {ec.ood_images} per dataset, a seeded random choice; OOD metrics on "
                          "balanced sizes (the smaller of the two sets)",
                "data": ("the run's test split binarized once as a whole (data.binarize_seed + 2000); other "

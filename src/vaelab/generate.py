@@ -15,6 +15,8 @@ from .models import Model, eval_mode
 def sample(model: Model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """n images decoded from z ~ prior, its std scaled by `temperature` (1 = the model's prior)."""
     with eval_mode(model):
+        if hasattr(model, "sample_images"):  # a hierarchical model: every layer from its prior
+            return model.sample_images(n, temperature, generator)
         return model.decode_mean(model.prior_sample(n, temperature, generator))
 
 

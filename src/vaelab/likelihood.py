@@ -219,15 +219,26 @@ def summarize(est: ImportanceEstimate, image_shape: tuple[int, ...], seconds: fl
     )
 
 
+def describe_prior(model: Model | None) -> str:
+    """The prior p(z) of a model, in words, for the protocol record."""
+    if model is None or getattr(model, "prior", "standard") == "standard" and not hasattr(model, "n_layers"):
+        return "N(0, I)"
+    if hasattr(model, "n_layers"):
+        return f"hierarchical: N(0, I) on the top of {model.n_layers} latent layers, conditional Gaussians below"
+    return f"VampPrior: a mixture of the posteriors of {len(model.pseudo_logits)} learned pseudo-inputs"
+
+
 def likelihood_protocol(likelihood: str, binarize: str, binarize_seed: int, k: int, n: int,
-                        seed: int = NLL_SEED) -> dict[str, Any]:
+                        seed: int = NLL_SEED, prior: str = "N(0, I)") -> dict[str, Any]:
     """What an NLL number means, stored beside it."""
     if binarize == "none":
         if likelihood == "bernoulli":
             raise ConfigError("a Bernoulli decoder trained on grey (unbinarized) pixels has no likelihood to "
                               "estimate; train with data.binarize=dynamic or model.likelihood=gaussian")
         data = "8-bit grey values (no binarization)"
-        pixel = "Gaussian p(x|z) discretized into 256 bins (a probability of the 8-bit data)"
+        pixel = ("a mixture of logistics per pixel discretized into the 256 levels (Salimans et al. 2017)"
+                 if likelihood == "logistic_mixture" else
+                 "Gaussian p(x|z) discretized into 256 bins (a probability of the 8-bit data)")
     else:
         data = (f"binarized once with a fixed seed (data.binarize_seed={binarize_seed}, +1000 per split); "
                 f"training binarization: {binarize}")
@@ -235,7 +246,7 @@ def likelihood_protocol(likelihood: str, binarize: str, binarize_seed: int, k: i
     return {
         "estimator": f"importance-sampled bound L_k (Burda et al. 2015), k={k} samples from q(z|x) per image",
         "images": n, "k": k, "seed": seed, "units": "nats per image; bits/dim = nats / (pixels * ln 2)",
-        "data": data, "pixel_likelihood": pixel, "prior": "N(0, I)",
+        "data": data, "pixel_likelihood": pixel, "prior": prior,
     }
 
 
@@ -244,7 +255,7 @@ def estimate_nll(model: Model, images: torch.Tensor, *, likelihood: str, binariz
                  device: torch.device | str = "cpu",
                  progress: Callable[[int, int], None] | None = None) -> tuple[NllSummary, ImportanceEstimate]:
     """Importance-sampled NLL of already prepared images (binarized as the protocol says), with its protocol."""
-    protocol = likelihood_protocol(likelihood, binarize, binarize_seed, k, len(images), seed)
+    protocol = likelihood_protocol(likelihood, binarize, binarize_seed, k, len(images), seed, describe_prior(model))
     t0 = time.perf_counter()
     est = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
                              progress=progress)

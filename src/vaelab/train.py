@@ -128,7 +128,8 @@ class Trainer:
         for note in self.splits.notes:
             self.log(f"note: {note}")
         torch.manual_seed(tc.seed)
-        self.memory_format = (torch.channels_last if tc.channels_last and config.model.arch == "conv"
+        self.memory_format = (torch.channels_last if tc.channels_last and (config.model.arch == "conv"
+                                                                           or config.model.kind == "hvae")
                               else torch.contiguous_format)
         self.model = build_model(config.model, self.splits.image_shape).to(self.device,
                                                                            memory_format=self.memory_format)
@@ -506,8 +507,7 @@ class Trainer:
         self._write_start_files()
         s = self.splits
         self.log(
-            f"training a {self.cfg.model.kind.upper()} ({self.cfg.model.arch}, latent {self.cfg.model.latent_dim}, "
-            f"{sum(p.numel() for p in self.model.parameters()):,} parameters) on {s.name} {s.image_shape} "
+            f"training a {describe_model(self.model, self.cfg.model)} on {s.name} {s.image_shape} "
             f"from {s.source}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}; device {self.device}"
         )
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
@@ -689,6 +689,21 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- locks, signals, resuming
+
+
+def describe_model(model: Model, mc) -> str:
+    """One line: the kind, the networks, the latent size, the prior and likelihood when not the defaults."""
+    n = sum(p.numel() for p in model.parameters())
+    if mc.kind == "hvae":
+        from .models.hvae import describe
+
+        text = describe(model)
+    else:
+        text = f"{mc.kind.upper()} ({mc.arch}, latent {mc.latent_dim}, {n:,} parameters)"
+    extras = [f"prior {mc.prior}"] if mc.kind == "vae" and mc.prior != "standard" else []
+    if mc.likelihood != "bernoulli":
+        extras.append(f"likelihood {mc.likelihood}")
+    return text + (f" [{', '.join(extras)}]" if extras else "")
 
 
 def _finished(paths: RunPaths) -> bool:

@@ -21,16 +21,19 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
     """A VAE, hierarchical VAE or autoencoder sized for images of shape (C, H, W)."""
     image_shape = tuple(int(s) for s in image_shape)
     if cfg.kind == "hvae":  # its own residual conv networks: model.arch, conv_channels, latent_dim do not apply
-        return HVAE(image_shape, make_likelihood(cfg.likelihood, cfg.gaussian_std), latents=cfg.hvae_latents,
+        return HVAE(image_shape, make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components),
+                    latents=cfg.hvae_latents,
                     channels=cfg.hvae_channels, blocks=cfg.hvae_blocks)
     code_dim = 2 * cfg.latent_dim if cfg.kind == "vae" else cfg.latent_dim  # (mean, logvar) or the code
+    likelihood = make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components)
+    c, h, w = image_shape
+    out_shape = (c * likelihood.params_per_channel, h, w)  # the decoder outputs the likelihood's parameters
     if cfg.arch == "conv":
         encoder = ConvEncoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, code_dim)
-        decoder = ConvDecoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, cfg.latent_dim)
+        decoder = ConvDecoder(out_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, cfg.latent_dim)
     else:
         encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim)
-        decoder = MLPDecoder(image_shape, cfg.mlp_hidden, cfg.latent_dim)
-    likelihood = make_likelihood(cfg.likelihood, cfg.gaussian_std)
+        decoder = MLPDecoder(out_shape, cfg.mlp_hidden, cfg.latent_dim)
     if cfg.kind == "ae":
         return Autoencoder(encoder, decoder, likelihood, image_shape, cfg.latent_dim)
     return VAE(encoder, decoder, likelihood, image_shape, cfg.latent_dim, prior=cfg.prior,
