@@ -167,8 +167,13 @@ def test_gaussian_decoder_scores_8bit_images_with_a_probability():
 
 def _reference_batch(model, x, k, generator, max_decode):
     """The estimator as it was before models got `log_weights` (vaelab 0.1, part 2): encode once, draw
-    (S, B, D) noise per chunk, score with `likelihood.log_weights`, fold into running log-sum-exps."""
-    from vaelab.likelihood import log_weights
+    (S, B, D) noise per chunk, score with log p(x, z) - log q(z|x), fold into running log-sum-exps."""
+
+    def log_weights(model, x, q, z, discrete):  # the old `likelihood.log_weights`, kept here as the reference
+        s, b, d = z.shape
+        xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+        log_joint = model.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
+        return log_joint - (-0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1).double())
 
     q = model.encode(x)
     b, d = q.mean.shape

@@ -60,20 +60,6 @@ def _check_scorable(model: Model) -> None:
         raise ConfigError("the importance-sampled likelihood needs a VAE; an autoencoder has no likelihood")
 
 
-def log_weights(model: Model, x: torch.Tensor, q, z: torch.Tensor, discrete: bool = True) -> torch.Tensor:
-    """log p(x | z) + log p(z) - log q(z | x) of a single-latent VAE for given z (S, B, D) and x (B, C, H, W):
-    (S, B). Kept for callers that bring their own codes; the estimators use `model.log_weights`."""
-    s, b, d = z.shape
-    xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-    log_joint = model.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
-    return log_joint - _log_q(z, q)
-
-
-def _log_q(z: torch.Tensor, q) -> torch.Tensor:
-    """log q(z | x) for z (S, B, D) under the diagonal Gaussian q with (B, D) parameters: (S, B)."""
-    return -0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1).double()
-
-
 def _check_prior_layers(model: Model, prior_layers: int) -> None:
     layers = getattr(model, "n_layers", 1)
     if prior_layers and layers == 1:

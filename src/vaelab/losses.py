@@ -43,18 +43,7 @@ def iwae_loss(model, x: torch.Tensor, k: int, beta: float = 1.0) -> obj.LossTerm
     beta < 1 during KL warm-up. Returns recon = -mean_i log p(x|z_i) and kl = mean_i (log q - log p),
     per image (B,): the single-sample ELBO's terms, averaged over the k samples.
     """
-    if hasattr(model, "log_weight_terms"):  # hierarchical VAE: joint samples of all layers from the top-down pass
-        log_px_z, log_ratio = model.log_weight_terms(x, k)  # (k, B) each: log p(x|z), log p(z) - log q(z|x)
-        loss = -obj.iwae_bound(log_px_z + beta * log_ratio).mean()
-        return obj.LossTerms(loss=loss, recon=-log_px_z.mean(0), kl=-log_ratio.mean(0))
-    q = model.encode(x)  # once per image
-    b, d = q.mean.shape
-    eps = torch.randn((k, b, d), dtype=q.mean.dtype, device=q.mean.device)
-    z = (q.mean + q.std * eps).reshape(k * b, d)  # (k*B, D)
-    xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-    log_px_z = model.likelihood.log_prob(xs, model.decode(z)).view(k, b)
-    log_pz = model.log_prior(z).view(k, b)
-    log_qz = obj.log_normal_diag(z, q.mean.repeat(k, 1), q.logvar.repeat(k, 1)).view(k, b)
-    log_w = log_px_z + beta * (log_pz - log_qz)
-    loss = -obj.iwae_bound(log_w).mean()
-    return obj.LossTerms(loss=loss, recon=-log_px_z.mean(0), kl=(log_qz - log_pz).mean(0))
+    # joint samples: the VAE's single layer, or every layer of a hierarchical VAE from its top-down pass
+    log_px_z, log_ratio = model.log_weight_terms(x, k)  # (k, B) each: log p(x|z), log p(z) - log q(z|x)
+    loss = -obj.iwae_bound(log_px_z + beta * log_ratio).mean()
+    return obj.LossTerms(loss=loss, recon=-log_px_z.mean(0), kl=-log_ratio.mean(0))

@@ -102,7 +102,7 @@ class VAE(_ImageModel):
     def prior_components(self) -> DiagonalGaussian | None:
         """The VampPrior's K components q(z | u_k), (K, D) each; None for the standard normal prior.
 
-        Evaluation computes them once per batch and passes them to `log_prior`."""
+        Evaluation computes them once (`fixed_prior`) instead of at every `log_prior` call."""
         return self.encode(self.pseudo_inputs()) if self.prior == "vamp" else None
 
     @contextmanager
@@ -160,6 +160,26 @@ class VAE(_ImageModel):
         if prior_layers != 0:
             raise ValueError("the single-latent VAE has one stochastic layer: prior_layers must be 0 "
                              "(the L>k bound needs a hierarchical VAE, model.kind = 'hvae')")
+        q, z, xs = self._draw(x, s, generator, context)
+        s, b, d = z.shape
+        log_joint = self.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
+        return log_joint - self._log_q(z, q).double()
+
+    def log_weight_terms(self, x: torch.Tensor, s: int, generator: torch.Generator | None = None,
+                         discrete: bool = False,
+                         context: DiagonalGaussian | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z) - log q(z|x)) for S samples per image, each (S, B), in x's dtype and
+        differentiable: the two parts of `log_weights`, apart for the IWAE objective's KL weight."""
+        q, z, xs = self._draw(x, s, generator, context)
+        s, b, d = z.shape
+        lik = self.likelihood
+        z_flat = z.reshape(s * b, d)
+        log_px_z = (lik.discrete_log_prob if discrete else lik.log_prob)(xs, self.decode(z_flat)).view(s, b)
+        return log_px_z, self.log_prior(z_flat).view(s, b) - self._log_q(z, q)
+
+    def _draw(self, x: torch.Tensor, s: int, generator: torch.Generator | None,
+              context: DiagonalGaussian | None) -> tuple[DiagonalGaussian, torch.Tensor, torch.Tensor]:
+        """q(z|x), S reparameterized samples z (S, B, D) and x repeated to match (S*B, C, H, W)."""
         q = context if context is not None else self.encode(x)
         b, d = q.mean.shape
         if generator is None:
@@ -167,10 +187,12 @@ class VAE(_ImageModel):
         else:
             eps = torch.randn((s, b, d), generator=generator, device=generator.device).to(x.device)
         z = q.mean + q.std * eps  # (S, B, D)
-        xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        log_joint = self.log_joint(xs, z.reshape(s * b, d), discrete).view(s, b).double()
-        log_q = -0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1).double()
-        return log_joint - log_q
+        return q, z, x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+
+    @staticmethod
+    def _log_q(z: torch.Tensor, q: DiagonalGaussian) -> torch.Tensor:
+        """log q(z|x) of samples z (S, B, D) under q with (B, D) parameters: (S, B)."""
+        return -0.5 * (obj.LOG_2PI + q.logvar + (z - q.mean).pow(2) / q.logvar.exp()).sum(-1)
 
     def prior_sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.prior == "standard":
