@@ -51,7 +51,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory written by `vaelab train`")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which weights (default: best)")
+    p.add_argument("--checkpoint", default="best", metavar="NAME",
+                   help="which weights: best, last, or a snapshot such as epoch-0010 (default: best)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
@@ -151,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and recall (Kynkaeaenniemi et al. 2019), density and coverage (Naeem et al. "
                                    "2020). The runs must share a dataset.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `vaelab train`")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which weights (default: best)")
+    p.add_argument("--checkpoint", default="best", metavar="NAME",
+                   help="which weights: best, last, or a snapshot such as epoch-0010 (default: best)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("-n", type=int, default=10_000, help="samples and test images per set (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the classifier, the samples and the image subsets")

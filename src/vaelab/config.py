@@ -63,6 +63,14 @@ class DataConfig:
     )
     binarize_seed: int = _opt(1234, "seed of static binarization (evaluation splits are always binarized once with it)")
     download: bool = _opt(True, "download missing datasets into the cache (set VAELAB_OFFLINE=1 to forbid)")
+    augment_shift: int = _opt(
+        0, "training images only: translate each by a random offset of up to N pixels in each direction, "
+           "filling with zeros (0: off); validation and test images are never augmented"
+    )
+    augment_hflip: bool = _opt(
+        False, "training images only: mirror each left-right with probability 1/2. Valid only where mirrored "
+               "images belong to the data (not digits or text; Fashion-MNIST's shoes all point left)"
+    )
     max_train: int | None = _opt(None, "use only the first N training images (quick runs)")
     max_eval: int | None = _opt(None, "use only the first N validation and test images (quick runs)")
 
@@ -81,6 +89,9 @@ class DataConfig:
             raise ConfigError(f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
         _non_negative(self, "data", "split_seed")
         _non_negative(self, "data", "binarize_seed")
+        _non_negative(self, "data", "augment_shift")
+        if self.augment_shift > 8:
+            raise ConfigError(f"data.augment_shift must be at most 8 pixels, got {self.augment_shift}")
         _positive(self, "data", "max_train", allow_none=True)
         _positive(self, "data", "max_eval", allow_none=True)
 
@@ -115,6 +126,10 @@ class ModelConfig:
     )
     hvae_channels: int = _opt(32, "hvae: channels of the deterministic residual networks (bottom-up and top-down)")
     hvae_blocks: int = _opt(1, "hvae: residual blocks per stochastic layer in each of the two passes (0 to 8)")
+    dropout: float = _opt(
+        0.0, "dropout probability after each hidden activation of the encoder and decoder (hvae: inside each "
+             "residual block), in training only; 0: off"
+    )
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -147,6 +162,8 @@ class ModelConfig:
             raise ConfigError(f"model.hvae_channels must be at most 1,024, got {self.hvae_channels}")
         if not 0 <= self.hvae_blocks <= 8:
             raise ConfigError(f"model.hvae_blocks must lie between 0 and 8, got {self.hvae_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         if self.pseudo_inputs > 10_000:
             raise ConfigError(f"model.pseudo_inputs must be at most 10,000, got {self.pseudo_inputs}")
 
@@ -185,6 +202,10 @@ class TrainConfig:
               "step (0: only at the end of each epoch); SIGTERM and Ctrl-C always write one"
     )
     checkpoint_steps: int = _opt(0, "also write the `last` checkpoint every N steps inside an epoch (0: off)")
+    snapshot_every: int = _opt(
+        0, "keep the evaluation weights of every Nth epoch as checkpoint epoch-NNNN (0: off); `vaelab evaluate "
+           "RUN --checkpoint epoch-0010` scores one, bench/time_to_quality.py all of them"
+    )
     objective: Literal["elbo", "iwae"] = _opt(
         "elbo", "elbo: recon + beta * KL, one sample; iwae: the importance-weighted bound with train.iwae_k "
                 "samples per image (Burda et al. 2015)"
@@ -231,6 +252,7 @@ class TrainConfig:
         _positive(self, "train", "nan_patience")
         _non_negative(self, "train", "max_restores")
         _non_negative(self, "train", "checkpoint_steps")
+        _non_negative(self, "train", "snapshot_every")
         if not 0 < self.nan_lr_factor <= 1:
             raise ConfigError(f"train.nan_lr_factor must lie in (0, 1], got {self.nan_lr_factor}")
         _positive(self, "train", "iwae_k")

@@ -446,7 +446,8 @@ class Trainer:
         try:
             for x in batches(self.train_images.images, tc.batch_size, order=order[done * tc.batch_size:],
                              generator=self.data_gen, dynamic=self.dynamic, device=self.device,
-                             memory_format=self.memory_format):
+                             memory_format=self.memory_format, shift=self.cfg.data.augment_shift,
+                             hflip=self.cfg.data.augment_hflip):
                 self.batch_index = done + 1
                 terms = self._step(x)
                 done += 1
@@ -589,6 +590,8 @@ class Trainer:
         if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
             self.save("best", with_optimizer=False)  # pointing at a best epoch that was not saved
         self.save("last", with_optimizer=True)
+        if tc.snapshot_every and self.epoch % tc.snapshot_every == 0:
+            self.save(snapshot_name(self.epoch), with_optimizer=False)
         if tc.grid_every and self.epoch % tc.grid_every == 0:
             with self.eval_weights():
                 self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
@@ -689,6 +692,11 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- locks, signals, resuming
+
+
+def snapshot_name(epoch: int) -> str:
+    """The checkpoint that train.snapshot_every keeps after `epoch`: epoch-0010."""
+    return f"epoch-{epoch:04d}"
 
 
 def describe_model(model: Model, mc) -> str:

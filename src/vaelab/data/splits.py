@@ -227,20 +227,49 @@ def batches(
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
     order: torch.Tensor | None = None,
+    shift: int = 0,
+    hflip: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Float batches in [0, 1] of uint8 images; resampled as Bernoulli if `dynamic`.
 
     One `torch.randperm` per epoch and tensor indexing per batch: no per-image
     Python work. The order and the binarization both come from `generator`.
     `order` (indices into `images`) replaces the shuffle: the trainer passes the
-    rest of an epoch's order when it resumes inside the epoch.
+    rest of an epoch's order when it resumes inside the epoch. `shift` and
+    `hflip` augment each image (see `augment`) before it is binarized.
     """
     n = len(images) if order is None else len(order)
     if order is None and shuffle:
         order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-        x = images[idx].to(dtype=torch.float32).div_(255.0)
+        x = images[idx]
+        if shift or hflip:
+            x = augment(x, shift=shift, hflip=hflip, generator=generator)
+        x = x.to(dtype=torch.float32).div_(255.0)
         if dynamic:  # sampled on the CPU with `generator`, so runs repeat exactly on any device
             x = torch.bernoulli(x, generator=generator)
         yield x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+
+
+def augment(images: torch.Tensor, *, shift: int = 0, hflip: bool = False,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Randomly translated and mirrored copies of a batch (N, C, H, W), vectorized, with `generator`.
+
+    Each image moves by its own (dy, dx), uniform in [-shift, shift], with zeros (the background of
+    Fashion-MNIST and MNIST) filling what moves in; with `hflip`, each image is mirrored left-right with
+    probability 1/2. The draws come from `generator` on the CPU, so a seeded run repeats exactly.
+    """
+    n, _, h, w = images.shape
+    out = images
+    if shift:
+        offsets = torch.randint(-shift, shift + 1, (2, n), generator=generator)
+        padded = torch.nn.functional.pad(out, (shift, shift, shift, shift))
+        rows = torch.arange(h)[None, :] + shift - offsets[0][:, None]  # (N, H): source row of each output row
+        cols = torch.arange(w)[None, :] + shift - offsets[1][:, None]
+        batch = torch.arange(n)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out.contiguous()

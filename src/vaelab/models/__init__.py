@@ -23,17 +23,18 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
     if cfg.kind == "hvae":  # its own residual conv networks: model.arch, conv_channels, latent_dim do not apply
         return HVAE(image_shape, make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components),
                     latents=cfg.hvae_latents,
-                    channels=cfg.hvae_channels, blocks=cfg.hvae_blocks)
+                    channels=cfg.hvae_channels, blocks=cfg.hvae_blocks, dropout=cfg.dropout)
     code_dim = 2 * cfg.latent_dim if cfg.kind == "vae" else cfg.latent_dim  # (mean, logvar) or the code
     likelihood = make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components)
     c, h, w = image_shape
     out_shape = (c * likelihood.params_per_channel, h, w)  # the decoder outputs the likelihood's parameters
     if cfg.arch == "conv":
-        encoder = ConvEncoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, code_dim)
-        decoder = ConvDecoder(out_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, cfg.latent_dim)
+        encoder = ConvEncoder(image_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, code_dim, cfg.dropout)
+        decoder = ConvDecoder(out_shape, cfg.conv_channels, cfg.kernel_size, cfg.fc_hidden, cfg.latent_dim,
+                              cfg.dropout)
     else:
-        encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim)
-        decoder = MLPDecoder(out_shape, cfg.mlp_hidden, cfg.latent_dim)
+        encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim, cfg.dropout)
+        decoder = MLPDecoder(out_shape, cfg.mlp_hidden, cfg.latent_dim, cfg.dropout)
     if cfg.kind == "ae":
         return Autoencoder(encoder, decoder, likelihood, image_shape, cfg.latent_dim)
     return VAE(encoder, decoder, likelihood, image_shape, cfg.latent_dim, prior=cfg.prior,

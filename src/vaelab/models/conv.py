@@ -29,23 +29,43 @@ def conv_sizes(height: int, width: int, n_layers: int, kernel: int) -> list[tupl
     return sizes
 
 
+class ReLUDropout(nn.Module):
+    """ReLU, then dropout with probability p in training mode (no parameters)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(torch.relu(x), self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def relu(dropout: float = 0.0) -> nn.Module:
+    """The hidden activation: ReLU, with dropout after it when `dropout` > 0. Either way one module without
+    parameters, so the weights' names, and checkpoints written without dropout, stay the same."""
+    return ReLUDropout(dropout) if dropout > 0 else nn.ReLU()
+
+
 class ConvEncoder(nn.Module):
     """x (B, C, H, W) -> features (B, out_dim) via stride-2 convs, then linear layers."""
 
     def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], kernel: int,
-                 fc_hidden: int, out_dim: int) -> None:
+                 fc_hidden: int, out_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         c, h, w = image_shape
         sizes = conv_sizes(h, w, len(channels), kernel)
         layers: list[nn.Module] = []
         prev = c
         for ch in channels:
-            layers += [nn.Conv2d(prev, ch, kernel, stride=2, padding=(kernel - 1) // 2), nn.ReLU()]
+            layers += [nn.Conv2d(prev, ch, kernel, stride=2, padding=(kernel - 1) // 2), relu(dropout)]
             prev = ch
         layers.append(nn.Flatten())
         features = prev * sizes[-1][0] * sizes[-1][1]
         if fc_hidden:
-            layers += [nn.Linear(features, fc_hidden), nn.ReLU()]
+            layers += [nn.Linear(features, fc_hidden), relu(dropout)]
             features = fc_hidden
         layers.append(nn.Linear(features, out_dim))
         self.net = nn.Sequential(*layers)
@@ -58,7 +78,7 @@ class ConvDecoder(nn.Module):
     """z (B, latent) -> image parameters (B, C, H, W), mirroring `ConvEncoder`."""
 
     def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], kernel: int,
-                 fc_hidden: int, latent_dim: int) -> None:
+                 fc_hidden: int, latent_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         c, h, w = image_shape
         sizes = conv_sizes(h, w, len(channels), kernel)
@@ -67,9 +87,10 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         features = latent_dim
         if fc_hidden:
-            layers += [nn.Linear(features, fc_hidden), nn.ReLU()]
+            layers += [nn.Linear(features, fc_hidden), relu(dropout)]
             features = fc_hidden
-        layers += [nn.Linear(features, top[0] * top[1] * top[2]), nn.ReLU(), nn.Unflatten(1, top)]
+        layers += [nn.Linear(features, top[0] * top[1] * top[2]), relu(dropout),
+                   nn.Unflatten(1, top)]
         outs = list(reversed(channels[:-1])) + [c]
         ins = list(reversed(channels))
         for i, (cin, cout) in enumerate(zip(ins, outs)):
@@ -78,7 +99,7 @@ class ConvDecoder(nn.Module):
             layers.append(nn.ConvTranspose2d(cin, cout, kernel, stride=2, padding=pad,
                                              output_padding=(ho - base_h, wo - base_w)))
             if i < len(ins) - 1:  # no activation on the output: logits / pre-sigmoid means
-                layers.append(nn.ReLU())
+                layers.append(relu(dropout))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

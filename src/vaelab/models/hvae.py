@@ -73,20 +73,24 @@ class ResBlock(nn.Module):
     """h + conv3x3(act(conv3x3(act(h)))) through a bottleneck of half the channels (half the cost of a full
     block on CPU), the second conv initialised small so each block starts near identity."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         mid = max(1, channels // 2)
         self.conv1 = nn.Conv2d(channels, mid, 3, padding=1)
         self.conv2 = nn.Conv2d(mid, channels, 3, padding=1)
+        self.dropout = dropout  # on the bottleneck's activations, in training only
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.conv2(F.silu(self.conv1(F.silu(h))))
+        mid = F.silu(self.conv1(F.silu(h)))
+        if self.dropout:
+            mid = F.dropout(mid, self.dropout, self.training)
+        return h + self.conv2(mid)
 
 
-def _blocks(channels: int, n: int) -> nn.Module:
-    return nn.Sequential(*[ResBlock(channels) for _ in range(n)]) if n else nn.Identity()
+def _blocks(channels: int, n: int, dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(*[ResBlock(channels, dropout) for _ in range(n)]) if n else nn.Identity()
 
 
 class _Down(nn.Module):
@@ -134,7 +138,7 @@ class HVAE(nn.Module):
     prior = "standard"  # the top layer's prior: N(0, I)
 
     def __init__(self, image_shape: tuple[int, int, int], likelihood, latents: tuple[int, ...] = (8, 16, 8),
-                 channels: int = 32, blocks: int = 1) -> None:
+                 channels: int = 32, blocks: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         if len(latents) < 2:
             raise ValueError("a hierarchical VAE needs at least 2 stochastic layers")
@@ -154,7 +158,7 @@ class HVAE(nn.Module):
         for i in range(self.n_layers):
             halve = self.sizes[i + 1] != self.sizes[i]
             self.down.append(_Down(c if i == 0 else ch, ch, halve))
-            self.bu_blocks.append(_blocks(ch, blocks))
+            self.bu_blocks.append(_blocks(ch, blocks, dropout))
         # top-down
         self.h_top = nn.Parameter(torch.zeros(1, ch, *top))
         self.prior_net = nn.ModuleList()  # index l-1 for layer l < L
@@ -166,7 +170,7 @@ class HVAE(nn.Module):
             self.prior_net.append(nn.Conv2d(ch, 2 * zc, 3, padding=1) if i < self.n_layers - 1 else nn.Identity())
             self.post_net.append(nn.Conv2d(2 * ch, 2 * zc, 3, padding=1))
             self.z_proj.append(nn.Conv2d(zc, ch, 1))
-            self.td_blocks.append(_blocks(ch, blocks))
+            self.td_blocks.append(_blocks(ch, blocks, dropout))
             self.up.append(_Up(ch, out_channels if i == 0 else ch, self.sizes[i + 1], self.sizes[i]))
         with torch.no_grad():  # start every posterior at its prior, and every prior near N(0, I)
             for net in list(self.post_net) + [n for n in self.prior_net if isinstance(n, nn.Conv2d)]:

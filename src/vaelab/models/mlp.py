@@ -7,22 +7,25 @@ import math
 import torch
 from torch import nn
 
+from .conv import relu
 
-def _stack(sizes: list[int]) -> list[nn.Module]:
+
+def _stack(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(relu(dropout))
     return layers
 
 
 class MLPEncoder(nn.Module):
     """x (B, C, H, W) -> (B, out_dim) through hidden layers of the given widths."""
 
-    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...], out_dim: int) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...], out_dim: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), *_stack([math.prod(image_shape), *hidden, out_dim]))
+        self.net = nn.Sequential(nn.Flatten(), *_stack([math.prod(image_shape), *hidden, out_dim], dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -31,10 +34,11 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """z (B, latent) -> image parameters (B, C, H, W), hidden widths mirrored."""
 
-    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...], latent_dim: int) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], hidden: tuple[int, ...], latent_dim: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         sizes = [latent_dim, *reversed(hidden), math.prod(image_shape)]
-        self.net = nn.Sequential(*_stack(sizes), nn.Unflatten(1, tuple(image_shape)))
+        self.net = nn.Sequential(*_stack(sizes, dropout), nn.Unflatten(1, tuple(image_shape)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
