@@ -126,6 +126,11 @@ def test_cosine_schedule_and_lr_warmup_are_applied(tmp_path, splits):
     expect = [1e-3 * lr_factor(e * steps - 1, 2 * steps, "cosine", 3) for e in (1, 2)]
     assert [r["lr"] for r in result.history] == pytest.approx(expect)
     assert result.history[1]["lr"] < 1e-4
+    # training further stretches the schedule over the new length, and says so
+    lines = []
+    longer = resume(tmp_path / "r", epochs=4, splits=splits, log=lines.append)
+    assert any("cosine learning-rate schedule now ends at epoch 4" in line for line in lines)
+    assert longer.history[-2]["lr"] == pytest.approx(1e-3 * lr_factor(3 * steps - 1, 4 * steps, "cosine", 3))
 
 
 def test_ema_weights_are_evaluated_saved_as_best_and_resumed_exactly(tmp_path, splits, monkeypatch):

@@ -751,6 +751,10 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
     if epochs is not None:
         if epochs < int(ckpt.meta["epoch"]):
             raise ConfigError(f"train.epochs={epochs} is below the {ckpt.meta['epoch']} epochs already trained")
+        if epochs != config.train.epochs and config.train.lr_schedule == "cosine":
+            log(f"note: the cosine learning-rate schedule now ends at epoch {epochs} instead of "
+                f"{config.train.epochs}, so the rate at step {ckpt.meta.get('step')} is recomputed on the longer "
+                "schedule and rises where the old one had decayed")
         config = config.replace(train={"epochs": epochs})
     done, best = int(ckpt.meta["epoch"]), int(ckpt.meta.get("best_epoch", 0))
     patience = config.train.patience
