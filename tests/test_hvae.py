@@ -241,6 +241,24 @@ def test_l_gt_k_falls_below_l_once_the_model_uses_its_latents(one_thread):
     assert bounds[3] < bounds[0] - 2.0 and bounds[1] < bounds[0]
 
 
+def test_llr_mode_sets_the_prior_layers_to_their_mean(one_thread):
+    """eval.llr_mode = mode (Havtorn et al.'s code): the j lowest layers sit at the conditional prior's mean."""
+    model = _model().eval()
+    images = (_batch(4) * 255).to(torch.uint8)
+    x = images.float() / 255
+    with torch.no_grad():
+        feats = model.bottom_up(x)
+        td = model.top_down(4, feats, generator=torch.Generator().manual_seed(2), prior_layers=1, sample_lower=False)
+    assert torch.equal(td.z[0], td.p[0].mean) and td.q[0] is None and td.q[1] is not None
+    sampled = llr_scores(model, images, prior_layers=1, k=8, seed=4, batch_size=2)
+    mode = llr_scores(model, images, prior_layers=1, k=8, seed=4, batch_size=2, prior_mode=True)
+    again = llr_scores(model, images, prior_layers=1, k=8, seed=4, batch_size=2, prior_mode=True)
+    assert torch.equal(mode.llr, again.llr) and torch.isfinite(mode.llr).all()
+    assert torch.equal(mode.log_px, sampled.log_px) and not torch.equal(mode.log_px_gt, sampled.log_px_gt)
+    with pytest.raises(ConfigError):
+        importance_sampled(model, images, k=2, prior_mode=True)  # no layers from the prior: nothing to set
+
+
 def test_vaelab_evaluate_on_noise_reports_the_llr_score(digits_run, tmp_path, capsys, one_thread):
     out = tmp_path / "ev"
     assert main(["evaluate", str(digits_run), "--on", "noise", "--k", "3", "--nll-images", "10",
@@ -255,6 +273,7 @@ def test_vaelab_evaluate_on_noise_reports_the_llr_score(digits_run, tmp_path, ca
     assert 0 <= m["auroc"] <= 1 and m["n_in"] == m["n_out"] == 30
     assert data["datasets"]["noise"]["llr"]["k"] == 4 and math.isfinite(data["datasets"]["noise"]["llr"]["mean"])
     assert "LLR>1" in data["score_notes"] and "k=4" in data["score_notes"]["LLR>1"]
+    assert data["datasets"]["noise"]["llr"]["mode"] == "sample" and "drawn" in data["score_notes"]["LLR>1"]
     assert "gaps" not in ev["inside"] and "gaps_skipped" in ev["inside"]
     assert len(ev["inside"]["collapse"]["kl_per_layer"]) == 3
     header = (out / "per_image_scores.csv").read_text().splitlines()[0]

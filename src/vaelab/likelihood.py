@@ -73,7 +73,7 @@ def _check_prior_layers(model: Model, prior_layers: int) -> None:
 @torch.no_grad()
 def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: torch.Generator,
                              max_decode: int = MAX_DECODE, discrete: bool = True,
-                             prior_layers: int = 0) -> ImportanceEstimate:
+                             prior_layers: int = 0, prior_mode: bool = False) -> ImportanceEstimate:
     """L_k (or L>k_k with `prior_layers`), the ELBO and the ESS of each image of one batch x (B, C, H, W).
 
     The model's `log_weights` is called on chunks of at most max(1, max_decode // B) samples per image, so
@@ -88,7 +88,9 @@ def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: t
     total = torch.zeros(b, dtype=torch.float64, device=x.device)  # sum log w
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
-        lw = model.log_weights(x, s, generator, discrete=discrete, prior_layers=prior_layers, context=context)
+        extra = {"prior_mode": True} if prior_mode else {}  # hierarchical VAEs only
+        lw = model.log_weights(x, s, generator, discrete=discrete, prior_layers=prior_layers, context=context,
+                               **extra)
         lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
         total += lw.sum(0)
@@ -98,7 +100,7 @@ def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: t
 
 def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K, batch_size: int = 64,
                        seed: int = NLL_SEED, device: torch.device | str = "cpu", discrete: bool = True,
-                       max_decode: int = MAX_DECODE, prior_layers: int = 0,
+                       max_decode: int = MAX_DECODE, prior_layers: int = 0, prior_mode: bool = False,
                        progress: Callable[[int, int], None] | None = None) -> ImportanceEstimate:
     """L_k for every image of a uint8 (or float in [0, 1]) tensor (N, C, H, W), in order.
 
@@ -106,8 +108,11 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     scores the data with a probability (see the module docstring); False uses the training
     likelihood as it is (a density for the Gaussian decoder). `prior_layers = j > 0` (hierarchical
     VAEs only) gives Havtorn et al.'s L>j instead: the j lowest latent layers drawn from their
-    conditional prior, their terms left out of the weights.
+    conditional prior, their terms left out of the weights; with `prior_mode` those layers are set to the
+    conditional prior's mean instead of drawn (the variant of Havtorn et al.'s published code).
     """
+    if prior_mode and not prior_layers:
+        raise ConfigError("prior_mode applies to the layers taken from the prior: set prior_layers >= 1")
     _check_scorable(model)
     _check_prior_layers(model, prior_layers)
     if not 1 <= k <= MAX_K:
@@ -121,7 +126,7 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
     with eval_mode(model):
         for x in batches(data, batch_size, device=device):
-            parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete, prior_layers))
+            parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete, prior_layers, prior_mode))
             done += len(x)
             if progress is not None:
                 progress(done, len(data))
@@ -150,12 +155,13 @@ class LikelihoodRatio:
 def llr_scores(model: Model, images: torch.Tensor, *, prior_layers: int = 1, k: int = DEFAULT_K,
                batch_size: int = 64, seed: int = NLL_SEED, device: torch.device | str = "cpu",
                discrete: bool = True, max_decode: int = MAX_DECODE,
-               log_px: ImportanceEstimate | None = None) -> LikelihoodRatio:
+               log_px: ImportanceEstimate | None = None, prior_mode: bool = False) -> LikelihoodRatio:
     """LLR>j = L - L>j per image (Havtorn et al. 2021, "Hierarchical VAEs know what they don't know"), j =
     `prior_layers`, both bounds importance-sampled with the same k and seed (so they share their noise).
 
     `log_px`: the ordinary bound when the caller already has it, computed with the same k, seed and
-    batch size (it is then not recomputed). Deterministic for a given seed.
+    batch size (it is then not recomputed). `prior_mode`: the j layers are set to their conditional prior's
+    mean instead of drawn from it (as in Havtorn et al.'s published code). Deterministic for a given seed.
     """
     if prior_layers < 1:
         raise ConfigError(f"LLR>k needs k >= 1 latent layers taken from the prior, got {prior_layers}")
@@ -165,7 +171,8 @@ def llr_scores(model: Model, images: torch.Tensor, *, prior_layers: int = 1, k: 
     elif log_px.k != k or log_px.prior_layers != 0 or len(log_px.log_px) != len(images):
         raise ValueError("log_px must be the ordinary bound (prior_layers 0) of the same images with the same k")
     gt = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
-                            discrete=discrete, max_decode=max_decode, prior_layers=prior_layers)
+                            discrete=discrete, max_decode=max_decode, prior_layers=prior_layers,
+                            prior_mode=prior_mode)
     return LikelihoodRatio(llr=log_px.log_px - gt.log_px, log_px=log_px.log_px, log_px_gt=gt.log_px, k=k,
                            prior_layers=prior_layers, seed=seed)
 

@@ -267,17 +267,19 @@ class HVAE(nn.Module):
 
     def log_weight_terms(self, x: torch.Tensor, s: int, generator: torch.Generator | None = None,
                          discrete: bool = False, prior_layers: int = 0,
-                         context: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         context: list[torch.Tensor] | None = None,
+                         prior_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x|z), log p(z) - log q(z|x)) for S joint samples per image, each (S, B), in x's dtype.
 
-        Layers below `prior_layers` are drawn from p(z_l | z_>l) and contribute no term; differentiable
-        (the IWAE objective uses it with gradients)."""
+        Layers below `prior_layers` are drawn from p(z_l | z_>l) (set to its mean with `prior_mode`, as
+        Havtorn et al.'s code does) and contribute no term; differentiable (the IWAE objective uses it
+        with gradients)."""
         if not 0 <= prior_layers <= self.n_layers:
             raise ValueError(f"prior_layers must lie between 0 and {self.n_layers}, got {prior_layers}")
         b = x.shape[0]
         feats = context if context is not None else self.bottom_up(x)
         rep = [f.unsqueeze(0).expand(s, *f.shape).reshape(s * b, *f.shape[1:]) for f in feats]
-        td = self.top_down(s * b, rep, generator=generator, prior_layers=prior_layers)
+        td = self.top_down(s * b, rep, generator=generator, prior_layers=prior_layers, sample_lower=not prior_mode)
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
         lik = self.likelihood
         log_px_z = (lik.discrete_log_prob if discrete else lik.log_prob)(xs, td.x_params).view(s, b)
@@ -290,10 +292,11 @@ class HVAE(nn.Module):
         return log_px_z, log_ratio
 
     def log_weights(self, x: torch.Tensor, s: int, generator: torch.Generator | None = None,
-                    discrete: bool = False, prior_layers: int = 0, context=None) -> torch.Tensor:
+                    discrete: bool = False, prior_layers: int = 0, context=None,
+                    prior_mode: bool = False) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x) for S samples per image: (S, B) float64 (the L>k weights when
         prior_layers = k > 0)."""
-        log_px_z, log_ratio = self.log_weight_terms(x, s, generator, discrete, prior_layers, context)
+        log_px_z, log_ratio = self.log_weight_terms(x, s, generator, discrete, prior_layers, context, prior_mode)
         return log_px_z.double() + log_ratio.double()
 
     # ------------------------------------------------------------------ the single-latent interface
