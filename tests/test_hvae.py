@@ -273,7 +273,7 @@ def test_vaelab_evaluate_on_noise_reports_the_llr_score(digits_run, tmp_path, ca
     assert 0 <= m["auroc"] <= 1 and m["n_in"] == m["n_out"] == 30
     assert data["datasets"]["noise"]["llr"]["k"] == 4 and math.isfinite(data["datasets"]["noise"]["llr"]["mean"])
     assert "LLR>1" in data["score_notes"] and "k=4" in data["score_notes"]["LLR>1"]
-    assert data["datasets"]["noise"]["llr"]["mode"] == "sample" and "drawn" in data["score_notes"]["LLR>1"]
+    assert data["datasets"]["noise"]["llr"]["mode"] == "mode" and "mean" in data["score_notes"]["LLR>1"]
     assert "gaps" not in ev["inside"] and "gaps_skipped" in ev["inside"]
     assert len(ev["inside"]["collapse"]["kl_per_layer"]) == 3
     header = (out / "per_image_scores.csv").read_text().splitlines()[0]

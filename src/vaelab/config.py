@@ -293,9 +293,9 @@ class EvalConfig:
     seed: int = _opt(2025, "seed of the importance samples and the image subsets")
     llr_k: int = _opt(1, "hvae: the LLR>k score of `vaelab evaluate --on` draws the k lowest latent layers from "
                          "the prior (Havtorn et al. 2021)")
-    llr_mode: Literal["sample", "mode"] = _opt(
-        "sample", "hvae: how LLR>k takes those k layers from their conditional prior: sample (drawn, as the "
-                  "paper's text says) or mode (its mean, as the paper's published code does)"
+    llr_mode: Literal["mode", "sample"] = _opt(
+        "mode", "hvae: how LLR>k takes those k layers from their conditional prior: mode (set to its mean, as "
+                "Havtorn et al.'s published code does) or sample (drawn from it; far weaker, BENCHMARKS.md)"
     )
 
     def __post_init__(self) -> None:

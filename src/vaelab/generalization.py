@@ -50,8 +50,8 @@ SCORE_NOTES = {
 }
 LLR_NOTE = ("Havtorn et al. 2021: L - L>{j}, the importance-sampled bound minus the same bound with the {j} "
             "lowest latent layer(s) {how} (nats; both with k={k} samples, one seed)")
-LLR_HOW = {"sample": "drawn from their conditional prior",
-           "mode": "set to their conditional prior's mean (eval.llr_mode = mode)"}
+LLR_HOW = {"mode": "set to their conditional prior's mean", "sample": "drawn from their conditional prior "
+                                                                       "(eval.llr_mode = sample)"}
 DEFAULT_LLR_K = 1  # latent layers taken from the prior by the LLR>k score (eval.llr_k)
 
 
@@ -212,7 +212,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
         if j:
-            mode = getattr(ec, "llr_mode", "sample")
+            mode = getattr(ec, "llr_mode", "mode")
             ratio = llr_scores(model, s.images, prior_layers=j, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                seed=ec.seed, device=device, log_px=est, prior_mode=mode == "mode")
             per_image[s.name][llr_name] = ratio.llr.numpy()
@@ -222,7 +222,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
            for name in per_image if name != sets[0].name}
     notes = dict(SCORE_NOTES)
     if j:
-        notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k, how=LLR_HOW[getattr(ec, "llr_mode", "sample")])
+        notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k, how=LLR_HOW[getattr(ec, "llr_mode", "mode")])
     return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
             "model": cfg.model.kind, "llr_k": j,
             "score_notes": notes, "per_image": per_image,
