@@ -71,7 +71,9 @@ def _nll(model, images, cfg, k, label):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", metavar="NAME=RUN")
+    ap.add_argument("runs", nargs="*", metavar="NAME=RUN")
+    ap.add_argument("--plot", nargs="+", metavar="JSON", help="only draw one time-to-quality plot from earlier "
+                                                                "results (written to --out with .png)")
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--curve-images", type=int, default=500, help="test images per snapshot (0: no curve)")
     ap.add_argument("--test-images", default="2000", help="test images for the best checkpoint (a number or all)")
@@ -81,6 +83,16 @@ def main() -> int:
     args = ap.parse_args()
 
     out = Path(args.out)
+    if args.plot:
+        merged = None
+        for path in args.plot:
+            part = json.loads(Path(path).read_text())
+            merged = part if merged is None else {**merged, "runs": {**merged["runs"], **part["runs"]}}
+        _plot(merged, out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.png')}")
+        return 0
+    if not args.runs:
+        ap.error("name at least one NAME=RUN (or --plot JSON...)")
     result = {"date": time.strftime("%Y-%m-%d"), "k": args.k, "published": PUBLISHED,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__,
