@@ -178,13 +178,12 @@ def _plot(result, path: Path) -> None:
         y = [p["nll"] for p in pts]
         line, = ax.plot(x, y, marker="o", label=f"{name} ({pts[0]['n']} test images)")
         ax.errorbar(x[-1:], y[-1:], yerr=[pts[-1]["stderr"]], color=line.get_color(), capsize=3)
-    for label, v in result["published"].items():
-        if label in ("VAE", "conv HVAE", "PixelSNAIL (autoregressive)"):
-            ax.axhline(v, ls="--", lw=0.8, color="grey")
-            ax.text(ax.get_xlim()[1], v, f" {label} {v}", va="center", fontsize=7, color="grey")
+    # no published reference lines: a subset's level differs from the whole test split's by its standard
+    # error (several nats for a few hundred images); the curve's shape, paired on the same images, is the message
     ax.set_xlabel("training time on this machine (minutes; steps only, no validation)")
     ax.set_ylabel(f"test NLL, k={result['k']} (nats per image)")
-    ax.set_title("Time to quality: dynamically binarized Fashion-MNIST")
+    ax.set_title("Time to quality: dynamically binarized Fashion-MNIST\n(one fixed test subset per run: compare "
+                 "the shape, not the level)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
