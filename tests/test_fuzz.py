@@ -598,6 +598,12 @@ def test_fuzz_set_overrides(sets):
     _check_config(lambda: C.load_config(overrides=sets))
 
 
+@pytest.mark.parametrize("text", ["train.device=" + "={a" * 1000, "x" * 5000, "train." + "y" * 5000 + ".z=1"])
+def test_long_override_values_give_a_short_error(text):
+    """Found by the fuzzer in CI: a device string that is not TOML was echoed whole, 3,055 characters long."""
+    _check_config(lambda: C.load_config(overrides=[text]))
+
+
 class HugeInt(int):
     """10**5000 (too many digits for `str`) with a repr hypothesis can print."""
 

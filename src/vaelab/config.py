@@ -273,7 +273,7 @@ class TrainConfig:
         if not self.beta >= 0:
             raise ConfigError(f"train.beta must be >= 0, got {self.beta}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {_show(self.device)}")
 
 
 @dataclass(frozen=True)
@@ -511,12 +511,12 @@ def _closest(key: str, names: set[str]) -> str | None:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split `section.key=value`; the value is read as TOML, else as a plain string."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
+        raise ConfigError(f"override {_show(text)} must look like section.key=value, e.g. train.epochs=5")
     dotted, raw = text.split("=", 1)
     dotted = dotted.strip()
     if dotted.count(".") != 1:
         raise ConfigError(
-            f"override key {dotted!r} must be section.key (sections: {', '.join(SECTIONS)}), e.g. train.epochs=5"
+            f"override key {_show(dotted)} must be section.key (sections: {', '.join(SECTIONS)}), e.g. train.epochs=5"
         )
     section, key = dotted.split(".")
     raw = raw.strip()
