@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import vaelab
-from vaelab import load_config, train
+from vaelab import load_config, load_run, train
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.likelihood import importance_sampled
 
@@ -67,8 +67,6 @@ def main() -> None:
         t0 = time.perf_counter()
         result = train(cfg, work / name, splits=splits, log=lambda m: None, progress=False)
         wall = time.perf_counter() - t0
-        from vaelab import load_run
-
         run = load_run(work / name)
         dc = run.config.data
         test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed).images

@@ -198,6 +198,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
     per_image: dict[str, dict[str, np.ndarray]] = {}
     j = llr_layers(cfg, model)  # hierarchical VAEs: LLR>j beside the three scores
     llr_name = f"LLR>{j}" if j else None
+    mode = ec.llr_mode  # how L>j takes the j lowest layers from their prior: its mean, or a draw
     for s in sets:
         log(f"  {s.name}: {len(s.images)} images from {s.source}, k={ec.ood_k}"
             + (f", and L>{j} for {llr_name}" if j else "") + " ...")
@@ -212,7 +213,6 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
         if j:
-            mode = getattr(ec, "llr_mode", "mode")
             ratio = llr_scores(model, s.images, prior_layers=j, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                seed=ec.seed, device=device, log_px=est, prior_mode=mode == "mode")
             per_image[s.name][llr_name] = ratio.llr.numpy()
@@ -222,7 +222,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
            for name in per_image if name != sets[0].name}
     notes = dict(SCORE_NOTES)
     if j:
-        notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k, how=LLR_HOW[getattr(ec, "llr_mode", "mode")])
+        notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k, how=LLR_HOW[mode])
     return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
             "model": cfg.model.kind, "llr_k": j,
             "score_notes": notes, "per_image": per_image,

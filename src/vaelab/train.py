@@ -701,12 +701,12 @@ def snapshot_name(epoch: int) -> str:
 
 def describe_model(model: Model, mc) -> str:
     """One line: the kind, the networks, the latent size, the prior and likelihood when not the defaults."""
-    n = sum(p.numel() for p in model.parameters())
     if mc.kind == "hvae":
         from .models.hvae import describe
 
         text = describe(model)
     else:
+        n = sum(p.numel() for p in model.parameters())
         text = f"{mc.kind.upper()} ({mc.arch}, latent {mc.latent_dim}, {n:,} parameters)"
     extras = [f"prior {mc.prior}"] if mc.kind == "vae" and mc.prior != "standard" else []
     if mc.likelihood != "bernoulli":
@@ -752,9 +752,11 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
         if epochs < int(ckpt.meta["epoch"]):
             raise ConfigError(f"train.epochs={epochs} is below the {ckpt.meta['epoch']} epochs already trained")
         if epochs != config.train.epochs and config.train.lr_schedule == "cosine":
+            longer = epochs > config.train.epochs
             log(f"note: the cosine learning-rate schedule now ends at epoch {epochs} instead of "
-                f"{config.train.epochs}, so the rate at step {ckpt.meta.get('step')} is recomputed on the longer "
-                "schedule and rises where the old one had decayed")
+                f"{config.train.epochs}, so the rate at step {ckpt.meta.get('step')} is recomputed on the "
+                + ("longer schedule and rises where the old one had decayed" if longer
+                   else "shorter schedule and drops to reach 0 at the new end"))
         config = config.replace(train={"epochs": epochs})
     done, best = int(ckpt.meta["epoch"]), int(ckpt.meta.get("best_epoch", 0))
     patience = config.train.patience
