@@ -4,6 +4,8 @@
 #                 missing and usable), train the VAE and the AE baseline, print a summary
 #   make test     the fast test suite (the slow ones: make test-slow)
 #   make bench    training-throughput benchmark against a plain PyTorch loop
+#   make bench-speed  vaelab against a plain loop and pythae (training, k=1000 evaluation, memory,
+#                 FLOPs), in the benchmarks' own environment .bench-venv (make bench-env)
 #
 # TORCH_SPEC picks the PyTorch build: the default is the CPU wheel of 2.13.0; with a
 # GPU, e.g. `make demo TORCH_SPEC=torch` (any torch>=2.4 works).
@@ -12,9 +14,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+BENCH_VENV ?= .bench-venv
 STAMP := $(VENV)/.vaelab-installed
 
-.PHONY: install data demo test test-slow bench clean
+.PHONY: install data demo test test-slow bench bench-env bench-speed clean
 
 install: $(STAMP)
 
@@ -41,5 +44,18 @@ test-slow: install data
 bench: install data
 	$(PY) bench/train_throughput.py
 
+# pythae and whatever it pulls in live here, never in vaelab's own environment
+bench-env: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	touch $@
+
+bench-speed: bench-env data
+	$(BENCH_VENV)/bin/python bench/speed.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info .pytest_cache

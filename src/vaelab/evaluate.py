@@ -20,7 +20,7 @@ import torch
 
 from .config import RunConfig
 from .data import SPLITS, DatasetSplits, ImageSet, batches, eval_view
-from .models import Model, eval_mode
+from .models import Model, eval_mode, use_channels_last
 from .objectives import beta_vae_loss, bits_per_dim
 
 EVAL_SEED = 2024
@@ -291,8 +291,7 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
     eval_sets = gen.load_eval_sets(list(on), cfg, splits) if on else None
     if on:
         gen.llr_layers(cfg, model)  # a bad eval.llr_k fails now, not after the first dataset
-    if cfg.model.arch == "conv":
-        model.to(memory_format=torch.channels_last)  # faster convolutions on CPU; the numbers are the same
+    use_channels_last(model)  # faster convolutions on CPU; the numbers are the same
     title = (f"{run.path} ({cfg.model.kind}, {checkpoint} checkpoint, epoch {run.meta.get('epoch')}) "
              f"on {splits.name}")
     summaries = evaluate_splits(model, splits, cfg, device)

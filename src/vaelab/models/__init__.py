@@ -41,6 +41,17 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
                pseudo_inputs=cfg.pseudo_inputs)
 
 
+def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Convert a model with convolutions to the channels-last memory format, in place (idempotent).
+
+    The numbers stay the same (up to float rounding); on CPU its convolutions run faster this way, and
+    the conv encoder and decoder then also skip the copies between the formats. Models without
+    convolutions are left as they are."""
+    if any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put `model` in eval mode and disable gradients; restore its mode afterwards."""
@@ -55,5 +66,5 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 __all__ = [
     "Autoencoder", "BernoulliLikelihood", "HVAE", "ConvDecoder", "ConvEncoder", "DiagonalGaussian",
-    "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelOutput", "VAE", "build_model", "eval_mode",
+    "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelOutput", "VAE", "build_model", "eval_mode", "use_channels_last",
 ]

@@ -69,9 +69,21 @@ class ConvEncoder(nn.Module):
             features = fc_hidden
         layers.append(nn.Linear(features, out_dim))
         self.net = nn.Sequential(*layers)
+        self._flatten = len(channels) * 2  # index of the Flatten layer in `net`
+        self._top = (prev, *sizes[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        net, i = self.net, self._flatten
+        h = net[:i](x)
+        if not _is_channels_last(h):
+            return net[i:](h)
+        # channels-last features: flatten them in their memory order (H, W, C), a view, and permute the
+        # first linear layer's weight columns to match: the same numbers without copying the features
+        fc = net[i + 1]
+        c, hh, ww = self._top
+        weight = fc.weight.view(-1, c, hh, ww).permute(0, 2, 3, 1).reshape(fc.weight.shape[0], -1)
+        h = nn.functional.linear(h.permute(0, 2, 3, 1).reshape(h.shape[0], -1), weight, fc.bias)
+        return net[i + 2:](h)
 
 
 class ConvDecoder(nn.Module):
@@ -101,6 +113,24 @@ class ConvDecoder(nn.Module):
             if i < len(ins) - 1:  # no activation on the output: logits / pre-sigmoid means
                 layers.append(relu(dropout))
         self.net = nn.Sequential(*layers)
+        self._unflatten = 4 if fc_hidden else 2  # index of the Unflatten layer in `net`
+        self._top = top
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        net, i = self.net, self._unflatten
+        if not _is_channels_last(net[i + 1].weight):
+            return net(z)
+        # the convolutions run channels-last: let the linear layer write its output in that memory order
+        # (H, W, C), by permuting its weight rows, so the feature map is a view and no copy is needed
+        h = net[:i - 2](z)
+        fc = net[i - 2]
+        c, hh, ww = self._top
+        weight = fc.weight.view(c, hh, ww, -1).permute(1, 2, 0, 3).reshape(fc.weight.shape)
+        bias = fc.bias.view(c, hh, ww).permute(1, 2, 0).reshape(-1)
+        h = net[i - 1](nn.functional.linear(h, weight, bias))  # activation (and dropout): elementwise
+        return net[i + 1:](h.view(-1, hh, ww, c).permute(0, 3, 1, 2))
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.shape[1] > 1 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous()
