@@ -134,13 +134,13 @@ def _stop_at(monkeypatch, call, how):
     original = Trainer._step
     calls = {"n": 0}
 
-    def step(self, x):
+    def step(self, x, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             if how == "kill":
                 raise KeyboardInterrupt
             signal.raise_signal(how)  # arrives during the step; the step still completes
-        return original(self, x)
+        return original(self, x, **kwargs)
 
     monkeypatch.setattr(Trainer, "_step", step)
 

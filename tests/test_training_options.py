@@ -148,11 +148,11 @@ def test_ema_weights_are_evaluated_saved_as_best_and_resumed_exactly(tmp_path, s
     # killed inside epoch 2 and resumed: the same raw weights and the same average
     original, calls = Trainer._step, {"n": 0}
 
-    def killed(self, x):
+    def killed(self, x, **kwargs):
         calls["n"] += 1
         if calls["n"] == math.ceil(len(splits.train) / 128) + 6:
             raise KeyboardInterrupt
-        return original(self, x)
+        return original(self, x, **kwargs)
 
     monkeypatch.setattr(Trainer, "_step", killed)
     with pytest.raises(KeyboardInterrupt):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import noise
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -35,7 +37,7 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Ge
     from it (on its device) and moved to the mean's device.
     """
     if generator is None:
-        eps = torch.randn_like(mean)
+        eps = noise.standard_normal(tuple(mean.shape), mean)  # a shard of the batch's noise when asked
     else:
         eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype).to(mean.device)
     return mean + torch.exp(0.5 * logvar) * eps

@@ -26,18 +26,21 @@ from __future__ import annotations
 import copy
 import json
 import math
-from contextlib import nullcontext
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import __version__
+from . import __version__, noise
+from . import distributed
 from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors,
                          optimizer_state_to_tensors, save_checkpoint)
 from .config import RunConfig, from_dict, to_dict, to_toml
@@ -110,20 +113,28 @@ class Trainer:
                  log: Callable[[str], None] = print, progress: bool | None = None,
                  resume_from: LoadedCheckpoint | None = None, _restart: bool = False) -> None:
         self.cfg = config = _absolute_paths(config)
-        self.paths = RunPaths(Path(run_dir))
         self._lock = None
         if resume_from is None and not _restart:
-            _check_run_dir(self.paths.root)
+            _check_run_dir(Path(run_dir))
         self.resumed = resume_from is not None
+        self._resumed_processes: int | None = None
+        self._flags = (False, False)  # (write a checkpoint now, stop): decided with every process at each step
+        tc = config.train
+        # several processes (torchrun): each takes its share of every batch; only rank 0 writes the run,
+        # the others write their copies into a temporary directory, deleted at the end
+        self.group, self.device = distributed.setup(resolve_device(tc.device))
+        self._scratch = None
+        if not self.group.main:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"vaelab-rank{self.group.rank}-"))
+            run_dir, log, progress = self._scratch / "run", (lambda message: None), False
+        self.paths = RunPaths(Path(run_dir))
         # nothing is written until the data and the model are ready: a mistake leaves no half-made run
         self._log_file = None
         self._pending_log: list[str] = []
         self._print = log
         self.progress = _is_interactive() if progress is None else progress
-        tc = config.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc.device)
         self.splits = splits if splits is not None else load_dataset(config.data, log=self.log)
         for note in self.splits.notes:
             self.log(f"note: {note}")
@@ -166,6 +177,10 @@ class Trainer:
         self._lock = lock_run_dir(self.paths.root)
         if resume_from is not None:
             self._restore(resume_from)
+        if self.group.active:
+            self.group.broadcast_parameters(self.model)  # the same start everywhere, whatever the hardware
+            if not self.group.main and self.position is not None:  # rank 0 carries the epoch's sums so far
+                self.position = {**self.position, "images": 0, "recon_sum": 0.0, "kl_sum": 0.0}
         self._good = self._snapshot()  # what a restore after bad steps goes back to
         try:
             self._log_file = open(self.paths.log, "a", encoding="utf-8")
@@ -218,6 +233,9 @@ class Trainer:
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None
+        if getattr(self, "_scratch", None) is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue from a `last` checkpoint: weights, Adam, both RNGs, counters and the metrics so far."""
@@ -245,6 +263,7 @@ class Trainer:
                                   "to continue")
             self.ema.load(ckpt.tensors["ema"], int(meta.get("ema_updates", 0)))
         self.position = meta.get("in_epoch")
+        self._resumed_processes = meta.get("processes", 1)
         self.saved_at = self._describe_save()
         self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
         self.best_epoch = int(meta.get("best_epoch", 0))
@@ -269,6 +288,7 @@ class Trainer:
             "python_version": platform.python_version(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "processes": self.group.world,
             "dataset": {
                 "name": s.name, "source": s.source, "image_shape": list(s.image_shape),
                 "sizes": {"train": len(s.train), "val": len(s.val), "test": len(s.test)},
@@ -298,6 +318,7 @@ class Trainer:
             "history": self.history,
             "train_time_s": self.train_time,
             "stopped_early": self.stopped_early,
+            "processes": self.group.world,
             "rng": {"torch": encode_rng(torch.get_rng_state()), "data": encode_rng(self.data_gen.get_state())},
         }
         if self.device.type == "cuda":
@@ -379,16 +400,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _step(self, x: torch.Tensor):
-        """One Adam step on batch x; None when it was skipped (loss or gradient not finite)."""
+    def _step(self, x: torch.Tensor, checkpoint_due: bool = False):
+        """One Adam step on batch x; None when it was skipped (loss or gradient not finite).
+
+        With several processes, x is the whole batch: this process computes the loss of its rows (and
+        their share of the noise) and the gradients are summed over processes before anything is decided;
+        `checkpoint_due` (rank 0's say counts) and a stop request travel with them into `self._flags`."""
         tc = self.cfg.train
         warmup = tc.warmup * (self._n_batches() if tc.warmup_unit == "epochs" else 1)
         self.beta = kl_weight(self.step, warmup, tc.beta)
-        terms = training_loss(self.model, x, tc, self.beta)
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(terms.loss))
+        if self.group.active:
+            terms, finite = self._distributed_backward(x, checkpoint_due)
+        else:
+            terms = training_loss(self.model, x, tc, self.beta)
+            finite = bool(torch.isfinite(terms.loss))
+            if finite:
+                terms.loss.backward()
         if finite:
-            terms.loss.backward()
             norm = grad_norm(self.model.parameters())
             finite = bool(torch.isfinite(norm))
         if not finite:  # never applied
@@ -409,6 +438,25 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return terms
+
+    def _distributed_backward(self, x: torch.Tensor, checkpoint_due: bool):
+        """This process's rows of batch x: loss, backward, and the gradient sum over processes, each weighted
+        by its share of the rows. Returns (the terms of its rows, or None without rows; whether the loss
+        was finite on every process)."""
+        start, stop = self.group.rows(len(x))
+        terms, finite = None, True
+        if stop > start:  # a last batch smaller than the number of processes leaves some without rows
+            with noise.shard(start, stop, len(x)):
+                terms = training_loss(self.model, x[start:stop], self.cfg.train, self.beta)
+            finite = bool(torch.isfinite(terms.loss))
+            if finite:
+                terms.loss.backward()
+        flags = [0.0 if finite else 1.0, float(checkpoint_due and self.group.main),
+                 float(bool(self.signals.requested))]
+        bad, due, stop_requested = self.group.sync_gradients(list(self.model.parameters()),
+                                                             (stop - start) / len(x), flags)
+        self._flags = (due > 0, stop_requested > 0)
+        return terms, bad == 0
 
     def _checkpoint_due(self, batches_done: int) -> bool:
         tc = self.cfg.train
@@ -449,29 +497,42 @@ class Trainer:
                              memory_format=self.memory_format, shift=self.cfg.data.augment_shift,
                              hflip=self.cfg.data.augment_hflip):
                 self.batch_index = done + 1
-                terms = self._step(x)
+                if self.group.active:  # rank 0's clock decides for everyone, with the step's gradients
+                    terms = self._step(x, checkpoint_due=self._checkpoint_due(done + 1))
+                else:
+                    terms = self._step(x)
                 done += 1
                 if terms is not None:
                     recon_t = recon_t + terms.recon.detach().sum().double().cpu()
                     kl_t = kl_t + terms.kl.detach().sum().double().cpu()
-                    n_images += len(x)
+                    n_images += len(terms.recon)
                 if bar is not None:
                     bar.update(1)
                     if terms is not None and self.step % 20 == 0:
                         bar.set_postfix(loss=f"{terms.loss.item():.1f}")
-                stop = self.signals.requested
-                if done < n_batches and (stop or self._checkpoint_due(done)):
+                if self.group.active:
+                    due, stop = self._flags  # decided with every process at this step
+                else:
+                    stop = self.signals.requested
+                    due = bool(stop) or self._checkpoint_due(done)
+                if done < n_batches and (stop or due):
+                    sums = [n_images, recon_t.item(), kl_t.item()]
+                    if self.group.active:  # the epoch's sums over all processes, for the checkpoint
+                        sums = self.group.sum(sums, self.device)
                     self.position = {"order_rng": encode_rng(order_rng), "batches": done, "of": n_batches,
-                                     "images": n_images, "recon_sum": recon_t.item(), "kl_sum": kl_t.item(),
+                                     "images": int(sums[0]), "recon_sum": sums[1], "kl_sum": sums[2],
                                      "time_s": time_before + time.perf_counter() - t0}
-                    self.save("last", with_optimizer=True)
+                    self.save("last", with_optimizer=True)  # rank 0 into the run, the others into scratch
                 if stop and done < n_batches:  # on the last batch the epoch ends first, and saves
-                    raise KeyboardInterrupt(stop)
+                    raise KeyboardInterrupt(self.signals.requested or "a stop request on another process")
         finally:
             self.signals.stepping = False
             if bar is not None:
                 bar.close()
         self.position = None
+        if self.group.active:  # the epoch's sums over all processes
+            n_images, recon_sum, kl_sum = self.group.sum([n_images, recon_t.item(), kl_t.item()], self.device)
+            n_images, recon_t, kl_t = int(n_images), torch.tensor(recon_sum), torch.tensor(kl_sum)
         if n_images == 0:
             why = ("had a gradient norm above train.skip_grad_norm" if self.skipped_large - large_before == done
                    else "had a NaN or infinite loss or gradient")
@@ -514,8 +575,14 @@ class Trainer:
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
         if tc.patience and self.val_images is None:
             self.log("note: train.patience is set but there is no validation split: early stopping is off")
+        if self.group.active:
+            self.log(f"data-parallel on {self.group.world} processes (torch.distributed, "
+                     f"{torch.distributed.get_backend()}): each takes its share of every batch of {tc.batch_size}")
         if self.resumed:
             self.log(f"resuming from {self.saved_at}, written to {self.paths.checkpoint('last')}")
+            if self._resumed_processes not in (None, self.group.world):
+                self.log(f"note: the checkpoint was written by {self._resumed_processes} process(es) and this run "
+                         f"has {self.group.world}; the batches and the steps stay the same")
         try:
             with self.signals, open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
                 for _ in range(tc.epochs - self.epoch if not self.stopped_early else 0):
@@ -530,6 +597,8 @@ class Trainer:
                         self.log(f"early stopping after epoch {self.epoch}: no better validation loss for "
                                  f"{tc.patience} epoch(s) (train.patience); the best epoch is {self.best_epoch}")
                         break
+            if not self.group.main:  # rank 0 evaluates and writes the results
+                return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history)
             return self.finish()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -732,6 +801,9 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
     """
     from .config import load_config
 
+    main = distributed.from_env().main
+    if not main:  # only rank 0 speaks and writes (see vaelab.distributed)
+        log = lambda message: None  # noqa: E731
     root = Path(run_dir)
     paths = RunPaths(root)
     ckpt_dir = paths.checkpoint("last")
@@ -743,7 +815,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
         if epochs is not None:
             config = config.replace(train={"epochs": epochs})
         log(f"{root} stopped before its first epoch ended: starting it again from the beginning")
-        paths.metrics.unlink(missing_ok=True)
+        if main:
+            paths.metrics.unlink(missing_ok=True)
         return Trainer(config, root, splits=splits, log=log, progress=progress, resume_from=None,
                        _restart=True).run()
     ckpt = load_checkpoint(ckpt_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import noise
 from ..errors import ConfigError
 
 
@@ -37,7 +38,7 @@ class ReLUDropout(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(torch.relu(x), self.p, self.training)
+        return noise.dropout(torch.relu(x), self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import noise
 from .. import objectives as obj
 from .distributions import DiagonalGaussian
 from .vae import ModelOutput
@@ -85,7 +86,7 @@ class ResBlock(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         mid = F.silu(self.conv1(F.silu(h)))
         if self.dropout:
-            mid = F.dropout(mid, self.dropout, self.training)
+            mid = noise.dropout(mid, self.dropout, self.training)
         return h + self.conv2(mid)
 
 
@@ -201,7 +202,7 @@ class HVAE(nn.Module):
 
     def _noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if generator is None:
-            return torch.randn(shape, device=like.device, dtype=like.dtype)
+            return noise.standard_normal(shape, like)
         return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
     def top_down(self, n: int, feats: list[torch.Tensor] | None = None, *, generator: torch.Generator | None = None,

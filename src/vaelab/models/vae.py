@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .. import noise
 from .. import objectives as obj
 from .distributions import DiagonalGaussian
 
@@ -183,7 +184,7 @@ class VAE(_ImageModel):
         q = context if context is not None else self.encode(x)
         b, d = q.mean.shape
         if generator is None:
-            eps = torch.randn((s, b, d), device=q.mean.device, dtype=q.mean.dtype)
+            eps = noise.standard_normal((s, b, d), q.mean, batch_dim=1)
         else:
             eps = torch.randn((s, b, d), generator=generator, device=generator.device).to(x.device)
         z = q.mean + q.std * eps  # (S, B, D)
