@@ -40,7 +40,9 @@ from .models import Model, eval_mode, use_channels_last
 
 DEFAULT_K = 1000
 MAX_K = 100_000
-MAX_DECODE = 4096  # decoder inputs per call: bounds memory whatever k and the batch are
+MAX_DECODE = 512  # decoder inputs per call on CPU: bounds memory whatever k and the batch are, and keeps the
+# decoder's activations in the caches (1.4x faster than 4096 for the default VAE, A/B on one thread here)
+MAX_DECODE_CUDA = 16384  # a GPU wants large batches
 NLL_SEED = 2025
 
 
@@ -72,7 +74,7 @@ def _check_prior_layers(model: Model, prior_layers: int) -> None:
 
 @torch.no_grad()
 def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: torch.Generator,
-                             max_decode: int = MAX_DECODE, discrete: bool = True,
+                             max_decode: int | None = None, discrete: bool = True,
                              prior_layers: int = 0, prior_mode: bool = False) -> ImportanceEstimate:
     """L_k (or L>k_k with `prior_layers`), the ELBO and the ESS of each image of one batch x (B, C, H, W).
 
@@ -81,6 +83,8 @@ def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: t
     What does not depend on the samples (the encoder / bottom-up pass) runs once per batch
     (`model.inference_context`)."""
     b = x.shape[0]
+    if max_decode is None:
+        max_decode = MAX_DECODE_CUDA if x.device.type == "cuda" else MAX_DECODE
     context = model.inference_context(x)  # once per image, reused by all k samples
     chunk = max(1, max_decode // b)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w
@@ -100,7 +104,7 @@ def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: t
 
 def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K, batch_size: int = 64,
                        seed: int = NLL_SEED, device: torch.device | str = "cpu", discrete: bool = True,
-                       max_decode: int = MAX_DECODE, prior_layers: int = 0, prior_mode: bool = False,
+                       max_decode: int | None = None, prior_layers: int = 0, prior_mode: bool = False,
                        progress: Callable[[int, int], None] | None = None) -> ImportanceEstimate:
     """L_k for every image of a uint8 (or float in [0, 1]) tensor (N, C, H, W), in order.
 
@@ -161,7 +165,7 @@ class LikelihoodRatio:
 
 def llr_scores(model: Model, images: torch.Tensor, *, prior_layers: int = 1, k: int = DEFAULT_K,
                batch_size: int = 64, seed: int = NLL_SEED, device: torch.device | str = "cpu",
-               discrete: bool = True, max_decode: int = MAX_DECODE,
+               discrete: bool = True, max_decode: int | None = None,
                log_px: ImportanceEstimate | None = None, prior_mode: bool = False) -> LikelihoodRatio:
     """LLR>j = L - L>j per image (Havtorn et al. 2021, "Hierarchical VAEs know what they don't know"), j =
     `prior_layers`, both bounds importance-sampled with the same k and seed (so they share their noise).
