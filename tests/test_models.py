@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vaelab.config import ModelConfig
+from vaelab.config import ModelConfig, load_config
 from vaelab.errors import ConfigError
 from vaelab.models import VAE, Autoencoder, build_model
 from vaelab.objectives import beta_vae_loss
@@ -105,3 +105,46 @@ def test_autoencoder_samples_from_fitted_code_distribution():
     z = model.prior_sample(20000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), torch.tensor([3.0, -1.0, 0.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 2.0, 0.5]), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("cin,cout,k,op,size", [(32, 1, 4, 0, 14), (32, 1, 4, 1, 7), (16, 1, 3, 1, 5), (64, 2, 4, 0, 7)])
+def test_fold_transposed_conv_equals_torch_forward_and_backward(cin, cout, k, op, size):
+    from vaelab.models.conv import FoldConvTranspose2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose2d(cin, cout, k, 2, (k - 1) // 2, output_padding=op)
+    fold = FoldConvTranspose2d(cin, cout, k, 2, (k - 1) // 2, output_padding=op)
+    fold.load_state_dict(ref.state_dict())
+    x = torch.randn(5, cin, size, size)
+    xa = x.clone().requires_grad_()
+    xb = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    a, b = ref(xa), fold(xb)
+    assert a.shape == b.shape
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fold.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4 * ref.weight.grad.abs().max().item())
+    torch.testing.assert_close(fold.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.fc_hidden=64"], ["model.conv_channels=[8,16,32]"]])
+def test_channels_last_fast_paths_compute_the_contiguous_numbers(overrides):
+    """The conv encoder and decoder skip format copies when their weights are channels-last (permuted
+    linear weights, the fold layer): the same outputs and gradients as the contiguous model."""
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(0)
+    a = build_model(cfg.model, (1, 28, 28))
+    b = build_model(cfg.model, (1, 28, 28))
+    b.load_state_dict(a.state_dict())
+    b.to(memory_format=torch.channels_last)
+    x = (torch.rand(6, 1, 28, 28) < 0.4).float()
+    z = torch.randn(6, a.latent_dim)
+    for model, inp in ((a, x), (b, x.contiguous(memory_format=torch.channels_last))):
+        (model.encoder(inp).square().sum() + model.decoder(z).square().sum()).backward()
+    torch.testing.assert_close(b.encoder(x), a.encoder(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.decoder(z), a.decoder(z), rtol=1e-5, atol=1e-5)
+    assert b.decoder(z).is_contiguous(memory_format=torch.channels_last)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-4 * (pa.grad.abs().max().item() + 1e-6),
+                                   msg=name)
