@@ -31,6 +31,7 @@ pseudo-inputs), and a DDP wrapper only sees its forward calls.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -129,7 +130,13 @@ def setup(device: torch.device) -> tuple[Group, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)
     return group, device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def from_env() -> Group:
