@@ -39,8 +39,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__, noise
-from . import distributed
+from . import __version__, distributed, noise
 from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors,
                          optimizer_state_to_tensors, save_checkpoint)
 from .config import RunConfig, from_dict, to_dict, to_toml
