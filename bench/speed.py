@@ -110,13 +110,22 @@ def pythae_model(plain: PlainVAE):
     return VAE(config, encoder=Encoder(), decoder=Decoder())
 
 
-def quiet_callbacks(trainer) -> None:
-    """What pythae's BaseTrainer.train() sets up before its epochs, without the progress bar and console
-    printer (vaelab is timed without its progress bar too), so that its own train_step can be timed."""
+def pythae_trainer(plain: PlainVAE, images_u8: torch.Tensor, out_dir: Path):
+    """pythae's BaseTrainer (Adam 1e-3, batch 128) on the images binarized once (pythae has no dynamic
+    binarization), set up as its train() does before the epochs but without the progress bar and
+    console printer (vaelab is timed without its progress bar too), so that its train_step can be timed."""
+    from pythae.data.datasets import BaseDataset
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
     from pythae.trainers.training_callbacks import CallbackHandler, TrainingCallback
 
+    noise = torch.rand(images_u8.shape, generator=torch.Generator().manual_seed(5))
+    static = (images_u8.float() / 255 > noise).float()
+    trainer = BaseTrainer(pythae_model(plain), BaseDataset(static, torch.zeros(len(images_u8))),
+                          training_config=BaseTrainerConfig(output_dir=str(out_dir), num_epochs=1, learning_rate=1e-3,
+                                                            per_device_train_batch_size=128, no_cuda=True))
     trainer.prepare_training()  # its optimizer (Adam at the configured rate), output folder and callbacks
     trainer.callback_handler = CallbackHandler(callbacks=[TrainingCallback()], model=trainer.model)
+    return trainer
 
 
 def have_pythae() -> bool:
@@ -265,16 +274,7 @@ def time_training(splits, n_images: int, repeats: int, use_pythae: bool) -> dict
         runners = {"plain": lambda: plain_epoch(plain, plain_opt, loader),
                    "vaelab": lambda: trainer.train_epoch()["images"]}
         if use_pythae:
-            from pythae.data.datasets import BaseDataset
-            from pythae.trainers import BaseTrainer, BaseTrainerConfig
-
-            static = (images.float() / 255 > torch.rand(images.shape, generator=torch.Generator().manual_seed(5)))
-            pt_trainer = BaseTrainer(
-                pythae_model(plain), BaseDataset(static.float(), torch.zeros(len(images))),
-                training_config=BaseTrainerConfig(output_dir=str(Path(tmp) / "pythae"), num_epochs=1,
-                                                  learning_rate=1e-3, per_device_train_batch_size=128,
-                                                  no_cuda=True))
-            quiet_callbacks(pt_trainer)
+            pt_trainer = pythae_trainer(plain, images, Path(tmp) / "pythae")
             runners["pythae"] = lambda: (pt_trainer.train_step(1), len(images))[1]
         for run in runners.values():  # warm-up: allocator, first-call overheads
             run()
@@ -400,16 +400,8 @@ def time_training_one(impl: str, splits, n_images: int) -> None:
     if impl == "plain":
         plain_epoch(plain, torch.optim.Adam(plain.parameters(), lr=1e-3), make_loader(images))
         return
-    from pythae.data.datasets import BaseDataset
-    from pythae.trainers import BaseTrainer, BaseTrainerConfig
-
     with tempfile.TemporaryDirectory() as tmp:
-        static = (images.float() / 255 > 0.5).float()
-        trainer = BaseTrainer(pythae_model(plain), BaseDataset(static, torch.zeros(len(images))),
-                              training_config=BaseTrainerConfig(output_dir=tmp, num_epochs=1, learning_rate=1e-3,
-                                                                per_device_train_batch_size=128, no_cuda=True))
-        quiet_callbacks(trainer)
-        trainer.train_step(1)
+        pythae_trainer(plain, images, Path(tmp)).train_step(1)
 
 
 def memory(impls, n_images: int, k: int, eval_images: int, threads: int) -> dict:

@@ -73,7 +73,7 @@ class Group:
         for p in params:
             part = flat[offset:offset + p.numel()].view(p.shape)
             if p.grad is None:
-                p.grad = part.clone().contiguous(memory_format=_format_of(p))
+                p.grad = torch.empty_like(p).copy_(part)  # in the parameter's memory format
             else:
                 p.grad.copy_(part)
             offset += p.numel()
@@ -97,12 +97,6 @@ class Group:
             for t in tensors:
                 t.copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
                 offset += t.numel()
-
-
-def _format_of(p: torch.Tensor) -> torch.memory_format:
-    if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def setup(device: torch.device) -> tuple[Group, torch.device]:

@@ -41,7 +41,7 @@ from .models import Model, eval_mode, use_channels_last
 DEFAULT_K = 1000
 MAX_K = 100_000
 MAX_DECODE = 512  # decoder inputs per call on CPU: bounds memory whatever k and the batch are, and keeps the
-# decoder's activations in the caches (1.4x faster than 4096 for the default VAE, A/B on one thread here)
+# decoder's activations in the caches (python bench/kernels.py compares it with 4096)
 MAX_DECODE_CUDA = 16384  # a GPU wants large batches
 NLL_SEED = 2025
 
@@ -128,8 +128,8 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     if discrete and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
         raise ConfigError("the Bernoulli likelihood is a probability of binary images only, and these hold grey "
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
-    use_channels_last(model)  # faster convolutions, the same numbers
-    memory_format = torch.channels_last if _channels_last(model) else torch.contiguous_format
+    # faster convolutions, the same numbers
+    memory_format = torch.channels_last if use_channels_last(model) else torch.contiguous_format
     with eval_mode(model):
         for x in batches(data, batch_size, device=device, memory_format=memory_format):
             parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete, prior_layers, prior_mode))
@@ -141,11 +141,6 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
         return ImportanceEstimate(empty, empty, empty, k, prior_layers)
     return ImportanceEstimate(log_px=torch.cat([p.log_px for p in parts]), elbo=torch.cat([p.elbo for p in parts]),
                               ess=torch.cat([p.ess for p in parts]), k=k, prior_layers=prior_layers)
-
-
-def _channels_last(model: Model) -> bool:
-    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               for p in model.parameters())
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,17 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
                pseudo_inputs=cfg.pseudo_inputs)
 
 
-def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Convert a model with convolutions to the channels-last memory format, in place (idempotent).
+def use_channels_last(model: torch.nn.Module) -> bool:
+    """Convert a model with convolutions to the channels-last memory format, in place (idempotent);
+    True when it did (its inputs are then best given channels-last too).
 
     The numbers stay the same (up to float rounding); on CPU its convolutions run faster this way, and
     the conv encoder and decoder then also skip the copies between the formats. Models without
     convolutions are left as they are."""
     if any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
-    return model
+        return True
+    return False
 
 
 @contextmanager

@@ -50,7 +50,7 @@ def relu(dropout: float = 0.0) -> nn.Module:
 
     In place: it always follows a linear or convolution layer, whose backward needs that layer's input,
     not its output, so overwriting the output is safe; it saves allocating (and page-faulting) a second
-    activation-sized buffer per layer (an in-place ReLU took 40% of an out-of-place one's time here)."""
+    activation-sized buffer per layer (in place took about a third of the time here: bench/kernels.py)."""
     return ReLUDropout(dropout) if dropout > 0 else nn.ReLU(inplace=True)
 
 
@@ -59,9 +59,9 @@ class FoldConvTranspose2d(nn.ConvTranspose2d):
     same numbers (up to float rounding), for a layer with few output channels.
 
     oneDNN's transposed convolution is slow when it outputs one or a few channels (the decoder's last
-    layer): on this project's CPU it ran at 2 GFLOP/s there. Written as x (B*H*W, C_in) @ W (C_in,
+    layer): on this project's CPU it ran at about 2 GFLOP/s there. Written as x (B*H*W, C_in) @ W (C_in,
     C_out*k*k) and an overlap-add of the k*k patches, the same layer took a third of the time forward and
-    two thirds forward and backward. Anything unusual (groups, dilation, an explicit output_size, other
+    two thirds forward and backward (bench/kernels.py). Anything unusual (groups, dilation, an explicit output_size, other
     padding modes) goes to nn.ConvTranspose2d."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
