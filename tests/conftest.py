@@ -69,3 +69,32 @@ def mnist10k_dir() -> Path:
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
         _missing("../shared/data/mnist-10k", "the shared data folder beside the checkout")
     return SHARED_MNIST
+
+
+def _chromium_paths() -> tuple[str, str] | None:
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Selenium through the chromedriver of the same build (Debian's
+    chromium + chromium-driver). In CI, .ci/run installs them: missing there is a failure."""
+    paths = _chromium_paths()
+    if paths is None:
+        _missing("headless Chromium (chromium + chromedriver)", "apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,2000", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(paths[1]), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

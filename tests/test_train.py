@@ -296,3 +296,24 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path, digits_splits):
     plain = train(cfg.replace(train={"patience": 0, "epochs": 4}), tmp_path / "p", splits=digits_splits,
                   log=lambda m: None)
     assert len(plain.history) == 4 and plain.evaluation["stopped_early"] is False
+
+
+def test_on_epoch_hook_sees_each_record_and_can_stop_without_final_evaluation(tmp_path, digits_splits):
+    from vaelab.train import Trainer
+
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=5"])
+    seen = []
+
+    def hook(trainer, record):
+        seen.append((record["epoch"], record["val"]["loss"], trainer.epoch))
+        return record["epoch"] == 2  # a sweep's pruner says stop after the second epoch
+
+    lines = []
+    result = Trainer(cfg, tmp_path / "r", splits=digits_splits, log=lines.append).run(on_epoch=hook, evaluate=False)
+    assert [(e, t) for e, _, t in seen] == [(1, 1), (2, 2)] and all(math.isfinite(v) for _, v, _ in seen)
+    assert len(result.history) == 2 and result.evaluation == {}
+    assert any("stopped after epoch 2 at the caller's request" in line for line in lines)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["status"] == "finished" and info["evaluated"] is False and info["epochs"] == 2
+    assert not (tmp_path / "r" / "evaluation.json").exists()
+    assert load_run(tmp_path / "r", checkpoint="last").meta["epoch"] == 2

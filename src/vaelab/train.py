@@ -563,7 +563,16 @@ class Trainer:
         images = sample(self.model, self.cfg.train.grid_size, 1.0, torch.Generator().manual_seed(self.cfg.train.seed + 2))
         save_png(square_grid(images), path)
 
-    def run(self) -> TrainResult:
+    def run(self, on_epoch: Callable[["Trainer", dict[str, Any]], bool | None] | None = None,
+            evaluate: bool = True) -> TrainResult:
+        """Train for the configured epochs, then (with `evaluate`) write the final images and evaluation.
+
+        `on_epoch(trainer, record)` is called after every epoch, once its metrics record is written and
+        its checkpoints saved (on every process under torchrun: it must decide the same everywhere).
+        Returning True stops training there, as early stopping does: the run ends normally. A hyperparameter
+        sweep prunes a trial this way. With `evaluate=False` the run ends after its last epoch without
+        the final evaluation, images and curves (the best and last checkpoints are written all the same).
+        """
         tc = self.cfg.train
         self._write_start_files()
         s = self.splits
@@ -591,12 +600,24 @@ class Trainer:
                     metrics_file.flush()
                     if self.signals.requested:  # came during the epoch's last step: the epoch is saved
                         raise KeyboardInterrupt(self.signals.requested)
+                    if on_epoch is not None and on_epoch(self, record):
+                        self.stopped_early = True
+                        self.log(f"stopped after epoch {self.epoch} at the caller's request "
+                                 f"(the best epoch is {self.best_epoch})")
+                        break
                     if tc.patience and self.val_images is not None and self.epoch - self.best_epoch >= tc.patience:
                         self.stopped_early = True
                         self.log(f"early stopping after epoch {self.epoch}: no better validation loss for "
                                  f"{tc.patience} epoch(s) (train.patience); the best epoch is {self.best_epoch}")
                         break
             if not self.group.main:  # rank 0 evaluates and writes the results
+                return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history)
+            if not evaluate:
+                write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
+                                                       epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
+                                                       stopped_early=self.stopped_early, evaluated=False))
+                self.log(f"run written to {self.paths.root} (no final evaluation)")
+                self.close()
                 return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history)
             return self.finish()
         except BaseException as exc:

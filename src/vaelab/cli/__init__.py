@@ -1,5 +1,8 @@
 """The `vaelab` command line: a thin layer over the Python API.
 
+The commands of the core (train, sample, reconstruct, ...) live here; the larger ones have a module
+each in this package (report, sweep, serve, export), which registers its parser with `register(sub)`.
+
 Every user mistake (bad config key, missing data, corrupt checkpoint) is a
 `VaelabError`: printed as one line `vaelab: error: ...`, exit code 2, no
 traceback. Usage errors from argparse are printed the same way.
@@ -14,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .config import describe_keys, load_config
-from .errors import VaelabError
+from .. import __version__
+from ..config import describe_keys, load_config
+from ..errors import VaelabError
 
 CONVENTIONS = """\
 loss conventions (the same everywhere in vaelab):
@@ -180,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="demo directory (default: runs/demo-<time>)")
     p.set_defaults(func=cmd_demo)
+
+    from . import export, report, serve, sweep
+
+    for module in (report, sweep, serve, export):
+        module.register(sub)
     return parser
 
 
@@ -207,10 +215,10 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import resume, train
+    from ..train import resume, train
 
     if args.resume:
-        from .config import parse_override
+        from ..config import parse_override
 
         if args.config or args.out or args.data_dir:
             raise VaelabError("--resume continues a run with its own config and directory; leave out --config, "
@@ -231,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from .runs import load_run
+    from ..runs import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint, device=args.device)
 
@@ -253,7 +261,7 @@ def _seed(value: int) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .images import save_png, square_grid
+    from ..images import save_png, square_grid
 
     _positive(args.n, "-n", MAX_IMAGES)
     _seed(args.seed)
@@ -271,7 +279,7 @@ def _run_data(run, data_dir: str | None):
     """The run's own dataset and splits, loaded as in training (grey values)."""
     from dataclasses import replace
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     dc = run.config.data
     if data_dir is not None:
@@ -294,7 +302,7 @@ def _pick(n_total: int, n: int, seed: int):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .images import pairs_grid, save_png
+    from ..images import pairs_grid, save_png
 
     _positive(args.n, "-n", MAX_IMAGES)
     _seed(args.seed)
@@ -313,7 +321,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from .images import make_grid, save_png
+    from ..images import make_grid, save_png
 
     if args.steps < 2:
         raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
@@ -351,7 +359,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def _eval_config(run, args: argparse.Namespace):
     """The run's config with the evaluate command's eval.* overrides (other sections are the run's own)."""
-    from .config import apply_mapping, parse_override
+    from ..config import apply_mapping, parse_override
 
     cfg = run.config
     overrides = list(args.overrides)
@@ -374,14 +382,14 @@ def _eval_config(run, args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_evaluation
+    from ..evaluate import run_evaluation
 
     run = _load(args)
     cfg = _eval_config(run, args)
     for spec in args.on:  # fail on a typo before any long computation
         _check_spec(spec)
     splits = _run_data(run, args.data_dir)
-    from .fileio import output_file
+    from ..fileio import output_file
 
     out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
     json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
@@ -393,9 +401,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_spec(spec: str) -> None:
-    from .data import BUILTIN
-    from .data.shifts import SHIFTS
-    from .generalization import OWN_SPLITS, split_spec
+    from ..data import BUILTIN
+    from ..data.shifts import SHIFTS
+    from ..generalization import OWN_SPLITS, split_spec
 
     name, _ = split_spec(spec)
     if name in OWN_SPLITS or name in SHIFTS or name in BUILTIN or name.startswith("folder:"):
@@ -405,8 +413,8 @@ def _check_spec(spec: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .fidelity import compare_generators
-    from .runs import load_run, write_json
+    from ..fidelity import compare_generators
+    from ..runs import load_run, write_json
 
     _positive(args.n, "-n", 100_000)
     _seed(args.seed)
@@ -431,7 +439,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import BUILTIN, describe
+    from ..data import BUILTIN, describe
 
     specs = args.specs or list(BUILTIN)
     descriptions = [describe(spec, args.data_dir) for spec in specs]
@@ -450,7 +458,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     cfg = _config_from_args(args)
     explicit_dataset = (any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None

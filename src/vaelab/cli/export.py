@@ -1,0 +1,9 @@
+"""`vaelab export`: (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` command to the parser (to be written)."""

@@ -1,0 +1,9 @@
+"""`vaelab report`: (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `report` command to the parser (to be written)."""
