@@ -475,3 +475,198 @@ def plot_nll_vs_k(ks: list[int], values: list[float], path: str | Path, *, exact
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=9, framealpha=0.9)
     return _render(fig, path, "the NLL-against-k plot")
+
+
+# --------------------------------------------------------------------------- latent map
+
+
+MAP_MARKERS = ("o", "s", "^", "D", "v", "P")  # the marker changes once the colours run out
+
+
+def plot_latent_map(xy: np.ndarray, labels: np.ndarray, path: str | Path, *, class_names: Sequence[str] = (),
+                    xlabel: str = "z[0]", ylabel: str = "z[1]", title: str = "") -> Path:
+    """A scatter plot of 2-D latent coordinates (N, 2), one colour per label, with a legend; returns the PNG path.
+
+    `labels` are integer class indices (N,); `class_names[i]` names label i (the index itself when absent).
+    With no class names and a single label the points are drawn in one colour without a legend.
+    """
+    points = np.asarray(xy.detach().cpu().numpy() if hasattr(xy, "detach") else xy, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise ValueError(f"plot_latent_map needs coordinates of shape (N, 2), N > 0, got {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError("the latent coordinates must be finite")
+    lab = _array(labels, "labels")
+    if lab.size != len(points) or not (lab == np.round(lab)).all():
+        raise ValueError(f"labels must be {len(points)} integers, one per point")
+    lab = lab.astype(np.int64)
+    classes = np.unique(lab)
+    labelled = bool(class_names) or classes.size > 1
+
+    fig = _figure(7.0)
+    ax = fig.subplots()
+    size = 14.0 if len(points) <= 500 else 7.0
+    for i, c in enumerate(classes):
+        mask = lab == c
+        color = COLORS[i % len(COLORS)]
+        marker = MAP_MARKERS[(i // len(COLORS)) % len(MAP_MARKERS)]
+        name = class_names[c] if 0 <= c < len(class_names) else str(int(c))
+        ax.scatter(points[mask, 0], points[mask, 1], s=size, color=color, marker=marker, alpha=0.7,
+                   linewidths=0, label=f"{name} ({int(mask.sum())})")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"latent space: {len(points)} images")
+    ax.grid(True, alpha=0.3)
+    if labelled:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9,
+                  frameon=False, markerscale=2.0, title="label (images)", title_fontsize=9)
+    return _render(fig, path, "the latent-map plot")
+
+
+# --------------------------------------------------------------------------- latent traversals
+
+
+def plot_traversals(images: np.ndarray, path: str | Path, *, row_labels: Sequence[str], values: Sequence[float],
+                    xlabel: str = "value of the latent dimension", title: str = "") -> Path:
+    """A grid of decoded images (R, S, C, H, W) in [0, 1]: one row per latent dimension, one column per value
+    it takes, with the rows and columns labelled; returns the PNG path."""
+    import torch  # imported here: the other plots need no torch
+
+    from .images import make_grid
+
+    arr = np.asarray(images.detach().cpu().numpy() if hasattr(images, "detach") else images, dtype=np.float32)
+    if arr.ndim != 5 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"plot_traversals needs images of shape (rows, steps, C, H, W), got {arr.shape}")
+    rows, steps = arr.shape[:2]
+    if len(row_labels) != rows or len(values) != steps:
+        raise ValueError(f"{rows} rows and {steps} columns need as many row labels and values "
+                         f"(got {len(row_labels)} and {len(values)})")
+    padding = 2
+    grid = make_grid(torch.from_numpy(arr.reshape(rows * steps, *arr.shape[2:])), nrow=steps, padding=padding)
+    height, width = grid.shape[:2]
+    pitch_y, pitch_x = (height - padding) / rows, (width - padding) / steps  # one cell and its padding
+
+    fig = _figure(1.0 + 7.0 * height / width)
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([padding / 2 + (r + 0.5) * pitch_y for r in range(rows)], list(row_labels), fontsize=9)
+    ax.set_xticks([padding / 2 + (s + 0.5) * pitch_x for s in range(steps)], [f"{float(v):g}" for v in values],
+                  fontsize=9)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title or "latent traversals")
+    return _render(fig, path, "the traversal plot")
+
+
+# --------------------------------------------------------------------------- hyperparameter sweeps
+
+
+def _sweep_rug(ax: Any, x: np.ndarray, states: np.ndarray) -> None:
+    """Pruned and failed trials have no objective: ticks along the bottom of the axes at their x."""
+    transform = ax.get_xaxis_transform()  # x in data units, y in axes units
+    for state, marker, color in (("pruned", "x", COLORS[3]), ("failed", "|", INACTIVE)):
+        mask = states == state
+        if mask.any():
+            ax.plot(x[mask], np.full(int(mask.sum()), 0.03), linestyle="none", marker=marker, markersize=8,
+                    color=color, transform=transform, clip_on=False,
+                    label=f"{state} ({int(mask.sum())}; no objective)")
+
+
+def _sweep_inputs(values: Sequence[float | None], states: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    s = np.array([str(v) for v in states])
+    if y.size != n or s.size != n:
+        raise ValueError(f"the parameter values, objectives and states differ in length ({n}, {y.size}, {s.size})")
+    if n == 0:
+        raise ValueError("a sweep plot needs at least one trial")
+    return y, s
+
+
+def plot_sweep_parameter(params: Sequence[Any], values: Sequence[float | None], states: Sequence[str],
+                         path: str | Path, *, param: str, objective: str, log_x: bool = False,
+                         categories: Sequence[str] | None = None, best: int | None = None,
+                         direction: str = "minimize", bounds: tuple[float, float] | None = None) -> Path:
+    """The objective of each trial against one parameter; returns the PNG path.
+
+    `params[i]`, `values[i]`, `states[i]` describe trial i: its value of the parameter, its objective
+    (None unless complete) and its state (complete, pruned, failed). With `categories` the parameter is
+    categorical: `params` holds labels, drawn in the order of `categories`. `best`: the index of the
+    best trial, drawn as a star. Pruned and failed trials are ticks along the bottom. `bounds`: the
+    searched range of a numeric parameter, shown whole (where the sampler did not look is visible).
+    """
+    y, s = _sweep_inputs(values, states, len(params))
+    if categories is not None:
+        labels = [str(c) for c in categories]
+        missing = [str(p) for p in params if str(p) not in labels]
+        if missing:
+            raise ValueError(f"parameter value {missing[0]!r} is not one of the categories")
+        x = np.array([labels.index(str(p)) for p in params], dtype=np.float64)
+    else:
+        x = _array(params, "params")
+        if x.size != len(params) or not np.isfinite(x).all():
+            raise ValueError("numeric parameter values must be finite numbers")
+        if log_x and (x <= 0).any():
+            raise ValueError("a log x axis needs positive parameter values")
+    done = (s == "complete") & np.isfinite(y)
+    fig = _figure(4.6)
+    ax = fig.subplots()
+    if done.any():
+        ax.scatter(x[done], y[done], s=36, color=COLORS[0], alpha=0.8, linewidths=0,
+                   label=f"complete ({int(done.sum())})", zorder=3)
+    else:
+        ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", va="center",
+                color=INACTIVE)
+    if best is not None and 0 <= best < len(x) and done[best]:
+        at = str(params[best]) if categories is not None else _fmt(float(x[best]))
+        ax.scatter([x[best]], [y[best]], s=180, marker="*", color=COLORS[1], zorder=4,
+                   label=f"best: {_fmt(float(y[best]))} at {param} = {at}")
+    _sweep_rug(ax, x, s)
+    if categories is not None:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20 if max(map(len, labels)) > 8 else 0)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+    else:
+        if log_x:
+            ax.set_xscale("log")
+        if bounds is not None:
+            lo, hi = float(bounds[0]), float(bounds[1])
+            pad = (hi / lo) ** 0.04 if log_x and lo > 0 else 0.04 * (hi - lo)
+            ax.set_xlim(*((lo / pad, hi * pad) if log_x and lo > 0 else (lo - pad, hi + pad)))
+    ax.set_xlabel(param + (" (log scale)" if log_x and categories is None else ""))
+    ax.set_ylabel(f"{objective} ({'lower' if direction == 'minimize' else 'higher'} is better)")
+    ax.set_title(f"{objective} against {param}: {len(x)} trials")
+    ax.margins(y=0.12)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=9, framealpha=0.9)
+    return _render(fig, path, f"the sweep plot of {param}")
+
+
+def plot_sweep_history(numbers: Sequence[int], values: Sequence[float | None], states: Sequence[str],
+                       path: str | Path, *, objective: str, direction: str = "minimize") -> Path:
+    """The objective of each trial against its number, with the best so far as a step line; returns the PNG path."""
+    y, s = _sweep_inputs(values, states, len(numbers))
+    x = _array(numbers, "numbers")
+    done = (s == "complete") & np.isfinite(y)
+    fig = _figure(4.6)
+    ax = fig.subplots()
+    if done.any():
+        ax.scatter(x[done], y[done], s=30, color=COLORS[0], alpha=0.8, linewidths=0,
+                   label=f"complete ({int(done.sum())})", zorder=3)
+        order = np.argsort(x[done], kind="stable")
+        xs, ys = x[done][order], y[done][order]
+        running = np.minimum.accumulate(ys) if direction == "minimize" else np.maximum.accumulate(ys)
+        ax.step(np.append(xs, x.max()), np.append(running, running[-1]), where="post", color=COLORS[1],
+                linewidth=1.8, label=f"best so far: {_fmt(float(running[-1]))}")
+    else:
+        ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", va="center",
+                color=INACTIVE)
+    _sweep_rug(ax, x, s)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"{objective} ({'lower' if direction == 'minimize' else 'higher'} is better)")
+    ax.set_title(f"{objective} over the sweep: {len(x)} trials")
+    ax.margins(y=0.12)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=9, framealpha=0.9)
+    return _render(fig, path, "the sweep history plot")
