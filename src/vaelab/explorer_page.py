@@ -1,0 +1,375 @@
+"""The latent explorer's single web page (HTML, CSS and vanilla JavaScript), served by `vaelab.serve`.
+
+A Python string, so it ships inside the package with no package-data configuration. No external
+resources: no CDN, no fonts, no frameworks; it talks to the JSON API under /api/ with `fetch`. Every
+control and image has a stable id (the browser test drives them):
+
+    samples:        #temperature  #seed  #resample  #samples > img#sample-0 ...
+    interpolation:  #thumbs > img#thumb-<index>  #pick-a  #pick-b  #t  #method  #interp  #interp-path
+    traversal:      #dim  #base  #value  #traverse  #traverse-path
+    upload:         #upload (file input)  #resize  #upload-input  #upload-scored  #upload-recon
+                    #nll  #bpd  #nll-pct  #ood  #ood-pct  #recon-err  #verdict  #upload-error
+"""
+
+from __future__ import annotations
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>vaelab latent explorer</title>
+<style>
+  :root { --cell: 72px; --fg: #1d2430; --muted: #5d6878; --line: #d9dee6; --accent: #2f6fdf; }
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
+         background: #f5f7fa; }
+  header { padding: 14px 22px; background: #fff; border-bottom: 1px solid var(--line); }
+  h1 { font-size: 19px; margin: 0; }
+  h2 { font-size: 15px; margin: 0 0 10px; }
+  #run-info { color: var(--muted); margin: 2px 0 0; }
+  main { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 16px; padding: 16px 22px; }
+  section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
+  .controls { display: flex; flex-wrap: wrap; gap: 10px 18px; align-items: center; margin-bottom: 10px; }
+  .controls label { display: flex; gap: 6px; align-items: center; }
+  input[type=range] { width: 190px; }
+  input[type=number] { width: 90px; }
+  output { font-variant-numeric: tabular-nums; min-width: 3.2em; display: inline-block; }
+  button { font: inherit; padding: 4px 12px; border: 1px solid var(--accent); border-radius: 5px;
+           background: var(--accent); color: #fff; cursor: pointer; }
+  img.px { image-rendering: pixelated; width: var(--cell); height: auto; background: #000;
+           border: 1px solid var(--line); display: block; }
+  .grid { display: grid; grid-template-columns: repeat(8, var(--cell)); gap: 4px; }
+  .strip { display: flex; flex-wrap: wrap; gap: 3px; margin-top: 8px; }
+  .strip img.px { width: calc(var(--cell) * 0.66); }
+  .thumbs { display: flex; flex-wrap: wrap; gap: 3px; max-height: 178px; overflow-y: auto; margin-bottom: 10px; }
+  .thumbs img.px { width: 40px; cursor: pointer; }
+  .thumbs img.px.a { outline: 3px solid #e0662f; }
+  .thumbs img.px.b { outline: 3px solid #2f9d5f; }
+  .row { display: flex; gap: 16px; align-items: flex-end; flex-wrap: wrap; }
+  figure { margin: 0; text-align: center; color: var(--muted); font-size: 12px; }
+  figure img.px { width: calc(var(--cell) * 1.5); }
+  .hint { color: var(--muted); margin: 0 0 8px; }
+  table { border-collapse: collapse; margin-top: 10px; }
+  td { padding: 2px 10px 2px 0; vertical-align: top; }
+  td:first-child { color: var(--muted); }
+  #verdict { font-weight: 600; margin: 10px 0 0; }
+  #verdict.unusual { color: #b4361c; }
+  #verdict.typical { color: #1f7a45; }
+  .error { color: #b4361c; min-height: 1.2em; margin: 6px 0 0; }
+  #error { margin: 10px 22px 0; padding: 8px 12px; background: #fdecea; border: 1px solid #f3b8ae; border-radius: 6px; }
+</style>
+</head>
+<body>
+<header>
+  <h1>vaelab latent explorer</h1>
+  <p id="run-info">loading the model&hellip;</p>
+</header>
+<div id="error" class="error" role="alert" hidden></div>
+<main>
+  <section id="panel-samples">
+    <h2>Samples from the prior</h2>
+    <div class="controls">
+      <label>temperature <input type="range" id="temperature" min="0.1" max="2" step="0.05" value="1">
+        <output id="temperature-value">1.00</output></label>
+      <label>seed <input type="number" id="seed" min="0" value="0"></label>
+      <button id="resample" type="button">resample</button>
+    </div>
+    <div id="samples" class="grid"></div>
+  </section>
+
+  <section id="panel-interp">
+    <h2>Between two test images</h2>
+    <p class="hint">Click a thumbnail to set A (orange), the next click sets B (green).</p>
+    <div id="thumbs" class="thumbs"></div>
+    <div class="controls">
+      <label>t <input type="range" id="t" min="0" max="1" step="0.01" value="0.5"> <output id="t-value">0.50</output></label>
+      <label>path <select id="method"><option value="slerp">slerp</option><option value="lerp">lerp</option></select></label>
+    </div>
+    <div class="row">
+      <figure><img id="pick-a" class="px" alt="image A"><figcaption id="pick-a-label">A</figcaption></figure>
+      <figure><img id="interp" class="px" alt="decoded point between A and B"><figcaption>between</figcaption></figure>
+      <figure><img id="pick-b" class="px" alt="image B"><figcaption id="pick-b-label">B</figcaption></figure>
+    </div>
+    <div id="interp-path" class="strip"></div>
+  </section>
+
+  <section id="panel-traverse">
+    <h2>Along one latent dimension</h2>
+    <div class="controls">
+      <label>dimension <select id="dim"></select></label>
+      <label>start from <select id="base"><option value="zero">the prior's centre</option>
+        <option value="a">image A's code</option></select></label>
+      <label>value <input type="range" id="value" min="-4" max="4" step="0.1" value="0">
+        <output id="value-out">0.0</output></label>
+    </div>
+    <div class="row"><figure><img id="traverse" class="px" alt="decoded code"><figcaption id="traverse-label"></figcaption></figure></div>
+    <div id="traverse-path" class="strip"></div>
+    <p class="hint">Values are in prior standard deviations; dimensions are listed most active first
+      (activity: the variance of the training images' codes along it; near 0, the decoder ignores it).</p>
+  </section>
+
+  <section id="panel-upload">
+    <h2>Your image</h2>
+    <div class="controls">
+      <input type="file" id="upload" accept="image/*">
+      <label><input type="checkbox" id="resize" checked> resize to fit <span id="size-hint"></span></label>
+    </div>
+    <div class="row">
+      <figure><img id="upload-input" class="px" alt="uploaded image"><figcaption>your image</figcaption></figure>
+      <figure><img id="upload-scored" class="px" alt="image as scored"><figcaption id="scored-label">as scored</figcaption></figure>
+      <figure><img id="upload-recon" class="px" alt="reconstruction"><figcaption>reconstruction</figcaption></figure>
+    </div>
+    <table id="upload-result">
+      <tr><td>NLL</td><td id="nll">&ndash;</td></tr>
+      <tr><td>bits/dim</td><td id="bpd">&ndash;</td></tr>
+      <tr><td>NLL among training images</td><td id="nll-pct">&ndash;</td></tr>
+      <tr><td>OOD score (NLL bits &minus; PNG bits)</td><td id="ood">&ndash;</td></tr>
+      <tr><td>OOD score among test images</td><td id="ood-pct">&ndash;</td></tr>
+      <tr><td>reconstruction error</td><td id="recon-err">&ndash;</td></tr>
+    </table>
+    <p id="verdict"></p>
+    <p id="upload-error" class="error"></p>
+  </section>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { info: null, a: null, b: null, next: "a", thumbs: new Map() };
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) throw new Error((body && body.error) || ("HTTP " + response.status));
+  return body;
+}
+
+function showError(err) {
+  const box = $("error");
+  box.textContent = err ? String(err.message || err) : "";
+  box.hidden = !err;
+}
+
+// Run `task` now, or once more after the one in flight: a dragged slider sends one request at a time
+// and the last position always gets its answer.
+function coalesced(task) {
+  let busy = false, again = false;
+  return async function trigger() {
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      do { again = false; await task(); } while (again);
+      showError(null);
+    } catch (err) {
+      showError(err);
+    } finally {
+      busy = false;
+    }
+  };
+}
+
+function pixelImage(src, id, title) {
+  const img = document.createElement("img");
+  img.className = "px";
+  img.src = src;
+  if (id) img.id = id;
+  if (title) img.title = title;
+  return img;
+}
+
+function fillStrip(box, images, titles) {
+  box.replaceChildren(...images.map((src, i) => pixelImage(src, null, titles[i])));
+}
+
+// ------------------------------------------------------------------ samples
+const loadSamples = coalesced(async () => {
+  const temperature = Number($("temperature").value);
+  const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
+  const data = await api(`/api/samples?n=16&temperature=${temperature}&seed=${seed}`);
+  const box = $("samples");
+  if (box.children.length !== data.images.length) {
+    box.replaceChildren(...data.images.map((src, i) => pixelImage(src, "sample-" + i)));
+  } else {
+    data.images.forEach((src, i) => { box.children[i].src = src; });
+  }
+});
+
+// ------------------------------------------------------------------ interpolation
+function markPicks() {
+  for (const [index, img] of state.thumbs) {
+    img.classList.toggle("a", index === state.a);
+    img.classList.toggle("b", index === state.b);
+  }
+  for (const side of ["a", "b"]) {
+    const img = state.thumbs.get(state[side]);
+    if (img) {
+      $("pick-" + side).src = img.src;
+      $("pick-" + side + "-label").textContent = `${side.toUpperCase()}: #${state[side]} (${img.dataset.label})`;
+    }
+  }
+}
+
+const loadPoint = coalesced(async () => {
+  if (state.a === null || state.b === null) return;
+  const t = Number($("t").value), method = $("method").value;
+  const data = await api(`/api/interpolate?a=${state.a}&b=${state.b}&t=${t}&method=${method}`);
+  $("interp").src = data.image;
+});
+
+const loadPath = coalesced(async () => {
+  if (state.a === null || state.b === null) return;
+  const data = await api(`/api/interpolate?a=${state.a}&b=${state.b}&steps=9&method=${$("method").value}`);
+  fillStrip($("interp-path"), data.images, data.t.map((t) => "t = " + t.toFixed(2)));
+});
+
+function pick(index) {
+  state[state.next] = index;
+  state.next = state.next === "a" ? "b" : "a";
+  markPicks();
+  loadPoint(); loadPath();
+  if ($("base").value === "a") { loadTraverse(); loadTraversePath(); }
+}
+
+async function loadThumbs() {
+  const data = await api("/api/test-images?offset=0&n=60");
+  const box = $("thumbs");
+  box.replaceChildren();
+  state.thumbs.clear();
+  for (const item of data.images) {
+    const img = pixelImage(item.image, "thumb-" + item.index, `#${item.index}: ${item.label}`);
+    img.dataset.index = item.index;
+    img.dataset.label = item.label;
+    img.addEventListener("click", () => pick(item.index));
+    box.appendChild(img);
+    state.thumbs.set(item.index, img);
+  }
+  if (data.images.length >= 2) {
+    state.a = data.images[0].index; state.b = data.images[1].index; state.next = "a";
+    markPicks();
+  }
+}
+
+// ------------------------------------------------------------------ traversal
+function traverseQuery() {
+  const base = $("base").value === "a" && state.a !== null ? state.a : "zero";
+  return `dim=${$("dim").value}&base=${base}`;
+}
+
+const loadTraverse = coalesced(async () => {
+  const value = Number($("value").value);
+  const data = await api(`/api/traverse?${traverseQuery()}&value=${value}`);
+  $("traverse").src = data.image;
+  $("traverse-label").textContent = `z${data.dim} = ${value.toFixed(1)}`;
+});
+
+const loadTraversePath = coalesced(async () => {
+  const data = await api(`/api/traverse?${traverseQuery()}&steps=9`);
+  fillStrip($("traverse-path"), data.images, data.values.map((v) => "value " + v.toFixed(1)));
+});
+
+function fillDims(info) {
+  const order = info.activity.map((a, d) => [a, d]).sort((x, y) => y[0] - x[0]);
+  $("dim").replaceChildren(...order.map(([a, d]) => {
+    const option = document.createElement("option");
+    option.value = d;
+    option.textContent = `z${d} (activity ${a.toFixed(2)})`;
+    return option;
+  }));
+  const range = info.limits.traverse_range;
+  $("value").min = -range; $("value").max = range;
+}
+
+// ------------------------------------------------------------------ upload
+function fmt(x, digits) { return x === null || x === undefined ? "\\u2013" : Number(x).toFixed(digits); }
+
+async function resizedPng(file, width, height) {
+  const bitmap = await createImageBitmap(file);
+  if (bitmap.width === width && bitmap.height === height) return file;
+  const canvas = document.createElement("canvas");
+  canvas.width = width; canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, width, height);
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, width, height);
+  return await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function upload() {
+  const file = $("upload").files[0];
+  if (!file) return;
+  $("upload-error").textContent = "";
+  const [, h, w] = state.info.image_shape;
+  let body = file;
+  if ($("resize").checked) {
+    try { body = await resizedPng(file, w, h); } catch (e) { body = file; }  // not an image: the server says so
+  }
+  try {
+    const r = await api("/api/upload", { method: "POST", body: body,
+                                         headers: { "Content-Type": body.type || "application/octet-stream" } });
+    $("upload-input").src = r.input;
+    $("upload-scored").src = r.scored;
+    $("upload-recon").src = r.reconstruction;
+    $("scored-label").textContent = r.binarized ? "as scored (binarized)" : "as scored";
+    if (r.likelihood) {
+      $("nll").textContent = `${fmt(r.nll, 2)} nats (k = ${r.k})`;
+      $("bpd").textContent = fmt(r.bits_per_dim, 4);
+      $("nll-pct").textContent = `${fmt(r.nll_percentile_train, 1)}th percentile`;
+      $("ood").textContent = `${fmt(r.ood_score, 1)} bits (PNG ${fmt(r.png_bits, 0)} bits)`;
+      $("ood-pct").textContent = `${fmt(r.ood_percentile_test, 1)}th percentile`;
+    } else {
+      $("nll").textContent = r.note;
+      for (const id of ["bpd", "nll-pct", "ood", "ood-pct"]) $(id).textContent = "\\u2013";
+    }
+    $("recon-err").textContent = `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
+    const verdict = $("verdict");
+    verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
+    verdict.className = r.verdict === "unusual" ? "unusual" : "typical";
+  } catch (err) {
+    $("upload-error").textContent = err.message;
+  }
+}
+
+// ------------------------------------------------------------------ start
+async function start() {
+  try {
+    const info = await api("/api/info");
+    state.info = info;
+    const [c, h, w] = info.image_shape;
+    $("run-info").textContent = `${info.run}: ${info.kind} (${info.arch}), ${info.dataset} ${c}x${h}x${w}, ` +
+      `latent ${info.latent_dim}, epoch ${info.epoch}` +
+      (info.likelihood ? `; uploads scored with k = ${info.k} importance samples` : "; no likelihood") +
+      `; references: ${info.reference.train_images} training and ${info.reference.test_images} test images`;
+    $("size-hint").textContent = `(${w}x${h})`;
+    fillDims(info);
+    await loadThumbs();
+    await Promise.all([loadSamples(), loadPoint(), loadPath(), loadTraverse(), loadTraversePath()]);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+$("temperature").addEventListener("input", () => {
+  $("temperature-value").textContent = Number($("temperature").value).toFixed(2);
+  loadSamples();
+});
+$("seed").addEventListener("change", loadSamples);
+$("resample").addEventListener("click", () => {
+  $("seed").value = Math.floor(Number($("seed").value) || 0) + 1;
+  loadSamples();
+});
+$("t").addEventListener("input", () => { $("t-value").textContent = Number($("t").value).toFixed(2); loadPoint(); });
+$("method").addEventListener("change", () => { loadPoint(); loadPath(); });
+$("dim").addEventListener("change", () => { loadTraverse(); loadTraversePath(); });
+$("base").addEventListener("change", () => { loadTraverse(); loadTraversePath(); });
+$("value").addEventListener("input", () => {
+  $("value-out").textContent = Number($("value").value).toFixed(1);
+  loadTraverse();
+});
+$("upload").addEventListener("change", upload);
+start();
+</script>
+</body>
+</html>
+"""

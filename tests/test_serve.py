@@ -1,0 +1,583 @@
+"""`vaelab serve`: the explorer app without HTTP, its HTTP server (limits, errors, load), the CLI, and the page
+in headless Chromium. Tiny digits runs (8x8), trained once per module; servers on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelab import load_config, load_run, train
+from vaelab.cli import main
+from vaelab.data import load_dataset
+from vaelab.serve import (MAX_BODY, TYPICAL, UNUSUAL, ExplorerApp, ExplorerServer, RequestError, decode_upload,
+                          make_server, percentile, serve)
+
+DIGITS = ["data.dataset=digits", "data.val_size=100", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",
+          "eval.nll_images=20", "eval.gap_images=0"]
+# an MLP VAE trained long enough (on statically binarized digits) that its latent dimensions carry information
+VAE = [*DIGITS, "model.arch=mlp", "train.lr=3e-3", "data.binarize=static", "train.epochs=15"]
+REFERENCE = 100
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three runs: a VAE, an autoencoder and a hierarchical VAE on digits."""
+    root = tmp_path_factory.mktemp("serve")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config(overrides=VAE), root / "vae", log=lambda m: None)
+        train(load_config(overrides=[*DIGITS, "model.kind=ae", "model.arch=mlp", "train.epochs=3"]), root / "ae",
+              log=lambda m: None)
+        train(load_config(overrides=[*DIGITS, "model.kind=hvae", "model.hvae_latents=[4,4]",
+                                     "model.hvae_channels=16", "train.epochs=1"]), root / "hvae", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    return {kind: root / kind for kind in ("vae", "ae", "hvae")}
+
+
+@pytest.fixture(scope="module")
+def splits(runs):
+    return load_dataset(load_run(runs["vae"]).config.data)
+
+
+@pytest.fixture(scope="module")
+def server(runs, splits):
+    """The VAE's explorer on 127.0.0.1, a free port, answering in a thread; its log lines in `server.lines`."""
+    lines: list[str] = []
+    srv = make_server(runs["vae"], "127.0.0.1", 0, splits=splits, reference_images=REFERENCE, log=lines.append)
+    srv.lines = lines
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, dict(response.getheaders()), data
+    finally:
+        conn.close()
+
+
+def _json(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    status, head, data = _request(srv, method, path, body, headers)
+    assert head["Content-Type"] == "application/json", (status, data[:200])
+    return status, json.loads(data)
+
+
+def _pixels(uri: str) -> np.ndarray:
+    """A PNG data URI as an array (H, W) or (H, W, 3), checking it is a real PNG."""
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix)
+    raw = base64.b64decode(uri[len(prefix):])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(raw)))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _test_png(splits, index: int) -> bytes:
+    return _png(splits.test.images[index, 0].numpy())
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def test_samples_are_pngs_of_the_model_size_seeded_and_tempered(server):
+    status, a = _json(server, "GET", "/api/samples?n=5&temperature=1&seed=3")
+    assert status == 200 and len(a["images"]) == 5
+    images = [_pixels(u) for u in a["images"]]
+    assert all(x.shape == (8, 8) and x.dtype == np.uint8 for x in images)
+    assert _json(server, "GET", "/api/samples?n=5&temperature=1&seed=3")[1]["images"] == a["images"]
+    assert _json(server, "GET", "/api/samples?n=5&temperature=1&seed=4")[1]["images"] != a["images"]
+    cold = [_pixels(u) for u in _json(server, "GET", "/api/samples?n=5&temperature=0.2&seed=3")[1]["images"]]
+    assert any(not np.array_equal(x, y) for x, y in zip(images, cold))
+
+
+def test_test_images_have_index_label_and_the_split_pixels(server, splits):
+    status, data = _json(server, "GET", "/api/test-images?offset=10&n=5")
+    assert status == 200 and data["total"] == len(splits.test)
+    assert [row["index"] for row in data["images"]] == [10, 11, 12, 13, 14]
+    for row in data["images"]:
+        assert row["label"] == str(int(splits.test.labels[row["index"]]))
+        assert np.array_equal(_pixels(row["image"]), splits.test.images[row["index"], 0].numpy())
+    last = _json(server, "GET", f"/api/test-images?offset={len(splits.test) - 2}&n=40")[1]
+    assert len(last["images"]) == 2  # the list stops at the end of the split
+
+
+def test_interpolation_ends_are_the_reconstructions(server, runs, splits):
+    run = load_run(runs["vae"])
+    recon = run.reconstruct(splits.test.images[[3, 7]].float() / 255)
+    expected = [(recon[i, 0] * 255).round().to(torch.uint8).numpy().astype(int) for i in range(2)]
+    for method in ("slerp", "lerp"):
+        start = _pixels(_json(server, "GET", f"/api/interpolate?a=3&b=7&t=0&method={method}")[1]["image"])
+        end = _pixels(_json(server, "GET", f"/api/interpolate?a=3&b=7&t=1&method={method}")[1]["image"])
+        assert np.abs(start.astype(int) - expected[0]).max() <= 1
+        assert np.abs(end.astype(int) - expected[1]).max() <= 1
+    middle = _pixels(_json(server, "GET", "/api/interpolate?a=3&b=7&t=0.5")[1]["image"])
+    assert not np.array_equal(middle, start) and not np.array_equal(middle, end)
+    status, path = _json(server, "GET", "/api/interpolate?a=3&b=7&steps=5&method=lerp")
+    assert status == 200 and len(path["images"]) == 5 and path["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert np.abs(_pixels(path["images"][0]).astype(int) - expected[0]).max() <= 1
+
+
+def test_traversal_moves_the_image_along_a_dimension(server):
+    info = _json(server, "GET", "/api/info")[1]
+    dim = int(np.argmax(info["activity"]))
+    low = _pixels(_json(server, "GET", f"/api/traverse?dim={dim}&value=-3")[1]["image"])
+    high = _pixels(_json(server, "GET", f"/api/traverse?dim={dim}&value=3")[1]["image"])
+    assert low.shape == (8, 8) and np.abs(low.astype(int) - high.astype(int)).max() > 20
+    from_image = _pixels(_json(server, "GET", f"/api/traverse?dim={dim}&value=-3&base=5")[1]["image"])
+    assert not np.array_equal(from_image, low)  # the other dimensions come from test image 5's code
+    status, row = _json(server, "GET", f"/api/traverse?dim={dim}&steps=5&base=zero")
+    assert status == 200 and row["values"] == [-4.0, -2.0, 0.0, 2.0, 4.0] and len(row["images"]) == 5
+
+
+def test_info_describes_the_model_and_the_references(server):
+    info = _json(server, "GET", "/api/info")[1]
+    assert info["kind"] == "vae" and info["image_shape"] == [1, 8, 8] and info["latent_dim"] == 20
+    assert info["likelihood"] and info["k"] == 100 and len(info["activity"]) == 20
+    assert info["reference"]["train_images"] == REFERENCE and info["reference"]["test_images"] == REFERENCE
+    assert info["reference"]["train_nll"]["p5"] < info["reference"]["train_nll"]["median"]
+
+
+def test_page_is_served_with_its_controls(server):
+    status, head, body = _request(server, "GET", "/")
+    assert status == 200 and head["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in head["Content-Security-Policy"]
+    page = body.decode()
+    for element in ('id="temperature"', 'id="resample"', 'id="thumbs"', 'id="t"', 'id="dim"', 'id="value"',
+                    'id="upload"', 'id="resize"', 'id="verdict"'):
+        assert element in page
+    assert "http://" not in page and "https://" not in page  # nothing from elsewhere
+    status, head, body = _request(server, "HEAD", "/api/info")
+    assert status == 200 and body == b"" and int(head["Content-Length"]) > 100
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_upload_of_a_test_image_is_typical_and_noise_is_unusual(server, splits):
+    pcts, oods, nlls = [], [], []
+    for index in range(0, 60, 6):
+        status, r = _json(server, "POST", "/api/upload", _test_png(splits, index), {"Content-Type": "image/png"})
+        assert status == 200 and r["k"] == 100 and r["binarized"]
+        assert set(np.unique(_pixels(r["scored"]))) <= {0, 255}
+        assert np.array_equal(_pixels(r["input"]), splits.test.images[index, 0].numpy())
+        assert _pixels(r["reconstruction"]).shape == (8, 8)
+        assert r["bits_per_dim"] == pytest.approx(r["nll"] / (64 * np.log(2)))
+        pcts.append(r["nll_percentile_train"])
+        oods.append(r["ood_score"])
+        nlls.append(r["nll"])
+        assert 0 <= r["ood_percentile_test"] <= 100
+    assert 10 < statistics.median(pcts) < 95  # test images fall inside the training NLLs
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    r = _json(server, "POST", "/api/upload", _png(noise))[1]
+    assert r["nll"] > max(nlls) and r["ood_score"] > max(oods)
+    assert r["nll_percentile_train"] == 100 and r["ood_percentile_test"] == 100
+    assert r["verdict"] == UNUSUAL and "test images" in r["verdict_reason"]
+    inverted = 255 - splits.test.images[6, 0].numpy()
+    r_inv = _json(server, "POST", "/api/upload", _png(inverted))[1]
+    r_in = _json(server, "POST", "/api/upload", _test_png(splits, 6))[1]
+    assert r_inv["nll"] > r_in["nll"] and r_inv["ood_score"] > r_in["ood_score"]
+    assert r_inv["verdict"] == UNUSUAL
+
+
+def test_upload_scores_are_repeatable_and_colour_becomes_grey(server, splits):
+    grey = splits.test.images[4, 0].numpy()
+    first = _json(server, "POST", "/api/upload", _png(grey))[1]
+    assert first["verdict"] == TYPICAL
+    assert _json(server, "POST", "/api/upload", _png(grey))[1]["nll"] == first["nll"]
+    rgb = _json(server, "POST", "/api/upload", _png(np.stack([grey] * 3, -1)))[1]
+    assert rgb["nll"] == first["nll"] and rgb["input"] == first["input"]
+    sixteen = _png(grey.astype(np.uint16) * 257)
+    assert Image.open(io.BytesIO(sixteen)).mode.startswith("I")
+    wide = _json(server, "POST", "/api/upload", sixteen)[1]
+    assert wide["input"] == first["input"]  # 16-bit grey scaled to 8 bits
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="JPEG", quality=95)
+    jpeg = _json(server, "POST", "/api/upload", buffer.getvalue(), {"Content-Type": "image/jpeg"})
+    assert jpeg[0] == 200 and _pixels(jpeg[1]["input"]).shape == (8, 8)
+
+
+def test_decode_upload_refuses_a_large_image_before_decoding_it():
+    # a 30000 x 30000 PNG header: 900 megapixels, refused by its size before any pixel is decoded
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height (its CRC no longer matches)
+    with pytest.raises(RequestError) as err:
+        decode_upload(bytes(data), (1, 8, 8))
+    assert err.value.status in (415, 422)
+    with pytest.raises(RequestError, match="takes 8x8") as err:
+        decode_upload(_png(np.zeros((9, 8), np.uint8)), (1, 8, 8))
+    assert err.value.status == 422
+    assert decode_upload(_png(np.zeros((8, 8, 3), np.uint8)), (3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def test_percentile_counts_ties_as_one_half():
+    ref = np.array([1.0, 2.0, 3.0, 4.0])
+    assert percentile(0.0, ref) == 0 and percentile(5.0, ref) == 100
+    assert percentile(2.0, ref) == pytest.approx(37.5) and percentile(2.5, ref) == 50
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+BAD = [
+    ("GET", "/api/samples?temperature=0", 400, "temperature"),
+    ("GET", "/api/samples?temperature=-1", 400, "temperature"),
+    ("GET", "/api/samples?temperature=1e9", 400, "temperature"),
+    ("GET", "/api/samples?temperature=nan", 400, "finite"),
+    ("GET", "/api/samples?temperature=warm", 400, "finite"),
+    ("GET", "/api/samples?n=65", 400, "n must be"),
+    ("GET", "/api/samples?n=0", 400, "n must be"),
+    ("GET", "/api/samples?n=abc", 400, "integer"),
+    ("GET", "/api/samples?seed=-1", 400, "seed"),
+    ("GET", "/api/samples?n=2&n=3", 400, "once"),
+    ("GET", "/api/samples?colour=red", 400, "unknown parameter"),
+    ("GET", "/api/interpolate?a=0&b=1&t=1.5", 400, "t must be"),
+    ("GET", "/api/interpolate?a=0&b=1&t=-0.1", 400, "t must be"),
+    ("GET", "/api/interpolate?a=0&b=100000&t=0.5", 400, "test image index"),
+    ("GET", "/api/interpolate?a=0&b=1", 400, "either t"),
+    ("GET", "/api/interpolate?a=0&b=1&t=0.5&method=cubic", 400, "lerp or slerp"),
+    ("GET", "/api/interpolate?a=0&b=1&steps=1000", 400, "steps"),
+    ("GET", "/api/traverse?dim=20&value=0", 400, "dim must be from 0 to 19"),
+    ("GET", "/api/traverse?dim=-1&value=0", 400, "dim"),
+    ("GET", "/api/traverse?dim=0&value=9", 400, "value must be"),
+    ("GET", "/api/traverse?dim=0&value=1&base=-3", 400, "base"),
+    ("GET", "/api/traverse?dim=0&value=1&base=me", 400, "integer"),
+    ("GET", "/api/test-images?n=1000", 400, "n must be"),
+    ("GET", "/api/nothing", 404, "no such"),
+    ("GET", "/../../etc/passwd", 404, "no such"),
+    ("POST", "/api/samples", 405, "takes GET"),
+    ("DELETE", "/api/info", 405, "takes GET"),
+    ("GET", "/api/upload", 405, "takes POST"),
+    ("POST", "/api/upload", 415, "not an image"),  # body: text
+    ("POST", "/api/upload?x=1", 400, "unknown parameter"),
+]
+
+
+@pytest.mark.parametrize("method,path,status,words", BAD)
+def test_bad_requests_get_a_4xx_with_a_message(server, method, path, status, words):
+    body = b"this is not an image" if method == "POST" else None
+    got, data = _json(server, method, path, body)
+    assert got == status and words in data["error"], data
+    assert "Traceback" not in data["error"]
+    if status == 405:
+        assert _request(server, method, path, body)[1]["Allow"] in ("GET, HEAD", "POST")
+
+
+def test_upload_limits_and_the_server_stays_up(server, splits):
+    status, data = _json(server, "POST", "/api/upload", b"\0" * (MAX_BODY + 1))
+    assert status == 413 and "at most" in data["error"]
+    status, data = _json(server, "POST", "/api/upload", _png(np.zeros((28, 28), np.uint8)))
+    assert status == 422 and "8x8" in data["error"]
+    status, data = _json(server, "POST", "/api/upload", b"")
+    assert status == 400 and "empty" in data["error"]
+    status, data = _json(server, "POST", "/api/upload", _test_png(splits, 0)[:40])
+    assert status in (400, 415)
+    status, data = _json(server, "GET", "/api/info", headers={"Host": "attacker.example:8765"})
+    assert status == 403 and "127.0.0.1" in data["error"]
+    # a client that asks before sending 10 MB is refused before it sends them
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(200).startswith(b"HTTP/1.1 413")
+    # a declared length the client never sends in full: the connection times out, nothing else happens
+    status, _ = _json(server, "GET", "/api/info")
+    assert status == 200
+
+
+def test_a_server_error_is_a_500_with_a_message_and_the_server_goes_on(server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(server.app, "samples", broken)
+    status, data = _json(server, "GET", "/api/samples")
+    assert status == 500 and "RuntimeError" in data["error"] and "simulated" not in data["error"]
+    assert any("simulated failure" in line and "Traceback" in line for line in server.lines)
+    monkeypatch.undo()
+    assert _json(server, "GET", "/api/samples?n=1")[0] == 200
+
+
+def test_too_many_open_connections_get_503(server):
+    small = ExplorerServer(("127.0.0.1", 0), server.app, max_connections=1)
+    thread = threading.Thread(target=small.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", small.port), timeout=10) as idle:
+            time.sleep(0.3)  # the idle connection holds the only slot
+            status, data = _json(small, "GET", "/api/info")
+            assert status == 503 and "busy" in data["error"]
+        deadline = time.time() + 20  # the slot is freed when the idle connection closes
+        while _request(small, "GET", "/api/info")[0] != 200:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    finally:
+        small.shutdown()
+        small.server_close()
+
+
+# --------------------------------------------------------------------------- speed and load
+
+
+def test_each_endpoint_answers_well_under_a_second(server, splits):
+    upload = _test_png(splits, 1)
+    calls = {
+        "samples n=16": ("GET", "/api/samples?n=16&temperature=0.8&seed=1", None),
+        "test-images n=40": ("GET", "/api/test-images?n=40", None),
+        "interpolate t": ("GET", "/api/interpolate?a=1&b=2&t=0.3", None),
+        "interpolate steps=9": ("GET", "/api/interpolate?a=1&b=2&steps=9", None),
+        "traverse value": ("GET", "/api/traverse?dim=1&value=2&base=4", None),
+        "upload k=100": ("POST", "/api/upload", upload),
+    }
+    medians = {}
+    for name, (method, path, body) in calls.items():
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            assert _request(server, method, path, body)[0] == 200
+            times.append(time.perf_counter() - t0)
+        medians[name] = statistics.median(times)
+    print("median latency (s): " + ", ".join(f"{k} {v:.4f}" for k, v in medians.items()))
+    assert max(medians.values()) < 0.3, medians
+
+
+def test_load_from_several_clients_gets_every_answer_and_no_5xx(server, splits):
+    upload = _test_png(splits, 2)
+    mix = [("GET", "/api/samples?n=16&temperature=1.2&seed={i}", None, 200),
+           ("GET", "/api/interpolate?a={i}&b=9&t=0.5", None, 200),
+           ("GET", "/api/traverse?dim={d}&value=1.5", None, 200),
+           ("POST", "/api/upload", upload, 200),
+           ("GET", "/api/test-images?offset={i}&n=20", None, 200),
+           ("GET", "/api/samples?temperature=0", None, 400),
+           ("POST", "/api/upload", b"not an image", 415),
+           ("GET", "/api/missing", None, 404)]
+    results: list[tuple[int, int, float]] = []
+    failures: list[str] = []
+
+    def client(worker: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # one keep-alive connection
+        try:
+            for i in range(25):
+                method, path, body, expected = mix[(i + worker) % len(mix)]
+                t0 = time.perf_counter()
+                conn.request(method, path.format(i=i, d=i % 20), body=body)
+                response = conn.getresponse()
+                response.read()
+                results.append((response.status, expected, time.perf_counter() - t0))
+        except Exception as exc:  # pragma: no cover - reported below
+            failures.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures and len(results) == 150
+    assert all(status == expected for status, expected, _ in results)
+    lat = np.array([r[2] for r in results])
+    print(f"load: 6 clients x 25 requests, latency p50 {np.percentile(lat, 50):.4f} s, "
+          f"p90 {np.percentile(lat, 90):.4f} s, p99 {np.percentile(lat, 99):.4f} s, max {lat.max():.4f} s")
+    assert _json(server, "GET", "/api/info")[0] == 200
+
+
+# --------------------------------------------------------------------------- other model kinds
+
+
+def test_autoencoder_reconstructs_and_says_it_has_no_likelihood(runs, splits):
+    app = ExplorerApp(load_run(runs["ae"]), splits, reference_images=50)
+    assert not app.has_likelihood and app.info()["k"] is None
+    r = app.score_upload(_test_png(splits, 0))
+    assert r["nll"] is None and "not defined for an autoencoder" in r["note"]
+    assert _pixels(r["reconstruction"]).shape == (8, 8) and 0 <= r["recon_error_percentile_train"] <= 100
+    noise = app.score_upload(_png(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)))
+    assert noise["recon_error"] > r["recon_error"] and noise["verdict"] == UNUSUAL
+    code_std = app.model.code_std
+    dim = int(torch.argmax(code_std))  # traversal moves the code in units of the fitted code distribution
+    low, high = (_pixels(app.traverse(dim, value=v)["image"]) for v in (-3.0, 3.0))
+    assert not np.array_equal(low, high)
+    assert len(app.samples(4, 1.0, 0)["images"]) == 4
+
+
+def test_hierarchical_vae_explores_and_scores(runs, splits):
+    app = ExplorerApp(load_run(runs["hvae"]), splits, reference_images=30, k=20)
+    assert app.has_likelihood and app.kind == "hvae"
+    a = app.samples(3, 1.0, 5)["images"]
+    assert a == app.samples(3, 1.0, 5)["images"] and _pixels(a[0]).shape == (8, 8)
+    assert len(app.interpolate(0, 1, steps=3)["images"]) == 3
+    assert _pixels(app.traverse(app.model.latent_dim - 1, value=2.0, base=3)["image"]).shape == (8, 8)
+    r = app.score_upload(_test_png(splits, 2))
+    assert r["k"] == 20 and r["nll"] > 0 and r["verdict"] in (TYPICAL, UNUSUAL)
+    with pytest.raises(RequestError, match="dim must be"):
+        app.traverse(app.model.latent_dim, value=0.0)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_serves_until_interrupted(runs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(runs["vae"]), "--port", "0", "--quiet",
+                             "--reference-images", "30", "--k", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not any(line.startswith("open http://") for line in lines):
+            line = proc.stdout.readline()
+            assert line, (lines, proc.stderr.read())
+            lines.append(line)
+        assert "k=20" in lines[0] and "30 training and 30 test images" in lines[0]
+        port = int(lines[-1].split(":")[2].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/info")
+        assert json.loads(conn.getresponse().read())["k"] == 20
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,words", [(["--port", "70000"], "port must lie between"),
+                                        (["--k", "0"], "k (importance samples"),
+                                        (["--reference-images", "3"], "reference images")])
+def test_cli_refuses_bad_options(runs, capsys, args, words):
+    assert main(["serve", str(runs["vae"]), *args]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_cli_refuses_a_busy_port(runs, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(runs["vae"]), "--port", str(busy.getsockname()[1])]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
+def test_serve_warns_off_loopback_and_stops_on_interrupt(server):
+    other = ExplorerServer(("127.0.0.1", 0), server.app)
+    other.loopback = False  # as if bound to 0.0.0.0
+    said: list[str] = []
+    thread = threading.Thread(target=serve, args=(other, said.append), daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    other.shutdown()
+    thread.join(10)
+    assert "reachable from other machines" in said[0] and said[-1] == "stopped"
+
+
+# --------------------------------------------------------------------------- the page in headless Chromium
+
+
+IMAGE_STATE = """
+const img = document.getElementById(arguments[0]);
+if (!img || !img.complete || !img.naturalWidth) return null;
+const canvas = document.createElement('canvas');
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+const ctx = canvas.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+let lo = 255, hi = 0;
+for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+return [img.src, canvas.width, lo, hi];
+"""
+
+
+def test_page_in_headless_chromium(server, browser, tmp_path, splits):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    def state(element_id):
+        return browser.execute_script(IMAGE_STATE, element_id)
+
+    def changed(element_id, before):
+        """Wait until the image shows a new, non-blank picture; return its state."""
+        def ready(_):
+            s = state(element_id)
+            return s if s and s[0] != before and s[3] > s[2] else False
+        return WebDriverWait(browser, 20).until(ready, f"{element_id} did not change")
+
+    browser.get(server.url)
+    for element_id in ("sample-0", "interp", "traverse", "thumb-0"):
+        changed(element_id, None)
+    assert state("sample-0")[1] == 8  # the model's own size, enlarged by CSS
+
+    sample = state("sample-0")[0]
+    slider = browser.find_element(By.ID, "temperature")
+    for _ in range(4):
+        slider.send_keys(Keys.ARROW_LEFT)
+    sample = changed("sample-0", sample)[0]
+    browser.find_element(By.ID, "resample").click()
+    changed("sample-0", sample)
+    assert browser.find_element(By.ID, "seed").get_attribute("value") == "1"
+
+    interp = state("interp")[0]
+    browser.find_element(By.ID, "thumb-5").click()  # A
+    browser.find_element(By.ID, "thumb-9").click()  # B
+    assert "a" in browser.find_element(By.ID, "thumb-5").get_attribute("class").split()
+    interp = changed("interp", interp)[0]
+    t = browser.find_element(By.ID, "t")
+    for _ in range(20):
+        t.send_keys(Keys.ARROW_RIGHT)
+    changed("interp", interp)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#interp-path img")) == 9
+
+    info = json.loads(_request(server, "GET", "/api/info")[2])
+    top = int(np.argmax(info["activity"]))
+    assert Select(browser.find_element(By.ID, "dim")).first_selected_option.get_attribute("value") == str(top)
+    traverse = state("traverse")[0]
+    value = browser.find_element(By.ID, "value")
+    for _ in range(25):
+        value.send_keys(Keys.ARROW_RIGHT)
+    changed("traverse", traverse)
+
+    big = tmp_path / "digit-32.png"  # not the model's size: the page resizes it in a canvas
+    Image.fromarray(splits.test.images[3, 0].numpy()).resize((32, 32)).save(big)
+    browser.find_element(By.ID, "upload").send_keys(str(big))
+    changed("upload-recon", None)
+    changed("upload-input", None)
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "verdict").text)
+    assert "nats (k = 100)" in browser.find_element(By.ID, "nll").text
+    assert browser.find_element(By.ID, "verdict").get_attribute("class") in ("typical", "unusual")
+
+    recon = state("upload-recon")[0]
+    browser.find_element(By.ID, "resize").click()  # off: the server's 422 is shown, the old results stay
+    other = tmp_path / "digit-32b.png"
+    Image.fromarray(255 - splits.test.images[4, 0].numpy()).resize((32, 32)).save(other)
+    browser.find_element(By.ID, "upload").send_keys(str(other))
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "upload-error").text)
+    assert "8x8" in browser.find_element(By.ID, "upload-error").text
+    assert state("upload-recon")[0] == recon
+    assert not browser.find_element(By.ID, "error").is_displayed()
