@@ -181,6 +181,11 @@ class TrainConfig:
     channels_last: bool = _opt(True, "conv models: channels-last memory format (faster convolutions on CPU)")
     grid_every: int = _opt(1, "write a sample grid every N epochs (0: only at the end)")
     grid_size: int = _opt(64, "images in each sample / reconstruction grid")
+    tensorboard: bool = _opt(
+        False, "write TensorBoard event files into RUN/tensorboard/: per-epoch losses, gap, learning rate, "
+               "beta, speed and image grids (step = epoch), the config and the final evaluation; needs "
+               "pip install 'vaelab[tensorboard]'"
+    )
     monitor_images: int | None = _opt(
         None, "per epoch, -ELBO on fixed, equal-size subsets of train and validation, binarized once "
               "(none: the validation split's size; 0: off)"

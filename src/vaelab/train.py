@@ -7,7 +7,9 @@
 3. per epoch: Adam steps on shuffled batches (dynamically binarized if asked),
    the validation loss on the validation split binarized once, a line in
    metrics.jsonl, the `last` checkpoint, the `best` one when validation
-   improved, and a grid of samples from a fixed set of latent draws,
+   improved, and a grid of samples from a fixed set of latent draws (with
+   `train.tensorboard`, the same numbers and grids as TensorBoard events, see
+   vaelab.tblog),
 4. at the end, with the best weights: samples, reconstructions and
    interpolations, the loss terms on train / val / test and a sample-fidelity
    score (Frechet distance to the test images in PCA space) in evaluation.json.
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from . import __version__, distributed, noise
@@ -113,6 +116,11 @@ class Trainer:
                  resume_from: LoadedCheckpoint | None = None, _restart: bool = False) -> None:
         self.cfg = config = _absolute_paths(config)
         self._lock = None
+        self.tb = None  # the TensorBoard writer (train.tensorboard), opened by run() on rank 0
+        if config.train.tensorboard:  # a missing package is a start-up error, never one after training
+            from .tblog import require_tensorboard
+
+            require_tensorboard()
         if resume_from is None and not _restart:
             _check_run_dir(Path(run_dir))
         self.resumed = resume_from is not None
@@ -221,6 +229,9 @@ class Trainer:
         self._log_file.flush()
 
     def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         if self._log_file is not None and not self._log_file.closed:
             try:
                 self._log_file.close()
@@ -559,9 +570,39 @@ class Trainer:
                                                                    device=self.device)])
         self.model.fit_code_distribution(codes)
 
+    def _samples(self) -> np.ndarray:
+        """A grid of images decoded from the same prior draws every time (seed train.seed + 2)."""
+        tc = self.cfg.train
+        return square_grid(sample(self.model, tc.grid_size, 1.0, torch.Generator().manual_seed(tc.seed + 2)))
+
     def _sample_grid(self, path: Path) -> None:
-        images = sample(self.model, self.cfg.train.grid_size, 1.0, torch.Generator().manual_seed(self.cfg.train.seed + 2))
-        save_png(square_grid(images), path)
+        save_png(self._samples(), path)
+
+    # ------------------------------------------------------------------ TensorBoard (train.tensorboard)
+
+    def _open_tensorboard(self) -> None:
+        """On rank 0, the run's TensorBoard writer, with the config; events continue after the saved epoch."""
+        if not (self.cfg.train.tensorboard and self.group.main):
+            return
+        from .tblog import TensorBoardLog
+
+        self.tb = TensorBoardLog(self.paths.root, first_step=self.epoch + 1, note=self.log)
+        self.tb.start(self.epoch, to_toml(self.cfg), to_dict(self.cfg))
+        if self.tb.active:
+            self.log(f"TensorBoard events in {self.tb.dir} (step = epoch): tensorboard --logdir "
+                     f"{self.paths.root.parent}")
+
+    def _log_epoch_to_tensorboard(self, record: dict[str, Any], samples: np.ndarray) -> None:
+        """The epoch's scalars, its sample grid and the reconstructions of fixed validation images."""
+        from .tblog import epoch_scalars
+
+        images = {"samples": samples}
+        if len(self.splits.val):
+            val = self.splits.val.images
+            pick = spread_index(len(val), max(2, self.cfg.train.grid_size // 2), self.cfg.train.seed + 4)
+            x = val[pick].float().div(255).to(self.device)
+            images["reconstructions/val"] = pairs_grid(x, reconstruct(self.model, x))
+        self.tb.epoch(self.epoch, epoch_scalars(record), images)
 
     def run(self, on_epoch: Callable[["Trainer", dict[str, Any]], bool | None] | None = None,
             evaluate: bool = True) -> TrainResult:
@@ -592,6 +633,7 @@ class Trainer:
                 self.log(f"note: the checkpoint was written by {self._resumed_processes} process(es) and this run "
                          f"has {self.group.world}; the batches and the steps stay the same")
         try:
+            self._open_tensorboard()
             with self.signals, open(self.paths.metrics, "a", encoding="utf-8") as metrics_file:
                 for _ in range(tc.epochs - self.epoch if not self.stopped_early else 0):
                     train_terms = self.train_epoch()
@@ -676,14 +718,20 @@ class Trainer:
             "monitor": monitor,
         }
         self.history.append(record)
+        grid_due = bool(tc.grid_every) and self.epoch % tc.grid_every == 0
+        samples = None
+        if grid_due or self.tb is not None:
+            with self.eval_weights():
+                samples = self._samples()
+                if self.tb is not None:  # before the checkpoints: an epoch logged and then killed is redone
+                    self._log_epoch_to_tensorboard(record, samples)
         if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
             self.save("best", with_optimizer=False)  # pointing at a best epoch that was not saved
         self.save("last", with_optimizer=True)
         if tc.snapshot_every and self.epoch % tc.snapshot_every == 0:
             self.save(snapshot_name(self.epoch), with_optimizer=False)
-        if tc.grid_every and self.epoch % tc.grid_every == 0:
-            with self.eval_weights():
-                self._sample_grid(self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
+        if grid_due:
+            save_png(samples, self.paths.images / f"samples_epoch_{self.epoch:03d}.png")
         val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
                     if val is not None else "no validation split")
         if record["monitor"] is not None:
@@ -747,6 +795,10 @@ class Trainer:
         if fid:
             self.log(f"samples: Frechet distance to {fid['images']} test images in PCA-{fid['pca_dims']} pixel space "
                      f"{fid['fd_samples_test']:.2f} (real training images: {fid['fd_train_test']:.2f}; lower is better)")
+        if self.tb is not None:
+            from .tblog import final_scalars
+
+            self.tb.final(self.epoch, final_scalars(evaluation))
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
                                                epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
                                                stopped_early=self.stopped_early))
