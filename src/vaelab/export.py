@@ -13,11 +13,14 @@ code z_L (flattened) to an image with every lower layer at its conditional prior
 of `vaelab sample`, with noise in every layer, is not exported.
 
 ONNX goes through `torch.onnx.export(dynamo=True)` (torch.export, then onnxscript): it exports every
-model vaelab trains, including the decoder's `FoldConvTranspose2d` (as Col2Im) and the logistic
-mixture's reshapes, with a symbolic batch size. The legacy TorchScript-based exporter (`dynamo=False`)
-fails on both: it has no Col2Im below opset 18 and it records the mixture's channel count from the
-traced batch. TorchScript files come from `torch.jit.trace` (deprecated upstream but still what
-`torch.jit.load` reads); the models have no data-dependent control flow, so a trace is exact.
+model vaelab trains with a symbolic batch size, the logistic mixture's reshapes included. The legacy
+TorchScript-based exporter (`dynamo=False`) records the mixture's channel count from the traced batch
+(those files fail at any other batch size) and cannot write the decoder's `FoldConvTranspose2d` below
+opset 18. In ONNX files that layer becomes the plain ConvTranspose it computes (same weights): a
+standard operator every runtime has, which onnxruntime runs as fast as the matmul + Col2Im form.
+TorchScript files come from `torch.jit.trace` (deprecated upstream but still what `torch.jit.load`
+reads) and keep the fold form, faster in libtorch; the models have no data-dependent control flow, so
+a trace is exact.
 
 Before a file is written it is loaded back from its bytes (onnx.checker, onnxruntime; torch.jit.load)
 and run on random inputs of batch sizes other than the export's; its outputs must match the PyTorch
@@ -46,11 +49,12 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .models import HVAE, VAE, Autoencoder, MLPEncoder, Model, eval_mode
+from .models.conv import FoldConvTranspose2d
 
 FORMATS = ("onnx", "torchscript")
 PARTS = ("decoder", "encoder")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
-MIN_OPSET = 18  # Col2Im (the decoder's FoldConvTranspose2d) and the dynamo exporter start here
+MIN_OPSET = 18  # the dynamo exporter's lowest (older ones need a version conversion that may fail)
 TOLERANCE = 1e-4  # largest |exported - PyTorch| accepted; float32 reordering gives about 1e-7
 EXAMPLE_BATCH = 2  # the batch traced at export; 0 and 1 would be specialized by torch.export
 VERIFY_BATCHES = (1, 5)  # batch sizes run in the check, unlike the traced one
@@ -115,14 +119,32 @@ class EncoderGraph(nn.Module):
         return (q.mean, q.logvar) if self.model.variational else q
 
 
-def build_graph(model: Model, part: str) -> nn.Module:
-    """A CPU float32 copy of `model` wrapped as `part`'s graph, in eval mode, without the weights it does
-    not use and with no gradients (its outputs do not require grad in torch.jit.load either)."""
+def build_graph(model: Model, part: str, fmt: str = "torchscript") -> nn.Module:
+    """A CPU float32 copy of `model` wrapped as `part`'s graph for format `fmt`, in eval mode, without the
+    weights it does not use and with no gradients (its outputs do not require grad in torch.jit.load either)."""
     copied = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)
+    if fmt == "onnx":
+        _plain_transposed_convs(copied)
     graph = (DecoderGraph if part == "decoder" else EncoderGraph)(copied).eval()
     _drop_unused_parameters(graph, example_input(model, part, EXAMPLE_BATCH))
     graph.requires_grad_(False)
     return graph
+
+
+def _plain_transposed_convs(module: nn.Module) -> None:
+    """Replace, in place, each FoldConvTranspose2d (matmul + col2im, a speed-up for oneDNN) by the plain
+    nn.ConvTranspose2d it computes, with the same weights: ONNX then holds a standard ConvTranspose
+    instead of MatMul + Col2Im (opset 18 and newer only, and missing from some runtimes)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, FoldConvTranspose2d):
+            plain = nn.ConvTranspose2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                       padding=child.padding, output_padding=child.output_padding,
+                                       groups=child.groups, bias=child.bias is not None, dilation=child.dilation,
+                                       padding_mode=child.padding_mode)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain)
+        else:
+            _plain_transposed_convs(child)
 
 
 class _Dropped(nn.Module):
@@ -431,11 +453,11 @@ def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORM
     for part in parts:
         inputs, outputs = tensor_specs(model, part)
         specs[part] = {"inputs": [asdict(s) for s in inputs], "outputs": [asdict(s) for s in outputs]}
-        graph = build_graph(model, part)
         example = example_input(model, part, EXAMPLE_BATCH)
         metadata = _file_metadata(model, part, versions)
         for fmt in formats:
             start = time.perf_counter()
+            graph = build_graph(model, part, fmt)
             path = out / f"{part}{SUFFIX[fmt]}"
             if fmt == "onnx":
                 data = to_onnx(graph, example, inputs, outputs, opset, metadata)
