@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ from vaelab.serve import (MAX_BODY, TYPICAL, UNUSUAL, ExplorerApp, ExplorerServe
 DIGITS = ["data.dataset=digits", "data.val_size=100", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",
           "eval.nll_images=20", "eval.gap_images=0"]
 # an MLP VAE trained long enough (on statically binarized digits) that its latent dimensions carry information
-VAE = [*DIGITS, "model.arch=mlp", "train.lr=3e-3", "data.binarize=static", "train.epochs=15"]
+VAE = [*DIGITS, "model.arch=mlp", "train.lr=3e-3", "data.binarize=static", "train.epochs=4", "train.batch_size=32"]
 REFERENCE = 100
 
 
@@ -61,8 +61,9 @@ def splits(runs):
 def server(runs, splits):
     """The VAE's explorer on 127.0.0.1, a free port, answering in a thread; its log lines in `server.lines`."""
     lines: list[str] = []
-    srv = make_server(runs["vae"], "127.0.0.1", 0, splits=splits, reference_images=REFERENCE, log=lines.append)
+    srv = make_server(runs["vae"], "127.0.0.1", 0, checkpoint="last", reference_images=REFERENCE, log=lines.append)
     srv.lines = lines
+    assert srv.app.run.meta["epoch"] == 4 and srv.app.splits.test.images.equal(splits.test.images)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
@@ -131,8 +132,8 @@ def test_test_images_have_index_label_and_the_split_pixels(server, splits):
     assert len(last["images"]) == 2  # the list stops at the end of the split
 
 
-def test_interpolation_ends_are_the_reconstructions(server, runs, splits):
-    run = load_run(runs["vae"])
+def test_interpolation_ends_are_the_reconstructions(server, splits):
+    run = server.app.run
     recon = run.reconstruct(splits.test.images[[3, 7]].float() / 255)
     expected = [(recon[i, 0] * 255).round().to(torch.uint8).numpy().astype(int) for i in range(2)]
     for method in ("slerp", "lerp"):
@@ -226,15 +227,21 @@ def test_upload_scores_are_repeatable_and_colour_becomes_grey(server, splits):
     assert jpeg[0] == 200 and _pixels(jpeg[1]["input"]).shape == (8, 8)
 
 
-def test_decode_upload_refuses_a_large_image_before_decoding_it():
-    # a 30000 x 30000 PNG header: 900 megapixels, refused by its size before any pixel is decoded
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A 1x1 grey PNG whose header claims width x height pixels (a decompression bomb's first bytes)."""
     buffer = io.BytesIO()
     Image.new("L", (1, 1)).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
-    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height (its CRC no longer matches)
-    with pytest.raises(RequestError) as err:
-        decode_upload(bytes(data), (1, 8, 8))
-    assert err.value.status in (415, 422)
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # in IHDR, then its CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [9000, 30000])  # 81 megapixels (below Pillow's bomb limit), 900 (above it)
+def test_decode_upload_refuses_a_huge_image_before_decoding_it(side):
+    with pytest.raises(RequestError, match="8x8") as err:
+        decode_upload(_png_header_claiming(side, side), (1, 8, 8))
+    assert err.value.status == 422
     with pytest.raises(RequestError, match="takes 8x8") as err:
         decode_upload(_png(np.zeros((9, 8), np.uint8)), (1, 8, 8))
     assert err.value.status == 422
@@ -294,6 +301,14 @@ def test_bad_requests_get_a_4xx_with_a_message(server, method, path, status, wor
         assert _request(server, method, path, body)[1]["Allow"] in ("GET, HEAD", "POST")
 
 
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (as it does after these errors)."""
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_upload_limits_and_the_server_stays_up(server, splits):
     status, data = _json(server, "POST", "/api/upload", b"\0" * (MAX_BODY + 1))
     assert status == 413 and "at most" in data["error"]
@@ -305,14 +320,29 @@ def test_upload_limits_and_the_server_stays_up(server, splits):
     assert status in (400, 415)
     status, data = _json(server, "GET", "/api/info", headers={"Host": "attacker.example:8765"})
     assert status == 403 and "127.0.0.1" in data["error"]
+    assert _json(server, "GET", "/api/info", headers={"Host": f"localhost:{server.port}"})[0] == 200
+    # a refused body is not read as the next request of a keep-alive connection
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/api/samples", body=b"GET /api/nothing HTTP/1.1\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 405 and json.loads(response.read())["error"]
+    conn.close()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400") and b'{"error": ' in answer
     # a client that asks before sending 10 MB is refused before it sends them
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n"
                      b"Expect: 100-continue\r\n\r\n")
-        assert sock.recv(200).startswith(b"HTTP/1.1 413")
-    # a declared length the client never sends in full: the connection times out, nothing else happens
-    status, _ = _json(server, "GET", "/api/info")
-    assert status == 200
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"at most" in answer
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # a body cut short
+        sock.sendall(b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123456789")
+        sock.shutdown(socket.SHUT_WR)
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400") and b"after 10 of 100 bytes" in answer
+    assert _json(server, "GET", "/api/info")[0] == 200
 
 
 def test_a_server_error_is_a_500_with_a_message_and_the_server_goes_on(server, monkeypatch):
@@ -485,16 +515,19 @@ def test_cli_refuses_a_busy_port(runs, capsys):
     assert "choose another --port" in capsys.readouterr().err
 
 
-def test_serve_warns_off_loopback_and_stops_on_interrupt(server):
+def test_serve_warns_off_loopback_and_stops_on_sigterm(server):
     other = ExplorerServer(("127.0.0.1", 0), server.app)
     other.loopback = False  # as if bound to 0.0.0.0
     said: list[str] = []
-    thread = threading.Thread(target=serve, args=(other, said.append), daemon=True)
-    thread.start()
-    time.sleep(0.2)
-    other.shutdown()
-    thread.join(10)
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    serve(other, said.append)  # in the main thread, as the CLI runs it: SIGTERM stops it like Ctrl-C
+    timer.join()
     assert "reachable from other machines" in said[0] and said[-1] == "stopped"
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", other.port), timeout=2).close()
 
 
 # --------------------------------------------------------------------------- the page in headless Chromium

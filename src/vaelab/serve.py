@@ -61,7 +61,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_K = 100  # importance samples per upload: ~10 ms for one 28x28 image; k=100 is also part 2's eval.ood_k
 MAX_K = 1000
-DEFAULT_REFERENCE = 300  # training and test images scored at start-up (each)
+DEFAULT_REFERENCE = 200  # training and test images scored at start-up (each): ~7 s for a 28x28 conv VAE, 1 thread
 MAX_REFERENCE = 5000
 MAX_BODY = 2 * 1024 * 1024  # bytes of one upload
 DRAIN_LIMIT = 16 * 1024 * 1024  # an oversize body up to this is read and dropped, so the client sees the 413
@@ -96,7 +96,7 @@ def _shown(value: Any, most: int = 40) -> str:
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     below = value <= low if low_open else value < low
     if below or value > high or not math.isfinite(value):
-        span = f"{'above' if low_open else 'from'} {low:g} {'up to' if low_open else 'to'} {high:g}"
+        span = f"> {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
         raise RequestError(400, f"{name} must be {span}, got {value:g}")
 
 
@@ -141,7 +141,10 @@ def decode_upload(data: bytes, image_shape: tuple[int, int, int]) -> torch.Tenso
             img.load()
     except RequestError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own check, on opening
+        raise RequestError(422, f"the image is far larger than this model's {w}x{h} pixels (width x height); "
+                                "resize it first") from None
+    except UnidentifiedImageError:
         raise RequestError(415, f"the body is not an image this server reads ({', '.join(UPLOAD_FORMATS)}); "
                                 "send a PNG or JPEG file") from None
     except (OSError, ValueError, SyntaxError, EOFError):  # Pillow's word for truncated or corrupt files
@@ -575,8 +578,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.log(f"{self.address_string()} {format % args}")
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (malformed request line, header too long, unknown method) as JSON too."""
+        """http.server's own errors (malformed request line, header too long, unknown method) as JSON too,
+        with a status line even when the request line was too broken to name its HTTP version."""
         self.close_connection = True
+        self.request_version = self.protocol_version
         self._send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     def handle_expect_100(self) -> bool:
@@ -590,6 +595,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None,
               head: bool = False) -> None:
+        if getattr(self, "_unread", False):  # a body left in the stream would be read as the next request
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -630,6 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError(400, f"Content-Length must be a number of bytes, got {_shown(length_text)}")
         length = int(length_text)
+        self._unread = False
         if length > MAX_BODY:
             if length <= DRAIN_LIMIT:  # read and drop it, so the client is not cut off before it reads the answer
                 remaining = length
@@ -650,6 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         started = time.perf_counter()
         self._status = 0
+        self._unread = self.headers.get("Content-Length", "0").strip() not in ("", "0") \
+            or self.headers.get("Transfer-Encoding") is not None
         url = urlsplit(self.path)
         try:
             self._answer(method, url.path, url.query)
@@ -681,6 +691,12 @@ class _Handler(BaseHTTPRequestHandler):
             exc = RequestError(405, f"{path} takes {route.method} requests, not {method}")
             exc.allow = allowed  # type: ignore[attr-defined]
             raise exc
+        head = method == "HEAD"
+        if path in ("/", "/index.html"):  # the page ignores any query
+            from .explorer_page import PAGE
+
+            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8", PAGE_HEADERS, head)
+            return
         try:
             q = parse_qs(query, keep_blank_values=True, max_num_fields=16)
         except ValueError:
@@ -693,12 +709,6 @@ class _Handler(BaseHTTPRequestHandler):
         if repeated:
             raise RequestError(400, f"parameter {repeated[0]} is given {len(q[repeated[0]])} times; give it once")
         body = self._read_body() if method == "POST" else b""
-        head = method == "HEAD"
-        if path in ("/", "/index.html"):
-            from .explorer_page import PAGE
-
-            self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8", PAGE_HEADERS, head)
-            return
         if self.server.app is None:
             raise RequestError(503, "the server is still starting; retry in a moment")
         self._send_json(200, route.call(self.server.app, q, body), head=head)
@@ -716,14 +726,6 @@ def _allow(exc: RequestError) -> dict[str, str] | None:
 # --------------------------------------------------------------------------- starting and stopping
 
 
-def load_splits(run: Run, data_dir: str | None = None) -> DatasetSplits:
-    """The run's own dataset, split as in training (`data_dir`: where its files are, if they moved)."""
-    from dataclasses import replace
-
-    dc = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
-    return load_dataset(dc)
-
-
 def make_server(run_or_path: Run | str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                 splits: DatasetSplits | None = None, checkpoint: str = "best", device: str = "cpu",
                 k: int = DEFAULT_K, reference_images: int = DEFAULT_REFERENCE,
@@ -731,7 +733,8 @@ def make_server(run_or_path: Run | str | Path, host: str = DEFAULT_HOST, port: i
     """A bound, not yet serving explorer server for a run (its directory or a loaded `Run`).
 
     The port is taken first (port 0: a free one, see `.url`), so a busy port fails before the start-up
-    work: loading the data and scoring the references. Call `.serve_forever()` (or `serve`) to answer.
+    work: loading the data (the run's own dataset as its config names it, unless `splits` is given)
+    and scoring the references. Call `serve(server)` (or `.serve_forever()`) to answer.
     """
     if not 0 <= port <= 65535:
         raise VaelabError(f"port must lie between 0 and 65535, got {port}")
@@ -742,7 +745,7 @@ def make_server(run_or_path: Run | str | Path, host: str = DEFAULT_HOST, port: i
         raise VaelabError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
                           "(0 picks a free one) or --host") from None
     try:
-        server.app = ExplorerApp(run, splits if splits is not None else load_splits(run), k=k,
+        server.app = ExplorerApp(run, splits if splits is not None else load_dataset(run.config.data), k=k,
                                  reference_images=reference_images)
     except BaseException:
         server.server_close()
