@@ -327,11 +327,22 @@ def traversal_picture(run: Run, test, seed: int) -> Picture:
                    "latent traversals")
 
 
+def map_images(test, seed: int) -> torch.Tensor:
+    """Which test images go on the latent map: up to MAP_IMAGES, a seeded random choice, in split order."""
+    return _pick(len(test), min(MAP_IMAGES, len(test)), seed + 3).sort().values
+
+
+def run_latent_map(run: Run, images: torch.Tensor) -> LatentMap:
+    """The map of uint8 images (N, C, H, W): their deterministic codes (the posterior means of a VAE, the
+    codes of an AE, the top layer's posterior means of an HVAE) placed by `latent_map`."""
+    return latent_map(_codes(run, images))
+
+
 def latent_map_picture(run: Run, test, classes: Sequence[str], seed: int) -> Picture:
     from .plots import plot_latent_map
 
-    idx = _pick(len(test), min(MAP_IMAGES, len(test)), seed + 3).sort().values
-    m = latent_map(_codes(run, test.images[idx]))
+    idx = map_images(test, seed)
+    m = run_latent_map(run, test.images[idx])
     labels = test.labels[idx].numpy()
     how = {"latent": f"the latent space itself: the {_what_code(run)} of each image (latent_dim = 2)",
            "latent-1d": f"the one latent dimension's {_what_code(run)} of each image along x (latent_dim = 1)",
@@ -405,6 +416,7 @@ def note(text_html: str, kind: str = "info") -> str:
 def _inline(text: str) -> str:
     text = esc(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", text)
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
@@ -836,5 +848,5 @@ def write_html_report(run_path: str | Path, out: str | Path | None = None, *, ch
     return target
 
 
-__all__ = ["LatentMap", "RunFiles", "Section", "latent_map", "load_splits", "markdown_to_html", "read_run_files",
-           "write_html_report"]
+__all__ = ["LatentMap", "RunFiles", "Section", "latent_map", "load_splits", "map_images", "markdown_to_html",
+           "read_run_files", "run_latent_map", "write_html_report"]

@@ -504,7 +504,7 @@ def plot_latent_map(xy: np.ndarray, labels: np.ndarray, path: str | Path, *, cla
 
     fig = _figure(7.0)
     ax = fig.subplots()
-    size = 14.0 if len(points) <= 500 else 7.0
+    size = 36.0 if len(points) <= 200 else 14.0 if len(points) <= 1000 else 7.0  # fewer points, larger dots
     for i, c in enumerate(classes):
         mask = lab == c
         color = COLORS[i % len(COLORS)]
