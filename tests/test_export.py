@@ -161,7 +161,8 @@ def test_manifest(exported):
     assert manifest["versions"]["vaelab"] and manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnxruntime"] == ort.__version__
     assert manifest["run"] == str(exported["vae-conv"]) and manifest["checkpoint"] == "best"
-    assert manifest["epoch"] == 1 and manifest["dataset"] == "digits"
+    assert manifest["epoch"] == 1 and manifest["data"]["dataset"] == "digits"
+    assert manifest["data"]["binarize"] == "dynamic" and manifest["data"]["image_size"] is None
     model = manifest["model"]
     assert model == {"kind": "vae", "arch": "conv", "latent_dim": 20, "image_shape": [1, 8, 8],
                      "pixel_range": [0.0, 1.0], "likelihood": {"name": "bernoulli"}}
@@ -202,10 +203,13 @@ def test_cli_options_and_printed_report(exported, tmp_path, capsys):
     assert manifest["checkpoint"] == "last" and list(manifest["parts"]) == ["decoder"]
     assert manifest["formats"]["onnx"]["opset"] == 18 and len(manifest["formats"]["onnx"]["usage"]) == 4
     assert main(["export", str(run), "--format", "torchscript", "--parts", "encoder",
-                 "--out", str(tmp_path / "y")]) == 0
-    assert sorted(p.name for p in (tmp_path / "y").iterdir()) == ["encoder.pt", "export.json"]
+                 "--out", str(tmp_path / "x")]) == 0  # the same folder: the earlier file is named, and kept
+    assert "decoder.onnx is left from an earlier export" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["decoder.onnx", "encoder.pt", "export.json"]
+    manifest = json.loads((tmp_path / "x" / "export.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["encoder.pt"] and "onnx" not in manifest["formats"]
     extra = {"vaelab.json": ""}
-    torch.jit.load(str(tmp_path / "y" / "encoder.pt"), _extra_files=extra)
+    torch.jit.load(str(tmp_path / "x" / "encoder.pt"), _extra_files=extra)
     assert json.loads(extra["vaelab.json"])["part"] == "encoder"
 
 

@@ -470,6 +470,10 @@ def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORM
             files.append(ExportedFile(part, fmt, path, len(data), hashlib.sha256(data).hexdigest(), seconds, diff))
             log(f"wrote {path} ({len(data) / 1e6:.2f} MB, {seconds:.1f} s; max |{fmt} - PyTorch| {diff:.1e} "
                 f"on batches of {' and '.join(map(str, VERIFY_BATCHES))})")
+    written = {f.path.name for f in files}
+    for name in sorted(f"{p}{SUFFIX[f]}" for p in PARTS for f in FORMATS):
+        if name not in written and (out / name).exists():
+            log(f"note: {out / name} is left from an earlier export; export.json does not describe it")
     manifest = build_manifest(model, formats, parts, opset, versions, specs, files, info or {})
     from .runs import write_json
 
@@ -486,8 +490,12 @@ def export_run(path: str | Path, checkpoint: str = "best", out: str | Path | Non
 
     check_options(formats, parts, opset)  # a typo fails before the checkpoint is read
     run = load_run(path, checkpoint=checkpoint, device="cpu")
+    data = run.config.data
     info = {"run": str(run.path), "checkpoint": checkpoint, "epoch": run.meta.get("epoch"),
-            "dataset": run.config.data.dataset, "binarize": run.config.data.binarize}
+            "data": {"dataset": data.dataset, "image_size": data.image_size, "resize": data.resize,
+                     "channels": data.channels, "binarize": data.binarize,
+                     "note": "the encoder expects images prepared as in training: this size and channel count, "
+                             "8-bit values / 255"}}
     return export_model(run.model, out if out is not None else run.path / "export", formats=formats, parts=parts,
                         opset=opset, info=info, log=log)
 
