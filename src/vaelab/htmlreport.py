@@ -170,17 +170,16 @@ def latent_map(codes: torch.Tensor | np.ndarray) -> LatentMap:
         return LatentMap(z.copy(), "latent", None, ("z[0]", "z[1]"))
     if d == 1:
         return LatentMap(np.stack([z[:, 0], np.zeros(len(z))], 1), "latent-1d", None, ("z[0]", "(none: 1-D latent)"))
+    if len(z) < 2:
+        raise ValueError("a principal-component map needs the codes of at least 2 images")
     centred = z - z.mean(0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (min(N, D), D), rows by decreasing variance
     components = vt[:2]
     flip = np.sign(components[np.arange(2), np.abs(components).argmax(1)])
     components = components * np.where(flip == 0, 1.0, flip)[:, None]
     total = float((s ** 2).sum())
-    explained = tuple(float(v) / total if total > 0 else 0.0 for v in (s[:2] ** 2)) if len(s) >= 2 else (1.0, 0.0)
-    xy = centred @ components.T
-    if xy.shape[1] < 2:  # a single code: one component
-        xy = np.concatenate([xy, np.zeros((len(xy), 2 - xy.shape[1]))], 1)
-    return LatentMap(xy, "pca", (explained[0], explained[1]),
+    explained = [float(v) / total if total > 0 else 0.0 for v in s[:2] ** 2]
+    return LatentMap(centred @ components.T, "pca", (explained[0], explained[1]),
                      (f"PC 1 ({100 * explained[0]:.0f}% of the variance)",
                       f"PC 2 ({100 * explained[1]:.0f}% of the variance)"))
 
