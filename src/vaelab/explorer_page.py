@@ -39,13 +39,13 @@ PAGE = """<!doctype html>
            background: var(--accent); color: #fff; cursor: pointer; }
   img.px { image-rendering: pixelated; width: var(--cell); height: auto; background: #000;
            border: 1px solid var(--line); display: block; }
-  .grid { display: grid; grid-template-columns: repeat(8, var(--cell)); gap: 4px; }
+  .grid { display: grid; grid-template-columns: repeat(auto-fill, var(--cell)); gap: 4px; }
   .strip { display: flex; flex-wrap: wrap; gap: 3px; margin-top: 8px; }
   .strip img.px { width: calc(var(--cell) * 0.66); }
   .thumbs { display: flex; flex-wrap: wrap; gap: 3px; max-height: 178px; overflow-y: auto; margin-bottom: 10px; }
   .thumbs img.px { width: 40px; cursor: pointer; }
-  .thumbs img.px.a { outline: 3px solid #e0662f; }
-  .thumbs img.px.b { outline: 3px solid #2f9d5f; }
+  .thumbs img.px.a { outline: 3px solid #e0662f; outline-offset: -3px; }
+  .thumbs img.px.b { outline: 3px solid #2f9d5f; outline-offset: -3px; }
   .row { display: flex; gap: 16px; align-items: flex-end; flex-wrap: wrap; }
   figure { margin: 0; text-align: center; color: var(--muted); font-size: 12px; }
   figure img.px { width: calc(var(--cell) * 1.5); }

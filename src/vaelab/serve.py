@@ -96,8 +96,9 @@ def _shown(value: Any, most: int = 40) -> str:
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     below = value <= low if low_open else value < low
     if below or value > high or not math.isfinite(value):
-        span = f"> {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
-        raise RequestError(400, f"{name} must be {span}, got {value:g}")
+        lo, hi, got = (f"{v:g}" if isinstance(v, float) else str(v) for v in (low, high, value))
+        span = f"> {lo} and at most {hi}" if low_open else f"from {lo} to {hi}"
+        raise RequestError(400, f"{name} must be {span}, got {got}")
 
 
 # --------------------------------------------------------------------------- images in and out
@@ -224,8 +225,8 @@ class ExplorerApp:
         train_scored = eval_view(splits.train, "train", dc.binarize, dc.binarize_seed).images[train_idx]
         test_scored = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed).images[test_idx]
         with self.lock:
-            train, codes = self._measure(splits.train.images[train_idx], train_scored)
-            test, _ = self._measure(splits.test.images[test_idx], test_scored)
+            train, codes, _ = self._measure(splits.train.images[train_idx], train_scored)
+            test, _, _ = self._measure(splits.test.images[test_idx], test_scored)
             self.activity = self._activity(codes)
         self.reference = Reference(train, test, time.perf_counter() - started)
 
@@ -234,21 +235,22 @@ class ExplorerApp:
     def _floats(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.run.device, torch.float32) / 255.0
 
-    def _measure(self, grey: torch.Tensor, scored: torch.Tensor) -> tuple[Measures, torch.Tensor]:
+    def _measure(self, grey: torch.Tensor, scored: torch.Tensor) -> tuple[Measures, torch.Tensor, torch.Tensor]:
         """Reconstruction error of uint8 images `grey` (N, C, H, W), and the likelihood numbers of `scored`
-        (the same images as the evaluation scores them: binarized if the run binarizes); also their codes."""
+        (the same images as the evaluation scores them: binarized if the run binarizes); also their codes
+        and reconstructions."""
         x = self._floats(grey)
         with eval_mode(self.model):
             codes = self.model.code(x)
             recon = self.model.decode_mean(codes)
         recon_error = ((recon - x) ** 2).flatten(1).mean(1).double().cpu().numpy()
         if not self.has_likelihood:
-            return Measures(recon_error), codes
+            return Measures(recon_error), codes, recon
         est = importance_sampled(self.model, scored, k=self.k, batch_size=64, seed=NLL_SEED,
                                  device=self.run.device)
         nll = (-est.log_px).numpy()
         bits = png_code_length_bits(scored, binary=self.binary and scored.shape[1] == 1).astype(np.float64)
-        return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits)), codes
+        return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits)), codes, recon
 
     def _activity(self, codes: torch.Tensor) -> list[float]:
         """Variance of each latent dimension's code over the training reference, in prior units:
@@ -380,9 +382,7 @@ class ExplorerApp:
         grey = decode_upload(data, self.run.image_shape)
         scored = binarize_once(grey, self.cfg.data.binarize_seed + UPLOAD_SEED_OFFSET) if self.binary else grey
         with self.lock:
-            m, codes = self._measure(grey, scored)
-            with eval_mode(self.model):
-                recon = self.model.decode_mean(codes)
+            m, _, recon = self._measure(grey, scored)
         ref = self.reference
         err = float(m.recon_error[0])
         out: dict[str, Any] = {
@@ -396,16 +396,16 @@ class ExplorerApp:
                    "NLL is not defined for a Bernoulli decoder trained on grey pixels")
             pct = out["recon_error_percentile_train"]
             return out | {"nll": None, "note": why + "; judged by its reconstruction error instead",
-                          **_verdict(pct, f"its reconstruction error is above {pct:.1f}% of "
-                                          f"{len(ref.train.recon_error)} training images'")}
+                          **_verdict(pct, f"its reconstruction error is higher than that of {pct:.1f}% of the "
+                                          f"{len(ref.train.recon_error)} training images")}
         nll, ood = float(m.nll[0]), float(m.ood[0])
         ood_pct = percentile(ood, ref.test.ood)
         return out | {
             "k": self.k, "nll": nll, "bits_per_dim": nll / (math.prod(self.run.image_shape) * math.log(2)),
             "nll_percentile_train": percentile(nll, ref.train.nll), "png_bits": float(m.png_bits[0]),
             "ood_score": ood, "ood_percentile_test": ood_pct,
-            **_verdict(ood_pct, f"its OOD score (NLL in bits minus PNG code length) is above {ood_pct:.1f}% of "
-                                f"{len(ref.test.ood)} test images'"),
+            **_verdict(ood_pct, f"its OOD score (NLL in bits minus PNG code length) is higher than that of "
+                                f"{ood_pct:.1f}% of the {len(ref.test.ood)} test images"),
         }
 
 
