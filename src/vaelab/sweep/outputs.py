@@ -73,6 +73,11 @@ def _number(value: float | None, digits: str = ".6g") -> str:
     return "" if value is None else format(value, digits)
 
 
+def _exact(value: Any) -> str:
+    """A parameter value for the CSV: floats in full (repr), lists as [a, b]."""
+    return repr(value) if isinstance(value, float) else show_value(value)
+
+
 def table_csv(rows: list[TrialRow], sweep: SweepConfig) -> bytes:
     keys = [p.key for p in sweep.space]
     buffer = io.StringIO()
@@ -80,8 +85,9 @@ def table_csv(rows: list[TrialRow], sweep: SweepConfig) -> bytes:
     writer.writerow(["number", "state", *keys, sweep.settings.objective, "val_nelbo", "epochs", "seconds", "seed",
                      "note", "run_dir"])
     for r in rows:
-        writer.writerow([r.number, r.state, *(show_value(r.params[k]) if k in r.params else "" for k in keys),
-                         _number(r.value, ".8g"), _number(r.val_nelbo, ".8g"), r.epochs if r.epochs is not None else "",
+        writer.writerow([r.number, r.state, *(_exact(r.params[k]) if k in r.params else "" for k in keys),
+                         _number(r.value, ".17g"), _number(r.val_nelbo, ".17g"),
+                         r.epochs if r.epochs is not None else "",
                          _number(r.seconds, ".2f"), r.seed if r.seed is not None else "", r.note, r.run_dir or ""])
     return buffer.getvalue().encode("utf-8")
 
@@ -148,7 +154,7 @@ def write_best_config(sweep: SweepConfig, best: TrialRow, out_dir: Path) -> Path
     header = [f"# The best trial ({best.number}) of the sweep in {out_dir}: {sweep.settings.objective} = "
               f"{best.value:.6g} on the validation split.",
               "# " + ", ".join(f"{k} = {show_value(v)}" for k, v in best.params.items()),
-              f"# Train it again (e.g. longer, with --set train.epochs=N): vaelab train --config {out_dir / 'best.toml'}"]
+              f"# Train it again (longer: --set train.epochs=N): vaelab train --config {out_dir / 'best.toml'}"]
     body = "\n".join(line for line in to_toml(cfg).splitlines() if not line.startswith("# Re-run it with"))
     return atomic_write(out_dir / "best.toml", ("\n".join(header) + "\n" + body + "\n").encode("utf-8"),
                         "the best config")

@@ -72,6 +72,31 @@ class _AskLock:
         self.handle.close()  # closing releases the lock
 
 
+WORKERS_LOCK = ".workers.lock"  # each spawned worker holds a shared lock on it for its whole life
+
+
+def _hold_worker_lock(out_dir: Path):
+    """A shared lock on DIR/.workers.lock, held by a spawned worker until it exits (the handle keeps it)."""
+    import fcntl
+
+    handle = open(out_dir / WORKERS_LOCK, "a+", encoding="utf-8")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+    return handle
+
+
+def _check_no_workers_left(out_dir: Path) -> None:
+    """Refuse to start while workers of an earlier sweep still run here (their parent was killed): their
+    trials are RUNNING, and marking them interrupted would be wrong."""
+    import fcntl
+
+    with open(out_dir / WORKERS_LOCK, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(f"worker processes of an earlier sweep are still running in {out_dir}; wait for "
+                              "them to finish (or stop them), then run the command again") from None
+
+
 def work(ctx: WorkerContext, splits=None, log: Callable[[str], None] = print,
          ready: Callable[[], None] | None = None) -> int:
     """Run trials until the study holds `ctx.target` finished ones; returns how many this worker ran.
@@ -115,6 +140,7 @@ def _worker_main(ctx: WorkerContext, start) -> None:
         except threading.BrokenBarrierError:
             pass
 
+    held = _hold_worker_lock(ctx.out_dir)  # noqa: F841 - released when the process exits
     try:
         work(ctx, log=_print, ready=ready)
     except VaelabError as exc:
@@ -203,9 +229,11 @@ def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the sweep directory {out_dir}: {exc.strerror}; choose another --out") from None
+        raise ConfigError(f"cannot create the sweep directory {out_dir}: {exc.strerror}; "
+                          "choose another --out") from None
     lock = lock_run_dir(out_dir)
     try:
+        _check_no_workers_left(out_dir)
         storage = make_storage(out_dir)
         study = open_study(sweep, out_dir, storage)
         recover(study, storage, sweep, log)

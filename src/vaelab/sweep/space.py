@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from ..config import (SECTIONS, RunConfig, _DEFERRED_CHECKS, _check_types, _closest, _show, apply_mapping,
-                      check_combinations, load_toml, parse_override, to_dict)
+from ..config import (SECTIONS, RunConfig, _check_types, _closest, _show, apply_mapping, load_toml, parse_override,
+                      to_dict)
 from ..errors import ConfigError
 from .objectives import OBJECTIVES
 
@@ -350,7 +350,8 @@ def parse_sweep(table: Any, base: RunConfig, source: str = "the sweep config") -
         if key not in names:
             hint = _closest(str(key), names)
             raise ConfigError(f"unknown key sweep.{key} in {source}"
-                              + (f"; did you mean sweep.{hint}?" if hint else f"; valid keys: {', '.join(sorted(names))}"))
+                              + (f"; did you mean sweep.{hint}?" if hint
+                                 else f"; valid keys: {', '.join(sorted(names))}"))
     if "space" not in table:
         raise ConfigError(f"{source} has no [sweep.space] table; add one, e.g. "
                           "\"train.lr\" = { low = 1e-4, high = 1e-2, log = true }")
@@ -375,12 +376,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not isinstance(merged.setdefault(section, {}), dict):
             merged[section] = {}
         merged[section][key] = value
-    _DEFERRED_CHECKS.append(True)  # combinations are checked once, on the finished base
-    try:
-        base = apply_mapping(RunConfig(), merged, origin=str(path) + (" with --set" if overrides else ""))
-    finally:
-        _DEFERRED_CHECKS.pop()
-    check_combinations(base)
+    # one mapping, applied at once: rules that tie keys together see the finished base, not a half-made one
+    base = apply_mapping(RunConfig(), merged, origin=str(path) + (" with --set" if overrides else ""))
     return parse_sweep(table, base, str(path))
 
 

@@ -71,8 +71,18 @@ def _normal(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
-def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """What differs between two sweep identities, in a few words."""
+def _with_defaults(base: dict[str, Any]) -> dict[str, Any]:
+    """A stored base config with the keys a newer vaelab added filled with their defaults, so an upgrade
+    alone never blocks a resume."""
+    from ..config import RunConfig, to_dict
+
+    defaults = _normal(to_dict(RunConfig()))
+    return {section: {**values, **base.get(section, {})}
+            for section, values in defaults.items()} | {s: v for s, v in base.items() if s not in defaults}
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What differs between two sweep identities, in a few words; None when they are the same search."""
     if (old.get("objective"), old.get("direction")) != (new["objective"], new["direction"]):
         return (f"objective ({old.get('direction')} {old.get('objective')} there, {new['direction']} "
                 f"{new['objective']} here)")
@@ -83,12 +93,13 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
             if a != b:
                 return (f"search space ({key}: {json.dumps(a) if a is not None else 'absent'} there, "
                         f"{json.dumps(b) if b is not None else 'absent'} here)")
-    for section, values in new["base"].items():
-        for key, value in values.items():
-            before = old.get("base", {}).get(section, {}).get(key)
-            if before != value:
-                return f"base config ({section}.{key} = {json.dumps(before)} there, {json.dumps(value)} here)"
-    return "settings"
+    before, now = _with_defaults(old.get("base", {})), _with_defaults(new["base"])
+    for section in dict.fromkeys([*before, *now]):
+        for key in dict.fromkeys([*before.get(section, {}), *now.get(section, {})]):
+            a, b = before.get(section, {}).get(key), now.get(section, {}).get(key)
+            if a != b:
+                return f"base config ({section}.{key} = {json.dumps(a)} there, {json.dumps(b)} here)"
+    return None
 
 
 def open_study(sweep: SweepConfig, out_dir: Path, storage):
@@ -104,8 +115,9 @@ def open_study(sweep: SweepConfig, out_dir: Path, storage):
         old = study.user_attrs.get(IDENTITY_ATTR)
         if old is None:
             raise ConfigError(f"{out_dir / 'study.db'} was not written by vaelab sweep; choose another --out")
-        if old != identity:
-            raise ConfigError(f"{out_dir} holds a sweep with another {_difference(old, identity)}; resume it "
+        difference = _difference(old, identity)
+        if difference is not None:
+            raise ConfigError(f"{out_dir} holds a sweep with another {difference}; resume it "
                               "with its own sweep file, or choose another --out")
         return study
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=sweep.settings.direction,

@@ -88,12 +88,12 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
     run_dir = ctx.out_dir / "trials" / trial_dir_name(number)
     trial.set_user_attr("run_dir", str(Path("trials") / trial_dir_name(number)))
     t0 = time.perf_counter()
-    epochs = 0
+    epochs: list[dict[str, Any]] = []  # the metrics record of every epoch trained
     seconds: list[float] = []
 
     def finish(state: str, reason: str | None = None, metrics: dict[str, Any] | None = None) -> str:
         seconds.append(round(time.perf_counter() - t0, 2))
-        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("epochs", len(epochs))
         trial.set_user_attr("seconds", seconds[0])
         if reason is not None:
             trial.set_user_attr("failure", reason)
@@ -119,6 +119,7 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
     pruned: list[int] = []
 
     def on_epoch(trainer, record: dict[str, Any]) -> bool:
+        epochs.append(record)
         value = intermediate_value(record)
         if value is None:
             return False
@@ -129,13 +130,13 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
         return False
 
     try:
-        result = Trainer(cfg, run_dir, splits=splits, log=lambda message: None,
-                         progress=False).run(on_epoch=on_epoch, evaluate=False)
-        epochs = len(result.history)
+        Trainer(cfg, run_dir, splits=splits, log=lambda message: None,
+                progress=False).run(on_epoch=on_epoch, evaluate=False)
         if pruned:
-            last = intermediate_value(result.history[-1])
+            last = intermediate_value(epochs[-1])
             finish("pruned", metrics={"val_at_stop": last})
-            log(f"trial {number} pruned after epoch {pruned[0]} (validation -ELBO {last:.2f})  "
+            measure = "-ELBO" if epochs[-1]["val"].get("nelbo") is not None else "loss"
+            log(f"trial {number} pruned after epoch {pruned[0]} (validation {measure} {last:.2f})  "
                 f"[{format_params(params)}]  {seconds[0]:.1f} s")
             return "pruned"
         run = load_run(run_dir, checkpoint="best", device=resolve_device(cfg.train.device))
@@ -160,7 +161,7 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
     finish("complete", metrics=metrics)
     value, best = metrics[objective], _best_value(study)
     mark = "  *best so far" if best is not None and math.isclose(value, best) else ""
-    log(f"trial {number} complete: {objective} {value:.4g}  [{format_params(params)}]  {epochs} epoch(s), "
+    log(f"trial {number} complete: {objective} {value:.4g}  [{format_params(params)}]  {len(epochs)} epoch(s), "
         f"{seconds[0]:.1f} s{mark}")
     return "complete"
 
