@@ -22,7 +22,7 @@ from vaelab.evaluate import evaluate_images
 from vaelab.likelihood import importance_sampled
 from vaelab.sweep import (OBJECTIVES, SealedSplit, SealedTestSplitError, load_sweep, run_sweep, seal_test,
                           validation_metrics)
-from vaelab.sweep.study import STUDY_NAME, make_sampler, make_storage, suggest
+from vaelab.sweep.study import STUDY_NAME, make_pruner, make_sampler, make_storage, suggest
 
 BASE = """\
 [data]
@@ -420,6 +420,18 @@ def test_space_spellings_and_distributions(tmp_path):
         load_sweep(write_sweep(tmp_path / "t.toml", "", '"train.beta" = { low = 0.5, high = 1.0, step = 0.3 }'))
     maximize = load_sweep(write_sweep(tmp_path / "m.toml", 'objective = "val_active_units"', 'train.lr = [1e-3]'))
     assert maximize.settings.direction == "maximize" and maximize.settings.pruner == "none"
+    off = load_sweep(write_sweep(tmp_path / "o.toml", 'pruner = "none"\ndirection = "maximize"', 'train.lr = [1e-3]'))
+    assert off.settings.pruner == "none" and off.settings.direction == "maximize"
+    assert type(make_pruner(off)).__name__ == "NopPruner" and type(make_pruner(sweep)).__name__ == "MedianPruner"
+
+
+def test_without_optuna_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    path = write_sweep(tmp_path / "s.toml", "", '"train.lr" = [1e-3]')
+    assert main(["sweep", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "pip install 'vaelab[sweep]'" in capsys.readouterr().err
 
 
 def test_the_example_sweep_file_loads_and_its_trials_are_valid_configs():

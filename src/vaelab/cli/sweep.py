@@ -17,9 +17,11 @@ a sweep file is a run config ([data] [model] [train] [eval]: the base of every t
                                (unless train.threads is set)
   seed = 0                     seed of the sampler; trial N trains with train.seed + N
   objective = "val_nll"        what is optimized, on the validation split (below)
-  direction = "minimize"       default: the objective's own (maximize for val_active_units)
-  pruner = "median"            median | none: stop a trial whose validation -ELBO after an epoch
-                               is worse than the median of earlier trials at that epoch
+  direction = "auto"           minimize | maximize | auto: the objective's own (maximize for
+                               val_active_units, minimize for the others)
+  pruner = "auto"              median | none | auto (median when minimizing): median stops a trial
+                               whose validation -ELBO after an epoch is worse than the median of
+                               the complete trials at that epoch
   pruner_startup_trials = 5    complete trials before any pruning
   pruner_warmup_epochs = 1     the first epoch after which a trial may be pruned
   [sweep.space]                "section.key" = a distribution:

@@ -131,8 +131,8 @@ class SweepSettings:
     jobs: int = 1
     seed: int = 0
     objective: str = "val_nll"
-    direction: Literal["minimize", "maximize"] | None = None
-    pruner: Literal["median", "none"] | None = None
+    direction: Literal["minimize", "maximize", "auto"] = "auto"  # auto: the objective's own
+    pruner: Literal["median", "none", "auto"] = "auto"  # auto: median where lower is better, else none
     pruner_startup_trials: int = 5
     pruner_warmup_epochs: int = 1
 
@@ -143,9 +143,9 @@ class SweepSettings:
             raise ConfigError(f"unknown sweep.objective {_show(self.objective)}"
                               + (f"; did you mean {hint}?" if hint else "")
                               + f" (choose from {', '.join(OBJECTIVES)})")
-        if self.direction is None:
+        if self.direction == "auto":
             object.__setattr__(self, "direction", OBJECTIVES[self.objective].direction)
-        if self.pruner is None:  # pruning compares validation losses: only where lower is better
+        if self.pruner == "auto":  # pruning compares validation losses: only where lower is better
             object.__setattr__(self, "pruner", "median" if self.direction == "minimize" else "none")
         if self.pruner != "none" and self.direction == "maximize":
             raise ConfigError("sweep.pruner prunes on the validation loss (lower is better) and needs "
