@@ -478,7 +478,7 @@ def test_hierarchical_vae_explores_and_scores(runs, splits):
 def test_cli_serves_until_interrupted(runs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(runs["vae"]), "--port", "0", "--quiet",
-                             "--reference-images", "30", "--k", "20"],
+                             "--host", "127.0.0.1", "--checkpoint", "last", "--reference-images", "30", "--k", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []
@@ -490,13 +490,15 @@ def test_cli_serves_until_interrupted(runs):
         port = int(lines[-1].split(":")[2].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/api/info")
-        assert json.loads(conn.getresponse().read())["k"] == 20
+        info = json.loads(conn.getresponse().read())
+        assert info["k"] == 20 and info["epoch"] == 4
         conn.close()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
+    assert "/api/info" not in err  # --quiet: no line per request
 
 
 @pytest.mark.parametrize("args,words", [(["--port", "70000"], "port must lie between"),

@@ -83,8 +83,10 @@ PAGE = """<!doctype html>
     <p class="hint">Click a thumbnail to set A (orange), the next click sets B (green).</p>
     <div id="thumbs" class="thumbs"></div>
     <div class="controls">
-      <label>t <input type="range" id="t" min="0" max="1" step="0.01" value="0.5"> <output id="t-value">0.50</output></label>
-      <label>path <select id="method"><option value="slerp">slerp</option><option value="lerp">lerp</option></select></label>
+      <label>t <input type="range" id="t" min="0" max="1" step="0.01" value="0.5">
+        <output id="t-value">0.50</output></label>
+      <label>path <select id="method"><option value="slerp">slerp</option>
+        <option value="lerp">lerp</option></select></label>
     </div>
     <div class="row">
       <figure><img id="pick-a" class="px" alt="image A"><figcaption id="pick-a-label">A</figcaption></figure>
@@ -103,7 +105,9 @@ PAGE = """<!doctype html>
       <label>value <input type="range" id="value" min="-4" max="4" step="0.1" value="0">
         <output id="value-out">0.0</output></label>
     </div>
-    <div class="row"><figure><img id="traverse" class="px" alt="decoded code"><figcaption id="traverse-label"></figcaption></figure></div>
+    <div class="row">
+      <figure><img id="traverse" class="px" alt="decoded code"><figcaption id="traverse-label"></figcaption></figure>
+    </div>
     <div id="traverse-path" class="strip"></div>
     <p class="hint">Values are in prior standard deviations; dimensions are listed most active first
       (activity: the variance of the training images' codes along it; near 0, the decoder ignores it).</p>
@@ -117,7 +121,8 @@ PAGE = """<!doctype html>
     </div>
     <div class="row">
       <figure><img id="upload-input" class="px" alt="uploaded image"><figcaption>your image</figcaption></figure>
-      <figure><img id="upload-scored" class="px" alt="image as scored"><figcaption id="scored-label">as scored</figcaption></figure>
+      <figure><img id="upload-scored" class="px" alt="image as scored">
+        <figcaption id="scored-label">as scored</figcaption></figure>
       <figure><img id="upload-recon" class="px" alt="reconstruction"><figcaption>reconstruction</figcaption></figure>
     </div>
     <table id="upload-result">
@@ -322,7 +327,8 @@ async function upload() {
       $("nll").textContent = r.note;
       for (const id of ["bpd", "nll-pct", "ood", "ood-pct"]) $(id).textContent = "\\u2013";
     }
-    $("recon-err").textContent = `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
+    $("recon-err").textContent =
+      `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
     const verdict = $("verdict");
     verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
     verdict.className = r.verdict === "unusual" ? "unusual" : "typical";

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-images", type=int, default=DEFAULT_REFERENCE, metavar="N",
                    help=f"training and test images scored at start-up as the uploads' yardstick "
                         f"(default {DEFAULT_REFERENCE}, 10 to 5000)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the run's dataset files are, if not where training found them")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the run's dataset files are, if not where training found them")
     p.add_argument("--quiet", action="store_true", help="log errors only, not one line per request")
     p.set_defaults(func=cmd_serve)
 
