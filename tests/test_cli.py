@@ -20,7 +20,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", ["", "train", "sample", "reconstruct", "interpolate", "evaluate",
-                                     "datasets", "demo"])
+                                     "datasets", "demo", "report", "sweep", "serve", "export"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"] if command else ["--help"])

@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config  # noqa: E402
 from .errors import VaelabError  # noqa: E402
-from .runs import Run, load_run  # noqa: E402
+from .runs import Run, load_run, load_run_data  # noqa: E402
 from .train import TrainResult, resume, train  # noqa: E402
+from .htmlreport import write_html_report  # noqa: E402
 
 __all__ = [
     "DataConfig", "ModelConfig", "Run", "RunConfig", "TrainConfig", "TrainResult", "VaelabError",
-    "__version__", "load_config", "load_run", "resume", "train",
+    "__version__", "load_config", "load_run", "load_run_data", "resume", "train", "write_html_report",
 ]

@@ -26,7 +26,7 @@ import json
 import math
 import re
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +36,7 @@ import torch
 from . import __version__
 from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write, output_file
-from .runs import Run, RunPaths, load_run
+from .runs import Run, RunPaths, load_run, load_run_data
 
 MAX_SEED = 2**63 - 1
 SAMPLE_TEMPERATURES = (1.0, 0.7)
@@ -787,20 +787,7 @@ def _load_model(files: RunFiles, checkpoint: str, device: str | torch.device) ->
 def load_splits(run: Run, data_dir: str | Path | None):
     """The run's dataset, found on this machine as in training (no download: a report never waits on one);
     DataError when it is not there or does not match the run."""
-    from .data import load_dataset
-
-    dc = replace(run.config.data, download=False)
-    if data_dir is not None:
-        dc = replace(dc, data_dir=str(data_dir))
-        if dc.dataset.startswith("folder:") and Path(dc.dataset[len("folder:"):]).is_absolute():
-            # the folder moved with its data dir: look it up there by its name
-            dc = replace(dc, dataset=f"folder:{Path(dc.dataset[len('folder:'):]).name}")
-    splits = load_dataset(dc)
-    if splits.image_shape != run.image_shape:
-        have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
-        raise DataError(f"the data found for {splits.name} ({splits.source}) has images of shape {have}, but the "
-                        f"run was trained on {want}")
-    return splits
+    return load_run_data(run, data_dir, download=False)
 
 
 def write_html_report(run_path: str | Path, out: str | Path | None = None, *, checkpoint: str = "best",

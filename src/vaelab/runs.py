@@ -67,6 +67,10 @@ class RunPaths:
     def evaluation(self) -> Path:
         return self.root / "evaluation.json"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
 
@@ -227,3 +231,29 @@ def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.dev
     root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path
     dev = resolve_device(device, "device") if isinstance(device, str) else device
     return Run(root, model, config, loaded.meta, dev)
+
+
+def load_run_data(run: Run, data_dir: str | Path | None = None, *, download: bool = True):
+    """The run's own dataset and splits on this machine, loaded as in training (grey values).
+
+    `data_dir` says where the dataset's files are here, when not where the run found them (for a
+    `folder:` dataset: the directory holding the folder, which is then looked up there by its name).
+    `download=False` never fetches anything (a report should not wait on a download). DataError when
+    the data is missing or its images differ in shape from the run's.
+    """
+    from dataclasses import replace
+
+    from .data import load_dataset
+
+    dc = run.config.data if download else replace(run.config.data, download=False)
+    if data_dir is not None:
+        dc = replace(dc, data_dir=str(data_dir))
+        if dc.dataset.startswith("folder:") and Path(dc.dataset[len("folder:"):]).is_absolute():
+            # the folder moved with its data dir: look it up there by its name
+            dc = replace(dc, dataset=f"folder:{Path(dc.dataset[len('folder:'):]).name}")
+    splits = load_dataset(dc)
+    if splits.image_shape != run.image_shape:
+        have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
+        raise DataError(f"the data found for {splits.name} ({splits.source}) has images of shape {have}, "
+                        f"but the run was trained on {want}; point --data-dir at the run's dataset")
+    return splits

@@ -48,14 +48,14 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import torch
 
-from .data import DatasetSplits, binarize_once, eval_view, load_dataset, spread_index
+from .data import DatasetSplits, binarize_once, eval_view, spread_index
 from .errors import DataError, VaelabError
 from .generate import lerp, slerp
 from .generalization import has_likelihood
 from .likelihood import NLL_SEED, importance_sampled
 from .models import eval_mode
 from .ood import complexity_corrected_score, png_code_length_bits
-from .runs import Run, json_safe, load_run
+from .runs import Run, json_safe, load_run, load_run_data
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -745,7 +745,7 @@ def make_server(run_or_path: Run | str | Path, host: str = DEFAULT_HOST, port: i
         raise VaelabError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
                           "(0 picks a free one) or --host") from None
     try:
-        server.app = ExplorerApp(run, splits if splits is not None else load_dataset(run.config.data), k=k,
+        server.app = ExplorerApp(run, splits if splits is not None else load_run_data(run), k=k,
                                  reference_images=reference_images)
     except BaseException:
         server.server_close()

@@ -33,8 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError
+from .runs import RunPaths
 
-FOLDER = "tensorboard"
 EVENT_PREFIX = "events.out.tfevents."
 # scalars of a metrics.jsonl record: tag -> path into the record
 EPOCH_TAGS: dict[str, tuple[str, ...]] = {
@@ -50,7 +50,7 @@ HPARAM_METRICS = ("loss/train", "loss/val", "gap/val_minus_train", "final/test_l
 
 def log_dir(run_dir: str | Path) -> Path:
     """Where a run's event files go: RUN/tensorboard/."""
-    return Path(run_dir) / FOLDER
+    return RunPaths(Path(run_dir)).tensorboard
 
 
 def require_tensorboard() -> None:

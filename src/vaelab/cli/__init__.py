@@ -277,22 +277,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _run_data(run, data_dir: str | None):
     """The run's own dataset and splits, loaded as in training (grey values)."""
-    from dataclasses import replace
+    from ..runs import load_run_data
 
-    from ..data import load_dataset
-
-    dc = run.config.data
-    if data_dir is not None:
-        dc = replace(dc, data_dir=data_dir)
-        if dc.dataset.startswith("folder:") and Path(dc.dataset[len("folder:"):]).is_absolute():
-            # the folder moved with its data dir: look it up there by its name
-            dc = replace(dc, dataset=f"folder:{Path(dc.dataset[len('folder:'):]).name}")
-    splits = load_dataset(dc)
-    if splits.image_shape != run.image_shape:
-        have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
-        raise VaelabError(f"the data found for {splits.name} ({splits.source}) has images of shape {have}, "
-                          f"but the run was trained on {want}; point --data-dir at the run's dataset")
-    return splits
+    return load_run_data(run, data_dir)
 
 
 def _pick(n_total: int, n: int, seed: int):
