@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import optuna
 import pytest
@@ -304,32 +305,41 @@ def test_a_key_added_by_a_newer_vaelab_does_not_block_a_resume(tmp_path):
 # --------------------------------------------------------------------------- grid, pruning, processes, CLI
 
 
-def test_grid_with_two_processes_visits_each_point_once_and_prunes(tmp_path, capfd):
-    """The CLI end to end: 2 spawned workers share the study; the 1e-6 learning rate is pruned."""
-    path = write_sweep(tmp_path / "g.toml",
-                       'sampler = "grid"\npruner_startup_trials = 1\npruner_warmup_epochs = 1',
-                       '"train.lr" = [3e-3, 1e-6]\n"model.mlp_hidden" = [[32], [64]]')
+def test_grid_with_two_processes_visits_each_point_once(tmp_path, capfd):
+    """The CLI end to end: 2 spawned workers share the study and split the grid between them."""
+    path = write_sweep(tmp_path / "g.toml", 'sampler = "grid"\npruner = "none"',
+                       '"train.lr" = [3e-3, 1e-3]\n"model.mlp_hidden" = [[32], [64]]')
     out = tmp_path / "out"
     assert main(["sweep", "--config", str(path), "--out", str(out), "--jobs", "2"]) == 0
     printed = capfd.readouterr().out
     rows = read_csv(out)
     points = sorted((r["train.lr"], r["model.mlp_hidden"]) for r in rows)
-    assert points == sorted({("0.003", "[32]"), ("0.003", "[64]"), ("1e-06", "[32]"), ("1e-06", "[64]")})
-    assert len(set(points)) == 4
-    assert len(rows) == 4  # every point exactly once
+    assert points == [("0.001", "[32]"), ("0.001", "[64]"), ("0.003", "[32]"), ("0.003", "[64]")]
+    assert all(r["state"] == "complete" for r in rows)  # every point exactly once, none twice
     study = optuna.load_study(study_name=STUDY_NAME, storage=make_storage(out))
     pids = {t.user_attrs["pid"] for t in study.get_trials()}
-    assert len(pids) == 2 and all(pid != __import__("os").getpid() for pid in pids)
-    for r in rows:
-        if r["train.lr"] == "0.003":
-            assert r["state"] == "complete" and r["epochs"] == "2"
-        else:  # much worse than the completed trials after its first epoch: stopped there
-            assert r["state"] == "pruned" and r["epochs"] == "1" and r["val_nll"] == ""
-            history = (out / r["run_dir"] / "metrics.jsonl").read_text().splitlines()
-            assert len(history) == 1
-            assert json.loads((out / r["run_dir"] / "run.json").read_text())["stopped_early"] is True
-    assert printed.count(" pruned after epoch 1 ") == 2 and "best config:" in printed
-    assert load_config(out / "best.toml").train.lr == 3e-3
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, both ran trials
+    assert "in 2 process(es)" in printed and printed.count(" complete: val_nll ") == 4
+    assert "best config:" in printed and (out / "best.toml").is_file()
+
+
+def test_a_hopeless_trial_is_pruned_after_its_first_epoch(tmp_path):
+    path = write_sweep(tmp_path / "p.toml", 'sampler = "grid"\npruner_startup_trials = 1\npruner_warmup_epochs = 1',
+                       '"train.lr" = [3e-3, 1e-6]')
+    out = tmp_path / "out"
+    lines = []
+    result = run_sweep(path, out, log=lines.append)
+    good, hopeless = read_csv(out)
+    assert good["state"] == "complete" and good["epochs"] == "2"
+    # far worse than the complete trial after epoch 1: stopped there, a normal run that ended early
+    assert hopeless["state"] == "pruned" and hopeless["epochs"] == "1" and hopeless["val_nll"] == ""
+    assert float(hopeless["val_nelbo"]) > float(good["val_nelbo"])
+    assert len((out / hopeless["run_dir"] / "metrics.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / hopeless["run_dir"] / "run.json").read_text())["stopped_early"] is True
+    assert any(line.startswith("trial 1 pruned after epoch 1 (validation -ELBO ") for line in lines)
+    assert result.counts == {"complete": 1, "pruned": 1, "failed": 0, "interrupted": 0}
+    assert result.best_number == 0 and load_config(out / "best.toml").train.lr == 3e-3
+    assert "| pruned |" in (out / "trials.md").read_text()
 
 
 def test_an_invalid_combination_fails_its_trial_not_the_sweep(tmp_path, capsys):
