@@ -449,7 +449,7 @@ def test_the_example_sweep_file_loads_and_its_trials_are_valid_configs():
 
     from vaelab.sweep.trial import trial_config
 
-    sweep = load_sweep(Path(__file__).resolve().parent.parent / "configs" / "sweep.toml")
+    sweep = load_sweep(Path(__file__).resolve().parent.parent / "configs" / "sweeps" / "fashion-mnist.toml")
     assert sweep.base.data.dataset == "fashion-mnist" and sweep.settings.objective == "val_nll"
     assert {p.key for p in sweep.space} >= {"train.lr", "model.latent_dim", "train.beta", "train.warmup",
                                             "model.prior", "model.dropout"}

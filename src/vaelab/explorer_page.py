@@ -39,6 +39,7 @@ PAGE = """<!doctype html>
            background: var(--accent); color: #fff; cursor: pointer; }
   img.px { image-rendering: pixelated; width: var(--cell); height: auto; background: #000;
            border: 1px solid var(--line); display: block; }
+  img.px:not([src]) { aspect-ratio: 1 / 1; visibility: hidden; }  /* room kept, nothing shown until filled */
   .grid { display: grid; grid-template-columns: repeat(auto-fill, var(--cell)); gap: 4px; }
   .strip { display: flex; flex-wrap: wrap; gap: 3px; margin-top: 8px; }
   .strip img.px { width: calc(var(--cell) * 0.66); }
