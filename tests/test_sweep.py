@@ -162,6 +162,17 @@ def test_objective_is_the_validation_nll_of_the_best_checkpoint(tpe):
     est = importance_sampled(run.model, images, k=cfg.eval.nll_k, batch_size=cfg.eval.nll_batch_size,
                              seed=cfg.eval.seed)
     assert float(-est.log_px.mean()) == pytest.approx(result.best_value, rel=1e-9)
+    # ... which is `vaelab evaluate`'s validation row, also when the test split is the smallest (the subsets
+    # of evaluate are equal in size across the splits: here 359 test images, 400 validation images)
+    from vaelab.evaluate import nll_on_splits
+    from vaelab.sweep.objectives import validation_nll
+
+    big = cfg.replace(data={"val_size": 400}, eval={"nll_images": 500, "nll_k": 5})
+    splits_big = load_dataset(big.data)
+    assert len(splits_big.test) < len(splits_big.val) < 500
+    row = nll_on_splits(run.model, big, splits_big, log=lambda m: None)["splits"]["val"]
+    sealed = validation_nll(run.model, big, seal_test(splits_big))
+    assert (sealed.n, sealed.nll) == (row["n"], pytest.approx(row["nll"], rel=1e-12))
     # the table's val -ELBO column is the whole validation split's, scored by the best checkpoint
     nelbo = evaluate_images(run.model, val, beta=cfg.train.beta, batch_size=cfg.train.eval_batch_size).nelbo
     row = read_csv(out)[result.best_number]
@@ -340,6 +351,16 @@ def test_a_hopeless_trial_is_pruned_after_its_first_epoch(tmp_path):
     assert result.counts == {"complete": 1, "pruned": 1, "failed": 0, "interrupted": 0}
     assert result.best_number == 0 and load_config(out / "best.toml").train.lr == 3e-3
     assert "| pruned |" in (out / "trials.md").read_text()
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    # the same hopeless trial with one epoch: it has trained all it will, so it completes with its objective
+    path = write_sweep(tmp_path / "p.toml", 'sampler = "grid"\npruner_startup_trials = 1\npruner_warmup_epochs = 1',
+                       '"train.lr" = [3e-3, 1e-6]')
+    result = run_sweep(path, tmp_path / "out", overrides=["train.epochs=1"], log=lambda m: None)
+    rows = read_csv(tmp_path / "out")
+    assert [r["state"] for r in rows] == ["complete", "complete"] and all(r["val_nll"] for r in rows)
+    assert result.counts["pruned"] == 0 and result.best_number == 0
 
 
 def test_an_invalid_combination_fails_its_trial_not_the_sweep(tmp_path, capsys):

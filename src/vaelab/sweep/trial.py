@@ -124,7 +124,8 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
         if value is None:
             return False
         trial.report(value, record["epoch"])
-        if trial.should_prune():
+        # after the last epoch there is nothing left to save: the trial completes and gets its objective
+        if record["epoch"] < trainer.cfg.train.epochs and trial.should_prune():
             pruned.append(record["epoch"])
             return True
         return False
