@@ -259,6 +259,10 @@ def test_missing_onnx_names_the_extra(exported, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
     # TorchScript needs nothing more
     assert main(["export", str(exported["vae-conv"]), "--format", "torchscript", "--out", str(tmp_path / "t")]) == 0
+    # --opset is checked against the installed onnx: without it, the same one line, not an ImportError
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["export", str(exported["vae-conv"]), "--opset", "18", "--out", str(tmp_path / "p")]) == 2
+    _one_error_line(capsys, "pip install 'vaelab[export]'")
 
 
 def test_a_disagreeing_export_is_a_loud_error_and_writes_nothing(exported, tmp_path, monkeypatch):

@@ -422,6 +422,7 @@ def check_options(formats: Sequence[str], parts: Sequence[str], opset: int | Non
     if opset is not None:
         if "onnx" not in formats:
             raise ConfigError("--opset applies to ONNX files only; add --format onnx or leave it out")
+        require_onnx()  # its one-line error, not an ImportError, when the extra is missing
         import onnx
 
         newest = onnx.defs.onnx_opset_version()
