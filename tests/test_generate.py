@@ -32,7 +32,8 @@ def test_slerp_keeps_the_norm_on_a_circle_and_lerp_does_not():
     torch.testing.assert_close(slerp(torch.zeros(2), z1, t), lerp(torch.zeros(2), z1, t))
     # nearly parallel codes (float32 cosine rounds to 1) still interpolate smoothly, with the right ends
     near = slerp(z0, z0 + torch.tensor([0.0, 1e-4]), t)
-    torch.testing.assert_close(near[0], z0) and torch.testing.assert_close(near[-1], z0 + torch.tensor([0.0, 1e-4]))
+    torch.testing.assert_close(near[0], z0)
+    torch.testing.assert_close(near[-1], z0 + torch.tensor([0.0, 1e-4]))
 
 
 def test_prior_sample_std_scales_with_temperature():
@@ -82,3 +83,23 @@ def test_grids():
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.shape[0] == 24 + 4  # 8x8 enlarged x3
     pg = pairs_grid(torch.zeros(8, 1, 28, 28), torch.ones(8, 1, 28, 28))
     assert pg[2 + 14, 2 + 14] == 0 and pg[2 + 14, 2 + 30 + 14] == 255  # original, then its reconstruction
+
+
+def test_latent_frame_units_per_model():
+    from vaelab.generate import latent_frame
+
+    codes = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    standard = latent_frame(build_model(ModelConfig(latent_dim=6), (1, 28, 28)), codes)
+    assert torch.equal(standard.loc, torch.zeros(6)) and torch.equal(standard.scale, torch.ones(6))
+    assert standard.units == "prior standard deviations"
+    # the VampPrior has no per-dimension scale: the codes' own mean and spread
+    vamp = latent_frame(build_model(ModelConfig(latent_dim=6, prior="vamp", pseudo_inputs=4), (1, 28, 28)), codes)
+    torch.testing.assert_close(vamp.loc, codes.mean(0))
+    torch.testing.assert_close(vamp.scale, codes.std(0))
+    assert "VampPrior" in vamp.units
+    # the autoencoder: the Gaussian fitted to its training codes
+    ae = build_model(ModelConfig(kind="ae", latent_dim=6), (1, 28, 28))
+    ae.fit_code_distribution(codes)
+    frame = latent_frame(ae, torch.zeros(3, 6))
+    torch.testing.assert_close(frame.loc, codes.mean(0))
+    torch.testing.assert_close(frame.scale, codes.std(0))

@@ -110,7 +110,7 @@ PAGE = """<!doctype html>
       <figure><img id="traverse" class="px" alt="decoded code"><figcaption id="traverse-label"></figcaption></figure>
     </div>
     <div id="traverse-path" class="strip"></div>
-    <p class="hint">Values are in prior standard deviations; dimensions are listed most active first
+    <p class="hint">Values are in <span id="traverse-units">prior standard deviations</span>; dimensions are listed most active first
       (activity: the variance of the training images' codes along it; near 0, the decoder ignores it).</p>
   </section>
 
@@ -282,6 +282,7 @@ function fillDims(info) {
     option.textContent = `z${d} (activity ${a.toFixed(2)})`;
     return option;
   }));
+  $("traverse-units").textContent = info.traverse_units;
   const range = info.limits.traverse_range;
   $("value").min = -range; $("value").max = range;
 }

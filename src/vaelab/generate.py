@@ -7,6 +7,8 @@ and run without gradients in eval mode. Randomness comes from an explicit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .models import Model, eval_mode
@@ -60,3 +62,34 @@ def interpolate(model: Model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 1
         codes = model.code(torch.stack([x0, x1]))
         t = torch.linspace(0, 1, steps, device=codes.device)
         return model.decode_mean((lerp if method == "lerp" else slerp)(codes[0], codes[1], t))
+
+
+@dataclass(frozen=True)
+class LatentFrame:
+    """Where each latent dimension is centred and how far one unit reaches, for traversals and activity."""
+
+    loc: torch.Tensor  # (latent_dim,)
+    scale: torch.Tensor  # (latent_dim,), > 0
+    units: str  # what one unit is, in words
+
+
+def latent_frame(model: Model, codes: torch.Tensor) -> LatentFrame:
+    """The frame in which to move along latent dimensions, given the codes of some images (N, latent_dim).
+
+    The prior's N(0, 1) for a VAE with the standard prior (and the top layer of a hierarchical VAE); the
+    Gaussian fitted to the training codes for the autoencoder; for the VampPrior, which has no
+    per-dimension scale, the mean and standard deviation of `codes` themselves.
+    """
+    codes = codes.detach().float()
+    d = codes.shape[1]
+    if not model.variational:
+        return LatentFrame(model.code_mean.detach().float().to(codes.device),
+                           model.code_std.detach().float().to(codes.device),
+                           "standard deviations of the Gaussian fitted to the training codes")
+    if getattr(model, "prior", "standard") == "standard":
+        return LatentFrame(torch.zeros(d, device=codes.device), torch.ones(d, device=codes.device),
+                           "prior standard deviations")
+    spread = codes.std(0) if len(codes) > 1 else torch.ones(d, device=codes.device)
+    return LatentFrame(codes.mean(0), spread.clamp_min(1e-6),
+                       "standard deviations of the codes of the images shown (the VampPrior has no per-dimension "
+                       "scale)")

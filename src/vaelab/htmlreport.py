@@ -283,18 +283,17 @@ def interpolation_pictures(run: Run, test, seed: int) -> list[Picture]:
 
 
 def traversal_ranges(run: Run, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Centre and scale of each latent dimension's traversal: the prior's N(0, 1) for a VAE with the standard
-    prior and the HVAE's top layer; the fitted code distribution for the autoencoder; the codes' own mean
-    and spread otherwise (the VampPrior). Returns (loc, scale, a phrase saying which)."""
-    model = run.model
-    if run.config.model.kind == "ae":
-        return model.code_mean.float().cpu(), model.code_std.float().cpu(), \
-            "the mean ± k standard deviations of the Gaussian fitted to the training codes"
-    if getattr(model, "prior", "standard") == "standard":
-        d = codes.shape[1]
-        return torch.zeros(d), torch.ones(d), "the prior N(0, 1): values in prior standard deviations"
-    return codes.mean(0), codes.std(0).clamp_min(1e-6), \
-        "the test codes' mean ± k standard deviations (the VampPrior has no per-dimension scale)"
+    """Centre and scale of each latent dimension's traversal (`generate.latent_frame`, shared with the
+    explorer), and a phrase saying which."""
+    from .generate import latent_frame
+
+    frame = latent_frame(run.model, codes)
+    loc, scale = frame.loc.cpu(), frame.scale.cpu()
+    if not run.model.variational:
+        return loc, scale, "the mean ± k standard deviations of the Gaussian fitted to the training codes"
+    if getattr(run.model, "prior", "standard") == "standard":
+        return loc, scale, "the prior N(0, 1): values in prior standard deviations"
+    return loc, scale, "the test codes' mean ± k standard deviations (the VampPrior has no per-dimension scale)"
 
 
 def traversal_picture(run: Run, test, seed: int) -> Picture:

@@ -50,7 +50,7 @@ import torch
 
 from .data import DatasetSplits, binarize_once, eval_view, spread_index
 from .errors import DataError, VaelabError
-from .generate import lerp, slerp
+from .generate import latent_frame, lerp, slerp
 from .generalization import has_likelihood
 from .likelihood import NLL_SEED, importance_sampled
 from .models import eval_mode
@@ -227,6 +227,8 @@ class ExplorerApp:
         with self.lock:
             train, codes, _ = self._measure(splits.train.images[train_idx], train_scored)
             test, _, _ = self._measure(splits.test.images[test_idx], test_scored)
+            # the units of traversals and activity, shared with the HTML report (the VampPrior's: the codes')
+            self.frame = latent_frame(self.model, codes)
             self.activity = self._activity(codes)
         self.reference = Reference(train, test, time.perf_counter() - started)
 
@@ -253,19 +255,16 @@ class ExplorerApp:
         return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits)), codes, recon
 
     def _activity(self, codes: torch.Tensor) -> list[float]:
-        """Variance of each latent dimension's code over the training reference, in prior units:
+        """Variance of each latent dimension's code over the training reference, in the frame's units:
         near 0 = a dimension the encoder ignores (moving along it changes little)."""
         var = codes.double().var(0).cpu()
         _, scale = self._frame()
         return [float(v) for v in (var / scale.double().cpu() ** 2)]
 
     def _frame(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prior's centre and standard deviation per latent dimension (an autoencoder: the Gaussian fitted
-        to its training codes), in which traversal values are measured."""
-        d = self.model.latent_dim
-        if self.kind == "ae":
-            return self.model.code_mean.detach().float(), self.model.code_std.detach().float()
-        return torch.zeros(d, device=self.run.device), torch.ones(d, device=self.run.device)
+        """Centre and standard deviation per latent dimension in which traversal values are measured
+        (`generate.latent_frame` of the training references' codes)."""
+        return self.frame.loc, self.frame.scale
 
     def _test_image(self, index: int, name: str) -> torch.Tensor:
         n = len(self.splits.test)
@@ -296,7 +295,7 @@ class ExplorerApp:
             "dataset": self.splits.name, "image_shape": [c, h, w], "latent_dim": self.model.latent_dim,
             "epoch": self.run.meta.get("epoch"), "likelihood": self.has_likelihood,
             "binarized": self.binary, "k": self.k if self.has_likelihood else None,
-            "test_images": len(self.splits.test), "activity": self.activity,
+            "test_images": len(self.splits.test), "activity": self.activity, "traverse_units": self.frame.units,
             "limits": {"max_samples": MAX_SAMPLES, "max_temperature": MAX_TEMPERATURE, "max_steps": MAX_STEPS,
                        "max_thumbnails": MAX_THUMBNAILS, "traverse_range": TRAVERSE_RANGE, "max_body": MAX_BODY},
             "reference": {"train_images": len(ref.train.recon_error), "test_images": len(ref.test.recon_error),
