@@ -287,3 +287,20 @@ def test_autoencoder_and_hierarchical_runs_get_a_report(kind, overrides, says, t
     assert says in text
     for img in page.images:
         _png(img["src"])
+
+
+def test_a_run_without_final_evaluation_or_monitor_says_why(tmp_path, digits):
+    # what a sweep trial looks like: trained with evaluate=False, no fixed subsets scored per epoch
+    from vaelab.train import Trainer
+
+    cfg = load_config(overrides=[*DIGITS, "train.monitor_images=0"])
+    Trainer(cfg, tmp_path / "trial", splits=digits, log=lambda m: None, progress=False).run(evaluate=False)
+    text = write_html_report(tmp_path / "trial", **quiet).read_text()
+    assert "trained without its final evaluation" in _section(text, "evaluation")
+    curves = _section(text, "curves")
+    assert "No gap panel" in curves and "Bottom: the generalization gap" not in curves
+
+
+def test_a_monitored_run_has_the_gap_panel_caption(vae_run):
+    text = write_html_report(vae_run, vae_run.parent / "monitored.html", **quiet).read_text()
+    assert "Bottom: the generalization gap" in _section(text, "curves")

@@ -502,11 +502,14 @@ def test_cli_serves_until_interrupted(runs):
 
 
 @pytest.mark.parametrize("args,words", [(["--port", "70000"], "port must lie between"),
-                                        (["--k", "0"], "k (importance samples"),
-                                        (["--reference-images", "3"], "reference images")])
+                                        (["--k", "0"], "--k must lie between 1 and"),
+                                        (["--reference-images", "3"], "--reference-images must lie between")])
 def test_cli_refuses_bad_options(runs, capsys, args, words):
     assert main(["serve", str(runs["vae"]), *args]) == 2
     assert words in capsys.readouterr().err
+    if args[0] != "--port":  # checked before the model and the data are loaded: a missing run is not reached
+        assert main(["serve", "no/such/run", *args]) == 2
+        assert words in capsys.readouterr().err
 
 
 def test_cli_refuses_a_busy_port(runs, capsys):

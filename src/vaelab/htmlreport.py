@@ -555,10 +555,14 @@ def curves_section(files: RunFiles, run: Run | None) -> Section:
                         title=title)
     except ValueError as exc:
         return Section("curves", "Training curves", missing=f"nothing to plot ({exc})")
-    body = figure(Picture(png, "Top: the loss per epoch (nats per image) on fixed subsets of the training and "
-                          "validation images, and the running training average. Bottom: the generalization gap, "
-                          "validation minus training on the fixed subsets (positive: worse on unseen images).",
-                          "training curves"))
+    monitored = any(isinstance(rec.get("monitor"), dict) for rec in files.history)
+    caption = ("Top: the loss per epoch (nats per image) on fixed subsets of the training and validation images, "
+               "and the running training average. Bottom: the generalization gap, validation minus training on "
+               "the fixed subsets (positive: worse on unseen images)." if monitored else
+               "The loss per epoch (nats per image): the running training average, and the validation split's "
+               "when there is one. No gap panel: the run scored no fixed subsets (train.monitor_images = 0 or no "
+               "validation split).")
+    body = figure(Picture(png, caption, "training curves"))
     if files.bad_metric_lines:
         body += note(f"{files.bad_metric_lines} line(s) of metrics.jsonl could not be read and are left out "
                      "(a record being written while training runs, or damage).")
@@ -569,8 +573,13 @@ def evaluation_section(files: RunFiles, kind: str) -> Section:
     """The final evaluation training wrote (evaluation.json): loss terms per split, the gap, NLL, sample FD."""
     ev = files.evaluation
     if ev is None:
-        why = ("the run has not finished: training writes evaluation.json after its last epoch"
-               if files.status != "finished" else "the run directory has no readable evaluation.json")
+        if files.status != "finished":
+            why = "the run has not finished: training writes evaluation.json after its last epoch"
+        elif (files.info or {}).get("evaluated") is False:
+            why = ("the run was trained without its final evaluation (a sweep trial, say): "
+                   f"vaelab evaluate {files.root} scores it")
+        else:
+            why = "the run directory has no readable evaluation.json"
         return Section("evaluation", "Final evaluation", missing=why)
     ae = kind == "ae"
     parts = [f"<p>Weights of the best epoch ({fmt(ev.get('epoch'))}), evaluated on every split; "
