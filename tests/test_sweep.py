@@ -196,6 +196,14 @@ def test_every_objective_is_computed_on_validation_images(tpe):
     assert monitor["monitor"] is None  # (monitor_images = 0): the gap is computed afresh
     assert abs(values["val_gap"]) < 50
     assert OBJECTIVES["val_active_units"].direction == "maximize"
+    # val_fd is the final evaluation's sample fidelity with the validation images in the test images' place
+    from dataclasses import replace
+
+    from vaelab.evaluate import sample_fidelity
+
+    unsealed = load_dataset(cfg.data)
+    fidelity = sample_fidelity(run.model, replace(unsealed, test=unsealed.val), seed=cfg.eval.seed)
+    assert values["val_fd"] == pytest.approx(fidelity["fd_samples_test"], rel=1e-9) and values["val_fd"] > 0
 
 
 def test_a_trial_directory_is_a_normal_run(tpe, capsys):

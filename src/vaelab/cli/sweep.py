@@ -16,7 +16,8 @@ a sweep file is a run config ([data] [model] [train] [eval]: the base of every t
   jobs = 1                     worker processes; each trial gets max(1, cores // jobs) threads
                                (unless train.threads is set)
   seed = 0                     seed of the sampler; trial N trains with train.seed + N
-  objective = "val_nll"        what is optimized, on the validation split (below)
+  objective = "val_nll"        what is optimized, on the validation split (below; val_fd: how well
+                               the model generates, the Frechet distance of samples to them)
   direction = "auto"           minimize | maximize | auto: the objective's own (maximize for
                                val_active_units, minimize for the others)
   pruner = "auto"              median | none | auto (median when minimizing): median stops a trial

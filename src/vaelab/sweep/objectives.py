@@ -88,6 +88,8 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("val_gap", "minimize", "validation minus training -ELBO on equal-size image sets (nats)",
               False, False),
     Objective("val_active_units", "maximize", "active latent units on the validation split", False, True),
+    Objective("val_fd", "minimize", "how well the model generates: Frechet distance of prior samples to the "
+              "validation images in PCA pixel space (vaelab's sample fidelity)", False, False),
 )}
 
 
@@ -147,11 +149,20 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
     elif objective == "val_gap":
         n = min(len(val), len(splits.train))
         train = eval_view(splits.train, "train", dc.binarize, dc.binarize_seed).subset(
-            spread_index(len(splits.train), n, tc.seed + 5))  # the trainer's per-epoch monitor subset
+            spread_index(len(splits.train), n, tc.seed + 5))  # the recipe of the trainer's per-epoch monitor subsets
         val_n = val if n == len(val) else val.subset(spread_index(len(val), n, tc.seed + 6))
         out["val_gap"] = generalization_gap(
             evaluate_images(model, train, beta=tc.beta, batch_size=tc.eval_batch_size, device=device),
             evaluate_images(model, val_n, beta=tc.beta, batch_size=tc.eval_batch_size, device=device))
+    elif objective == "val_fd":
+        from ..evaluate import sample_fidelity
+
+        # the sample-fidelity score of the final evaluation, with the validation images in the test images' place
+        fidelity = sample_fidelity(model, replace(splits, test=splits.val), seed=cfg.eval.seed,
+                                   batch_size=tc.eval_batch_size)
+        if not fidelity:
+            raise ConfigError("val_fd needs at least 80 validation and training images (raise data.val_size)")
+        out["val_fd"] = fidelity["fd_samples_test"]
     elif objective == "val_active_units":
         from ..posterior import collapse_report
 
