@@ -112,6 +112,9 @@ def table_markdown(rows: list[TrialRow], sweep: SweepConfig, best: TrialRow | No
                  _number(r.value, ".5g"), _number(r.val_nelbo, ".2f"), str(r.epochs if r.epochs is not None else ""),
                  _number(r.seconds, ".1f"), r.note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "val -ELBO: of the best epoch's weights on the whole validation split for a complete trial; "
+              "after the epoch it stopped at for a pruned one. An autoencoder has no -ELBO: its complete trials leave it "
+              "empty, its pruned ones show the validation loss the pruner compared."]
     return "\n".join(lines) + "\n"
 
 
