@@ -618,7 +618,7 @@ class Trainer:
         self._write_start_files()
         s = self.splits
         self.log(
-            f"training a {describe_model(self.model, self.cfg.model)} on {s.name} {s.image_shape} "
+            f"training {_article(describe_model(self.model, self.cfg.model))} on {s.name} {s.image_shape} "
             f"from {s.source}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)}; device {self.device}"
         )
         self.log("losses are per image in nats, summed over pixels and latent dims: loss = recon + beta*KL")
@@ -833,6 +833,11 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- locks, signals, resuming
+
+
+def _article(phrase: str) -> str:
+    """'a VAE ...', 'an AE ...', 'an HVAE ...' (the letters as they are spoken)."""
+    return ("an " if phrase[:1] in "AEFHILMNORSX" or phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 def snapshot_name(epoch: int) -> str:
