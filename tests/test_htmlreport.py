@@ -7,17 +7,16 @@ import io
 import json
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vaelab import load_config, load_run, train
+from vaelab import load_config, load_run, load_run_data, train
 from vaelab.cli import main
 from vaelab.data import load_dataset, load_raw
-from vaelab.htmlreport import (latent_map, load_splits, map_images, markdown_to_html, run_latent_map, sample_pictures,
+from vaelab.htmlreport import (latent_map, map_images, markdown_to_html, run_latent_map, sample_pictures,
                                write_html_report)
 from vaelab.plots import COLORS, plot_latent_map
 
@@ -178,7 +177,7 @@ def test_two_dimensional_latent_is_mapped_as_it_is(folder_run):
     run_dir, data_dir = folder_run
     out = write_html_report(run_dir, data_dir=data_dir, **quiet)
     run = load_run(run_dir)
-    test = load_splits(run, data_dir).test
+    test = load_run_data(run, data_dir, download=False).test
     images = test.images[map_images(test, seed=0)]
     m = run_latent_map(run, images)
     means = run.encode(images.float() / 255).mean  # q(z|x)'s means, as the Run API gives them

@@ -288,12 +288,7 @@ def traversal_ranges(run: Run, codes: torch.Tensor) -> tuple[torch.Tensor, torch
     from .generate import latent_frame
 
     frame = latent_frame(run.model, codes)
-    loc, scale = frame.loc.cpu(), frame.scale.cpu()
-    if not run.model.variational:
-        return loc, scale, "the mean ± k standard deviations of the Gaussian fitted to the training codes"
-    if getattr(run.model, "prior", "standard") == "standard":
-        return loc, scale, "the prior N(0, 1): values in prior standard deviations"
-    return loc, scale, "the test codes' mean ± k standard deviations (the VampPrior has no per-dimension scale)"
+    return frame.loc.cpu(), frame.scale.cpu(), f"the centre ± k {frame.units}"
 
 
 def traversal_picture(run: Run, test, seed: int) -> Picture:
@@ -792,12 +787,6 @@ def _load_model(files: RunFiles, checkpoint: str, device: str | torch.device) ->
                       "model to draw from; write the report again later")
 
 
-def load_splits(run: Run, data_dir: str | Path | None):
-    """The run's dataset, found on this machine as in training (no download: a report never waits on one);
-    DataError when it is not there or does not match the run."""
-    return load_run_data(run, data_dir, download=False)
-
-
 def write_html_report(run_path: str | Path, out: str | Path | None = None, *, checkpoint: str = "best",
                       data_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
                       log: Callable[[str], None] = print) -> Path:
@@ -815,7 +804,7 @@ def write_html_report(run_path: str | Path, out: str | Path | None = None, *, ch
     splits = data_problem = None
     if run is not None:
         try:
-            splits = load_splits(run, data_dir)
+            splits = load_run_data(run, data_dir, download=False)  # a report never waits on a download
         except DataError as exc:
             name = run.config.data.dataset
             data_problem = (f"they need the run's dataset ({name}), which was not found here ({str(exc).rstrip('.')}); "
@@ -842,5 +831,5 @@ def write_html_report(run_path: str | Path, out: str | Path | None = None, *, ch
     return target
 
 
-__all__ = ["LatentMap", "RunFiles", "Section", "latent_map", "load_splits", "map_images", "markdown_to_html",
+__all__ = ["LatentMap", "RunFiles", "Section", "latent_map", "map_images", "markdown_to_html",
            "read_run_files", "run_latent_map", "write_html_report"]

@@ -189,6 +189,14 @@ class Reference:
     seconds: float
 
 
+def check_limits(k: int, reference_images: int) -> None:
+    """VaelabError unless the importance samples per upload and the reference images are within bounds."""
+    if not 1 <= k <= MAX_K:
+        raise VaelabError(f"--k must lie between 1 and {MAX_K}, got {k}")
+    if not 10 <= reference_images <= MAX_REFERENCE:
+        raise VaelabError(f"--reference-images must lie between 10 and {MAX_REFERENCE}, got {reference_images}")
+
+
 class ExplorerApp:
     """The explorer's logic, without HTTP: every method validates its values and returns a JSON-ready dict.
 
@@ -198,10 +206,7 @@ class ExplorerApp:
 
     def __init__(self, run: Run, splits: DatasetSplits, *, k: int = DEFAULT_K,
                  reference_images: int = DEFAULT_REFERENCE, seed: int = 0) -> None:
-        if not 1 <= k <= MAX_K:
-            raise VaelabError(f"k (importance samples per upload) must lie between 1 and {MAX_K}, got {k}")
-        if not 10 <= reference_images <= MAX_REFERENCE:
-            raise VaelabError(f"reference images must lie between 10 and {MAX_REFERENCE}, got {reference_images}")
+        check_limits(k, reference_images)
         if splits.image_shape != run.image_shape:
             have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
             raise DataError(f"the data has images of shape {have} but the run was trained on {want}; "
@@ -258,13 +263,8 @@ class ExplorerApp:
         """Variance of each latent dimension's code over the training reference, in the frame's units:
         near 0 = a dimension the encoder ignores (moving along it changes little)."""
         var = codes.double().var(0).cpu()
-        _, scale = self._frame()
+        scale = self.frame.scale
         return [float(v) for v in (var / scale.double().cpu() ** 2)]
-
-    def _frame(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Centre and standard deviation per latent dimension in which traversal values are measured
-        (`generate.latent_frame` of the training references' codes)."""
-        return self.frame.loc, self.frame.scale
 
     def _test_image(self, index: int, name: str) -> torch.Tensor:
         n = len(self.splits.test)
@@ -364,7 +364,7 @@ class ExplorerApp:
             values = torch.linspace(-TRAVERSE_RANGE, TRAVERSE_RANGE, steps)
         start = None if base is None else self._test_image(base, "base")
         with self.lock, eval_mode(self.model):
-            centre, scale = self._frame()
+            centre, scale = self.frame.loc, self.frame.scale
             z = centre.clone() if start is None else self.model.code(self._floats(start))[0]
             codes = z.repeat(len(values), 1)
             codes[:, dim] = centre[dim] + values.to(codes.device) * scale[dim]

@@ -56,13 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import make_server, serve
     from . import _load, _run_data
 
-    from ..errors import VaelabError
-    from ..serve import MAX_K, MAX_REFERENCE  # checked before the model and the data are loaded
+    from ..serve import check_limits
 
-    if not 1 <= args.k <= MAX_K:
-        raise VaelabError(f"--k must lie between 1 and {MAX_K}, got {args.k}")
-    if not 10 <= args.reference_images <= MAX_REFERENCE:
-        raise VaelabError(f"--reference-images must lie between 10 and {MAX_REFERENCE}, got {args.reference_images}")
+    check_limits(args.k, args.reference_images)  # before the model and the data are loaded
     started = time.perf_counter()
     run = _load(args)
     splits = _run_data(run, args.data_dir)
