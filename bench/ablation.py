@@ -28,7 +28,7 @@ import torch
 import vaelab
 from vaelab import load_config, load_run, train
 from vaelab.data import eval_view, load_dataset, spread_index
-from vaelab.likelihood import importance_sampled
+from vaelab.evaluation.likelihood import importance_sampled
 
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],

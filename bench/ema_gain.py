@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from vaelab.checkpoint import load_checkpoint
+from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.data import eval_view, load_dataset, spread_index
-from vaelab.likelihood import importance_sampled
-from vaelab.runs import find_checkpoint, model_from_checkpoint
+from vaelab.evaluation.likelihood import importance_sampled
+from vaelab.runs.load import find_checkpoint, model_from_checkpoint
 
 
 def main() -> int:

@@ -36,8 +36,8 @@ def say(msg: str) -> None:
 from vaelab import load_config  # noqa: E402
 from vaelab.data import load_dataset  # noqa: E402
 from vaelab.data.splits import eval_view  # noqa: E402
-from vaelab.likelihood import estimate_nll  # noqa: E402
-from vaelab.train import Trainer  # noqa: E402
+from vaelab.evaluation.likelihood import estimate_nll  # noqa: E402
+from vaelab.training.loop import Trainer  # noqa: E402
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 base = ["model.prior=vamp", f"data.data_dir={json.dumps(data_dir)}", f"train.device={device}",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from vaelab import load_config
-from vaelab.likelihood import importance_sampled
+from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.models import build_model
 from vaelab.models.conv import FoldConvTranspose2d
 

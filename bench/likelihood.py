@@ -36,7 +36,7 @@ import torch
 import vaelab
 from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
-from vaelab.likelihood import estimate_nll, importance_sampled
+from vaelab.evaluation.likelihood import estimate_nll, importance_sampled
 from vaelab.objectives import bernoulli_log_likelihood, log_normal_diag, log_standard_normal
 
 PUBLISHED = [  # test NLL on dynamically binarized Fashion-MNIST, nats (Norouzi et al. 2020, Exemplar VAE, table)
@@ -138,7 +138,7 @@ def main() -> int:
         sweep[k] = {"nll": float(-est.log_px.mean()), "nelbo": float(-est.elbo.mean())}
         print(f"k={k}: mean NLL {sweep[k]['nll']:.2f} on {len(sweep_x)} test images", flush=True)
     result["k_sweep"] = {"images": len(sweep_x), "values": sweep}
-    from vaelab.plots import plot_nll_vs_k
+    from vaelab.report.plots import plot_nll_vs_k
 
     plot = Path(args.out).with_suffix(".png")
     plot_nll_vs_k(ks, [sweep[k]["nll"] for k in ks], plot, elbo=sweep[1]["nelbo"])

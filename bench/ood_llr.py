@@ -26,9 +26,9 @@ import torch
 import vaelab
 from vaelab import load_run
 from vaelab.data import load_dataset
-from vaelab.generalization import load_eval_sets
-from vaelab.likelihood import importance_sampled
-from vaelab.ood import PUBLISHED_AUROC, balanced_index, detection_metrics
+from vaelab.evaluation.unseen import load_eval_sets
+from vaelab.evaluation.likelihood import importance_sampled
+from vaelab.evaluation.ood import PUBLISHED_AUROC, balanced_index, detection_metrics
 
 
 def main() -> int:

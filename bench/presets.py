@@ -34,7 +34,7 @@ import torch
 import vaelab
 from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
-from vaelab.likelihood import estimate_nll
+from vaelab.evaluation.likelihood import estimate_nll
 
 PUBLISHED = {  # test NLL, dynamically binarized Fashion-MNIST, nats per image (the table)
     "VAE": 228.70, "VampPrior": 227.35, "Exemplar VAE": 226.75, "HVAE": 227.37, "conv HVAE": 225.38,

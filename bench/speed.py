@@ -56,10 +56,10 @@ from train_throughput import PlainVAE, make_loader, plain_epoch, plain_loss  # n
 import vaelab  # noqa: E402
 from vaelab import load_config  # noqa: E402
 from vaelab.data import eval_view, load_dataset  # noqa: E402
-from vaelab.likelihood import importance_sampled  # noqa: E402
-from vaelab.losses import training_loss  # noqa: E402
+from vaelab.evaluation.likelihood import importance_sampled  # noqa: E402
+from vaelab.training.loss import training_loss  # noqa: E402
 from vaelab.models import build_model, eval_mode  # noqa: E402
-from vaelab.train import Trainer  # noqa: E402
+from vaelab.training.loop import Trainer  # noqa: E402
 
 IMPLS = ("plain", "pythae", "vaelab")
 

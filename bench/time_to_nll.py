@@ -2,7 +2,7 @@
 
 Each contender trains the same conv VAE design on Fashion-MNIST, epoch by epoch. After every epoch its
 weights are scored on one fixed subset of the test split (binarized once with vaelab's seed) with the
-same importance sampler, k samples and seed for everyone (vaelab.likelihood.importance_sampled; the plain
+same importance sampler, k samples and seed for everyone (vaelab.evaluation.likelihood.importance_sampled; the plain
 model's weights are copied into vaelab's identical network for this), and that scoring is NOT counted
 as training time. The target is the test NLL the plain loop reaches after --target-epochs epochs (the
 plain loop's own 10-epoch result by default); the table gives, for each contender, the training time at
@@ -38,9 +38,9 @@ from train_throughput import PlainVAE, make_loader, plain_epoch  # noqa: E402
 import vaelab  # noqa: E402
 from vaelab import load_config  # noqa: E402
 from vaelab.data import eval_view, load_dataset, spread_index  # noqa: E402
-from vaelab.likelihood import importance_sampled  # noqa: E402
+from vaelab.evaluation.likelihood import importance_sampled  # noqa: E402
 from vaelab.models import build_model  # noqa: E402
-from vaelab.train import Trainer  # noqa: E402
+from vaelab.training.loop import Trainer  # noqa: E402
 
 
 def plain_into_vaelab(plain: PlainVAE, vae) -> None:

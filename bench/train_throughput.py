@@ -36,8 +36,8 @@ from torch import nn
 import vaelab
 from vaelab import load_config
 from vaelab.data import eval_view, load_dataset
-from vaelab.evaluate import evaluate_images
-from vaelab.train import Trainer
+from vaelab.evaluation.elbo import evaluate_images
+from vaelab.training.loop import Trainer
 
 
 # --------------------------------------------------------------------------- the plain PyTorch baseline

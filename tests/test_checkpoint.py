@@ -7,19 +7,19 @@ import struct
 import pytest
 import torch
 
-from vaelab.checkpoint import (
+from vaelab.runs.checkpoint import (
     CheckpointWriteError, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors, optimizer_state_to_tensors,
     save_checkpoint,
 )
 from vaelab.config import ModelConfig, RunConfig, to_dict
 from vaelab.errors import CheckpointError
 from vaelab.models import build_model
-from vaelab.runs import load_run, model_from_checkpoint
+from vaelab.runs.load import load_run, model_from_checkpoint
 
 
 def _write_meta(path, meta):
     """Write meta.json with a valid digest, as a forger or a careful editor would."""
-    from vaelab.checkpoint import _meta_digest
+    from vaelab.runs.checkpoint import _meta_digest
 
     meta = {**meta, "meta_sha256": _meta_digest(meta)}
     path.write_text(json.dumps(meta))
@@ -209,8 +209,8 @@ def test_bad_image_shape_or_config_in_meta_is_one_clear_error(tmp_path):
 def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     import numpy as np
 
-    from vaelab.images import save_png
-    from vaelab.runs import write_json
+    from vaelab.report.images import save_png
+    from vaelab.runs.load import write_json
 
     def refuse(*args):
         raise OSError(28, "No space left on device")

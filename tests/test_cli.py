@@ -172,16 +172,16 @@ def test_bad_outputs_and_options_exit_2_with_one_line(tiny_run, tmp_path, capsys
 
 
 def test_out_of_memory_is_one_line(tiny_run, monkeypatch, capsys):
-    import vaelab.runs
+    import vaelab.runs.load
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 900000000000 bytes.")
 
-    monkeypatch.setattr(vaelab.runs.Run, "sample", no_memory)
+    monkeypatch.setattr(vaelab.runs.load.Run, "sample", no_memory)
     assert main(["sample", str(tiny_run), "-n", "4"]) == 2
     _one_error_line(capsys, "out of memory", "batch_size")
-    monkeypatch.setattr(vaelab.runs.Run, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(vaelab.runs.load.Run, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised as user mistakes
         main(["sample", str(tiny_run), "-n", "4"])
 

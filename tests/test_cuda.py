@@ -15,7 +15,7 @@ import torch
 
 from vaelab import load_config, load_run, train
 from vaelab.config import ModelConfig
-from vaelab.likelihood import importance_sampled
+from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from vaelab.runs.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from vaelab.cli import _default_run_name, main
 from vaelab.errors import CheckpointError
-from vaelab.runs import find_checkpoint, load_run
+from vaelab.runs.load import find_checkpoint, load_run
 
 TINY = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.grid_every=0",
         "--set", "train.grid_size=4", "--set", "eval.nll_images=0", "--set", "train.threads=1"]
@@ -73,9 +73,9 @@ def _one_line_error(err: str) -> str:
 _FSIZE_SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG instead of killing us
-    import vaelab.checkpoint, vaelab.train
-    train_module = sys.modules["vaelab.train"]  # the package's `train` attribute is the function
-    real = vaelab.checkpoint.save_checkpoint
+    import vaelab.runs.checkpoint, vaelab.training.loop
+    train_module = sys.modules["vaelab.training.loop"]  # the package's `train` attribute is the function
+    real = vaelab.runs.checkpoint.save_checkpoint
     calls = 0
     def limited(*args, **kwargs):
         global calls
@@ -83,7 +83,7 @@ _FSIZE_SCRIPT = textwrap.dedent("""
         if calls == __FAIL_AT__:  # from this checkpoint on, no file may grow past __LIMIT__ bytes (the kernel enforces it)
             resource.setrlimit(resource.RLIMIT_FSIZE, (__LIMIT__, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         return real(*args, **kwargs)
-    vaelab.checkpoint.save_checkpoint = limited
+    vaelab.runs.checkpoint.save_checkpoint = limited
     if hasattr(train_module, "save_checkpoint"):
         train_module.save_checkpoint = limited
     from vaelab.cli import main
@@ -120,9 +120,9 @@ def test_write_that_stops_half_way_with_enospc_through_the_trainer(tmp_path, mon
     """The second `last` checkpoint's weights file gets half its bytes written, then ENOSPC."""
     import builtins
 
-    import vaelab.checkpoint as ck
+    import vaelab.runs.checkpoint as ck
     from vaelab.config import load_config
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
     real_open = builtins.open
     seen = {"weights": 0, "injected": 0}
@@ -238,7 +238,7 @@ def _forge_weights(run: Path, blob: bytes, name: str = "best") -> None:
     """Replace a checkpoint's model.safetensors by `blob` and re-sign meta.json as a forger would."""
     import hashlib
 
-    from vaelab.checkpoint import _meta_digest
+    from vaelab.runs.checkpoint import _meta_digest
 
     d = run / "checkpoints" / name
     (d / "model.safetensors").write_bytes(blob)

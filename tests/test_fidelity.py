@@ -23,7 +23,7 @@ CENTRES = torch.tensor([[-20.0, -20.0], [-20.0, 20.0], [20.0, -20.0], [20.0, 20.
 
 
 def test_precision_recall_identical_shifted_and_half_the_modes():
-    from vaelab.fidelity import precision_recall
+    from vaelab.evaluation.generators import precision_recall
 
     real = _clusters(CENTRES, 200, 0)
     assert precision_recall(real, real.clone()) == (1.0, 1.0)
@@ -37,7 +37,7 @@ def test_precision_recall_identical_shifted_and_half_the_modes():
 
 
 def test_precision_recall_chunks_match_a_direct_computation(monkeypatch):
-    import vaelab.fidelity as fidelity
+    import vaelab.evaluation.generators as fidelity
 
     g = torch.Generator().manual_seed(3)
     real, fake = torch.randn(300, 5, generator=g), 0.5 + 1.3 * torch.randn(250, 5, generator=g)
@@ -65,7 +65,7 @@ def _halves(n: int, size: int, seed: int) -> ImageSet:
 
 
 def test_train_classifier_learns_a_toy_task_deterministically():
-    from vaelab.fidelity import FEATURE_DIM, classifier_accuracy, image_features, train_classifier
+    from vaelab.evaluation.generators import FEATURE_DIM, classifier_accuracy, image_features, train_classifier
 
     train, test = _halves(256, 16, 0), _halves(256, 16, 1)
     logs = []
@@ -83,7 +83,7 @@ def test_train_classifier_learns_a_toy_task_deterministically():
 
 
 def test_save_and_load_round_trip_and_damage(tmp_path):
-    from vaelab.fidelity import FeatureClassifier, image_features, load_classifier, save_classifier
+    from vaelab.evaluation.generators import FeatureClassifier, image_features, load_classifier, save_classifier
 
     torch.manual_seed(1)
     clf = FeatureClassifier((1, 16, 16), 3)
@@ -124,7 +124,7 @@ def test_save_and_load_round_trip_and_damage(tmp_path):
 
 
 def test_score_samples_real_against_itself_beats_noise():
-    from vaelab.fidelity import FEATURE_SPACE_NOTE, format_scores, score_samples, train_classifier
+    from vaelab.evaluation.generators import FEATURE_SPACE_NOTE, format_scores, score_samples, train_classifier
 
     data = _halves(600, 16, 2)
     clf = train_classifier(data.subset(slice(0, 300)), 2, epochs=1, batch_size=64, log=None)
@@ -148,7 +148,7 @@ def test_score_samples_real_against_itself_beats_noise():
 
 def test_generator_samples_for_a_vae_and_an_autoencoder():
     from vaelab.config import ModelConfig
-    from vaelab.fidelity import generator_samples
+    from vaelab.evaluation.generators import generator_samples
     from vaelab.models import build_model
 
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def test_generator_samples_for_a_vae_and_an_autoencoder():
 def test_classifier_on_fashion_mnist(fashion_mnist_dir):
     from vaelab.config import DataConfig
     from vaelab.data import load_dataset
-    from vaelab.fidelity import classifier_accuracy, train_classifier
+    from vaelab.evaluation.generators import classifier_accuracy, train_classifier
 
     splits = load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(fashion_mnist_dir), download=False,
                                      max_train=4000, max_eval=1000))

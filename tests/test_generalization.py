@@ -116,7 +116,7 @@ def test_subsets_keep_the_bits_of_the_whole_split_static_binarization(tmp_path):
     import torch
 
     from vaelab.data import eval_view, spread_index
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=["data.dataset=digits", "data.binarize=static", "train.monitor_images=100",
                                  "train.grid_every=0", "train.grid_size=4"])
@@ -124,7 +124,7 @@ def test_subsets_keep_the_bits_of_the_whole_split_static_binarization(tmp_path):
     idx = spread_index(len(trainer.splits.train), 100, cfg.train.seed + 5)
     assert torch.equal(trainer.monitor["train"].images, trainer.train_images.images[idx])
     trainer.close()
-    from vaelab.generalization import load_eval_set
+    from vaelab.evaluation.unseen import load_eval_set
 
     s = load_eval_set("test", cfg, trainer.splits, 50, seed=3)
     whole = eval_view(trainer.splits.test, "test", "static", cfg.data.binarize_seed).images
@@ -132,7 +132,7 @@ def test_subsets_keep_the_bits_of_the_whole_split_static_binarization(tmp_path):
 
 
 def test_constant_shift_stays_constant_on_binarized_runs():
-    from vaelab.generalization import load_eval_set
+    from vaelab.evaluation.unseen import load_eval_set
 
     cfg = load_config(overrides=["data.dataset=digits"])
     splits = load_dataset(cfg.data)
@@ -143,7 +143,7 @@ def test_constant_shift_stays_constant_on_binarized_runs():
 
 
 def test_bad_specs_fail_fast_before_any_long_computation(fm_run, tmp_path, capsys, monkeypatch):
-    import vaelab.evaluate as ev
+    import vaelab.evaluation.elbo as ev
 
     def boom(*a, **k):
         raise AssertionError("the NLL started before the datasets were checked")
@@ -159,7 +159,7 @@ def test_bad_specs_fail_fast_before_any_long_computation(fm_run, tmp_path, capsy
 
 def test_a_dataset_named_twice_gets_two_rows(fm_run):
     from vaelab import load_run
-    from vaelab.generalization import load_eval_sets
+    from vaelab.evaluation.unseen import load_eval_sets
 
     run = load_run(fm_run)
     cfg = run.config.replace(eval={"ood_images": 20})
@@ -199,7 +199,7 @@ def test_grey_images_are_refused_by_the_bernoulli_likelihood():
 
     from vaelab.config import ModelConfig
     from vaelab.errors import ConfigError
-    from vaelab.likelihood import importance_sampled
+    from vaelab.evaluation.likelihood import importance_sampled
     from vaelab.models import build_model
 
     model = build_model(ModelConfig(arch="mlp", latent_dim=2, mlp_hidden=(8,)), (1, 2, 2))
@@ -211,7 +211,7 @@ def test_compare_refuses_a_classifier_of_another_dataset(fm_run, tmp_path, capsy
     import torch
 
     from vaelab.data import ImageSet
-    from vaelab.fidelity import save_classifier, train_classifier
+    from vaelab.evaluation.generators import save_classifier, train_classifier
 
     images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
     clf = train_classifier(ImageSet(images, torch.arange(40) % 2), 2, epochs=1, log=lambda m: None)

@@ -3,8 +3,8 @@ import math
 import torch
 
 from vaelab.config import ModelConfig
-from vaelab.generate import interpolate, lerp, reconstruct, sample, slerp
-from vaelab.images import make_grid, pairs_grid
+from vaelab.models.generate import interpolate, lerp, reconstruct, sample, slerp
+from vaelab.report.images import make_grid, pairs_grid
 from vaelab.models import build_model
 
 
@@ -86,7 +86,7 @@ def test_grids():
 
 
 def test_latent_frame_units_per_model():
-    from vaelab.generate import latent_frame
+    from vaelab.models.generate import latent_frame
 
     codes = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1
     standard = latent_frame(build_model(ModelConfig(latent_dim=6), (1, 28, 28)), codes)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vaelab import load_config, load_run, resume, train
-from vaelab.checkpoint import load_checkpoint
-from vaelab.guard import BadSteps
+from vaelab.runs.checkpoint import load_checkpoint
+from vaelab.training.guard import BadSteps
 from vaelab.models.distributions import BernoulliLikelihood
-from vaelab.train import Trainer
+from vaelab.training.loop import Trainer
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "eval.nll_images=0",
           "train.monitor_images=0"]
@@ -194,7 +194,7 @@ def test_bad_fault_settings_are_refused(bad):
 
 
 def test_stop_signals_defer_inside_steps_and_not_twice_or_outside():
-    from vaelab.guard import StopSignals
+    from vaelab.training.guard import StopSignals
 
     previous = signal.getsignal(signal.SIGTERM)
     with StopSignals() as signals:

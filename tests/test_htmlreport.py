@@ -16,9 +16,9 @@ from PIL import Image
 from vaelab import load_config, load_run, load_run_data, train
 from vaelab.cli import main
 from vaelab.data import load_dataset, load_raw
-from vaelab.htmlreport import (latent_map, map_images, markdown_to_html, run_latent_map, sample_pictures,
+from vaelab.report.html import (latent_map, map_images, markdown_to_html, run_latent_map, sample_pictures,
                                write_html_report)
-from vaelab.plots import COLORS, plot_latent_map
+from vaelab.report.plots import COLORS, plot_latent_map
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "train.epochs=1",
           "eval.nll_images=0"]
@@ -290,7 +290,7 @@ def test_autoencoder_and_hierarchical_runs_get_a_report(kind, overrides, says, t
 
 def test_a_run_without_final_evaluation_or_monitor_says_why(tmp_path, digits):
     # what a sweep trial looks like: trained with evaluate=False, no fixed subsets scored per epoch
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=[*DIGITS, "train.monitor_images=0"])
     Trainer(cfg, tmp_path / "trial", splits=digits, log=lambda m: None, progress=False).run(evaluate=False)

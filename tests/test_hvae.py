@@ -11,8 +11,8 @@ from vaelab import load_config, load_run, train
 from vaelab.cli import main
 from vaelab.config import ModelConfig, TrainConfig
 from vaelab.errors import ConfigError
-from vaelab.likelihood import importance_sampled, llr_scores
-from vaelab.losses import training_loss
+from vaelab.evaluation.likelihood import importance_sampled, llr_scores
+from vaelab.training.loss import training_loss
 from vaelab.models import HVAE, build_model, eval_mode
 from vaelab import objectives as obj
 
@@ -31,7 +31,7 @@ def _batch(n=6, shape=(1, 28, 28), seed=1):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """A tiny HVAE trained for one epoch on scikit-learn's digits (8x8) through vaelab.train."""
+    """A tiny HVAE trained for one epoch on scikit-learn's digits (8x8) through vaelab.training.loop."""
     out = tmp_path_factory.mktemp("hvae") / "run"
     torch.set_num_threads(1)
     cfg = load_config(overrides=["data.dataset=digits", "model.kind=hvae", "model.hvae_channels=16",
@@ -281,7 +281,7 @@ def test_vaelab_evaluate_on_noise_reports_the_llr_score(digits_run, tmp_path, ca
 
 
 def test_generate_sample_draws_every_layer_from_the_prior():
-    from vaelab.generate import sample
+    from vaelab.models.generate import sample
 
     torch.manual_seed(0)
     model = build_model(load_config(overrides=["model.kind=hvae"]).model, (1, 28, 28))

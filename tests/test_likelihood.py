@@ -9,7 +9,7 @@ import torch
 from vaelab import objectives as obj
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.likelihood import estimate_nll, importance_sampled, likelihood_protocol, summarize
+from vaelab.evaluation.likelihood import estimate_nll, importance_sampled, likelihood_protocol, summarize
 from vaelab.models import build_model
 
 
@@ -119,7 +119,7 @@ def test_no_likelihood_for_bernoulli_on_grey_pixels_or_for_an_autoencoder():
 
 
 def test_summarize_rejects_nothing():
-    from vaelab.likelihood import ImportanceEstimate
+    from vaelab.evaluation.likelihood import ImportanceEstimate
 
     empty = torch.zeros(0, dtype=torch.float64)
     with pytest.raises(ValueError):

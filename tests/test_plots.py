@@ -1,4 +1,4 @@
-"""The figures of vaelab.plots: valid, non-blank, deterministic PNGs; clear errors on empty input."""
+"""The figures of vaelab.report.plots: valid, non-blank, deterministic PNGs; clear errors on empty input."""
 
 from __future__ import annotations
 

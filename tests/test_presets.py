@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vaelab import load_config
-from vaelab.losses import training_loss
+from vaelab.training.loss import training_loss
 from vaelab.models import build_model
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))

@@ -7,7 +7,7 @@ import torch
 
 from vaelab import load_config, load_run, train
 from vaelab import objectives as obj
-from vaelab.likelihood import importance_sampled
+from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.models import build_model, eval_mode
 
 VAMP = ["model.prior=vamp", "model.pseudo_inputs=30"]

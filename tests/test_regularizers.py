@@ -7,7 +7,7 @@ from vaelab import load_config, load_run, train
 from vaelab.data import batches
 from vaelab.data.splits import augment
 from vaelab.errors import VaelabError
-from vaelab.losses import training_loss
+from vaelab.training.loss import training_loss
 from vaelab.models import build_model, eval_mode
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "eval.nll_images=0",
@@ -114,7 +114,7 @@ def test_augmented_training_differs_and_is_repeatable_while_validation_is_untouc
     assert all(torch.equal(runs["aug"][0][k], runs["aug2"][0][k]) for k in runs["aug"][0])
     assert not all(torch.equal(runs["aug"][0][k], runs["plain"][0][k]) for k in runs["aug"][0])
     # validation images are never augmented: re-scoring them with the trained weights gives the logged loss
-    from vaelab.evaluate import evaluate_images
+    from vaelab.evaluation.elbo import evaluate_images
     from vaelab.data import eval_view
 
     run = load_run(tmp_path / "aug")

@@ -14,7 +14,7 @@ import torch
 from vaelab import load_config, load_run, resume, train
 from vaelab.cli import main
 from vaelab.errors import ConfigError
-from vaelab.train import lock_run_dir
+from vaelab.training.loop import lock_run_dir
 
 ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
         "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0",
@@ -74,7 +74,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(reference
 
 KILL_IN_WRITE = """
 import os, sys, time
-import vaelab.checkpoint as ckpt
+import vaelab.runs.checkpoint as ckpt
 from vaelab.cli import main
 marker, nth = sys.argv[1], int(sys.argv[2])
 original, calls = ckpt._write_file, [0]
@@ -131,7 +131,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
 
 
 def test_in_process_resume_and_more_epochs(tmp_path, monkeypatch):
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=["data.dataset=digits", "train.epochs=3", "train.grid_every=0", "train.grid_size=4",
                                  "eval.nll_images=0"])
@@ -183,7 +183,7 @@ def test_resume_mistakes_are_one_line_errors(tmp_path, capsys):
 
 def test_a_run_killed_during_its_final_evaluation_resumes_into_it(tmp_path, monkeypatch):
     """All epochs trained, then interrupted while evaluating: --resume writes the evaluation instead of refusing."""
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=["data.dataset=digits", "train.epochs=2", "train.grid_every=0", "train.grid_size=4",
                                  "eval.nll_images=0"])

@@ -25,7 +25,7 @@ from PIL import Image
 from vaelab import load_config, load_run, train
 from vaelab.cli import main
 from vaelab.data import load_dataset
-from vaelab.serve import (MAX_BODY, TYPICAL, UNUSUAL, ExplorerApp, ExplorerServer, RequestError, decode_upload,
+from vaelab.serve.app import (MAX_BODY, TYPICAL, UNUSUAL, ExplorerApp, ExplorerServer, RequestError, decode_upload,
                           make_server, percentile, serve)
 
 DIGITS = ["data.dataset=digits", "data.val_size=100", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",

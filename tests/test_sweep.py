@@ -19,8 +19,8 @@ from vaelab import load_config, load_run
 from vaelab.cli import main
 from vaelab.data import SPLITS, eval_view, load_dataset, spread_index
 from vaelab.errors import ConfigError
-from vaelab.evaluate import evaluate_images
-from vaelab.likelihood import importance_sampled
+from vaelab.evaluation.elbo import evaluate_images
+from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.sweep import (OBJECTIVES, SealedSplit, SealedTestSplitError, load_sweep, run_sweep, seal_test,
                           validation_metrics)
 from vaelab.sweep.study import STUDY_NAME, make_pruner, make_sampler, make_storage, suggest
@@ -65,7 +65,7 @@ def tpe(tmp_path_factory):
     """A 4-trial TPE sweep run through the Python API, with a spy on every trainer it starts."""
     import sys
 
-    trainer_module = sys.modules["vaelab.train"]  # (vaelab.train, the attribute, is the train function)
+    trainer_module = sys.modules["vaelab.training.loop"]  # (vaelab.training.loop, the attribute, is the train function)
     root = tmp_path_factory.mktemp("sweep")
     path = write_sweep(root / "sweep.toml", 'sampler = "tpe"\ntrials = 4\nseed = 3',
                        'train.lr = { low = 1e-3, high = 1e-2, log = true }\n'
@@ -164,7 +164,7 @@ def test_objective_is_the_validation_nll_of_the_best_checkpoint(tpe):
     assert float(-est.log_px.mean()) == pytest.approx(result.best_value, rel=1e-9)
     # ... which is `vaelab evaluate`'s validation row, also when the test split is the smallest (the subsets
     # of evaluate are equal in size across the splits: here 359 test images, 400 validation images)
-    from vaelab.evaluate import nll_on_splits
+    from vaelab.evaluation.elbo import nll_on_splits
     from vaelab.sweep.objectives import validation_nll
 
     big = cfg.replace(data={"val_size": 400}, eval={"nll_images": 500, "nll_k": 5})
@@ -199,7 +199,7 @@ def test_every_objective_is_computed_on_validation_images(tpe):
     # val_fd is the final evaluation's sample fidelity with the validation images in the test images' place
     from dataclasses import replace
 
-    from vaelab.evaluate import sample_fidelity
+    from vaelab.evaluation.elbo import sample_fidelity
 
     unsealed = load_dataset(cfg.data)
     fidelity = sample_fidelity(run.model, replace(unsealed, test=unsealed.val), seed=cfg.eval.seed)
@@ -263,7 +263,7 @@ def test_resume_keeps_the_done_trials_and_reruns_an_interrupted_one(tmp_path):
 def test_ctrl_c_marks_the_trial_interrupted_and_the_next_run_retries_it(tmp_path, monkeypatch):
     import sys
 
-    trainer_module = sys.modules["vaelab.train"]
+    trainer_module = sys.modules["vaelab.training.loop"]
     path = write_sweep(tmp_path / "s.toml", 'sampler = "random"\ntrials = 2', '"train.lr" = [1e-3, 2e-3, 4e-3]')
     out = tmp_path / "out"
     started = []

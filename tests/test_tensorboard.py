@@ -22,10 +22,10 @@ from vaelab import load_config, load_run, resume, train
 from vaelab.cli import main
 from vaelab.data import load_dataset
 from vaelab.errors import ConfigError
-from vaelab.generate import sample
-from vaelab.images import square_grid
-from vaelab.tblog import EVENT_PREFIX, _wait_for_a_later_name, epoch_scalars, final_scalars
-from vaelab.train import Trainer
+from vaelab.models.generate import sample
+from vaelab.report.images import square_grid
+from vaelab.training.callbacks.tensorboard import EVENT_PREFIX, _wait_for_a_later_name, epoch_scalars, final_scalars
+from vaelab.training.loop import Trainer
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "data.max_train=600", "train.grid_every=0",
           "train.grid_size=8", "eval.nll_k=5", "eval.nll_images=20", "eval.gap_images=0"]

@@ -192,7 +192,7 @@ def test_default_vae_reaches_the_reference_on_fashion_mnist(tmp_path, fashion_mn
 
 
 def test_interruption_keeps_finished_epochs_and_says_so(tmp_path, digits_splits, monkeypatch):
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     calls = {"n": 0}
     original = Trainer.train_epoch
@@ -237,7 +237,7 @@ def test_autoencoder_code_fit_and_final_grids_see_every_class(tmp_path, monkeypa
         seen[phase["name"]].update((x[:, 0, 0, 0] * 255).round().long().tolist())
         return original_code(self, x)
 
-    trainer_module = sys.modules["vaelab.train"]
+    trainer_module = sys.modules["vaelab.training.loop"]
     original_write_images = trainer_module.Trainer.write_images
 
     def write_images(self):
@@ -299,7 +299,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path, digits_splits):
 
 
 def test_on_epoch_hook_sees_each_record_and_can_stop_without_final_evaluation(tmp_path, digits_splits):
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=[*DIGITS, "train.epochs=5"])
     seen = []

@@ -8,11 +8,11 @@ import torch
 
 from vaelab import load_config, load_run, resume, train
 from vaelab import objectives as obj
-from vaelab.checkpoint import load_checkpoint
+from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.errors import VaelabError
-from vaelab.losses import iwae_loss, training_loss
+from vaelab.training.loss import iwae_loss, training_loss
 from vaelab.models import build_model
-from vaelab.schedules import kl_weight, lr_factor
+from vaelab.training.schedules import kl_weight, lr_factor
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "eval.nll_images=0",
           "train.monitor_images=0"]
@@ -134,7 +134,7 @@ def test_cosine_schedule_and_lr_warmup_are_applied(tmp_path, splits):
 
 
 def test_ema_weights_are_evaluated_saved_as_best_and_resumed_exactly(tmp_path, splits, monkeypatch):
-    from vaelab.train import Trainer
+    from vaelab.training.loop import Trainer
 
     cfg = load_config(overrides=[*DIGITS, "train.epochs=2", "train.ema=0.99", "train.checkpoint_steps=4"])
     train(cfg, tmp_path / "full", splits=splits, log=lambda m: None)

@@ -10,13 +10,13 @@ Python API::
     images = run.sample(16, temperature=0.8)
 """
 
-__version__ = "0.1.0"
+from vaelab._version import __version__
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config  # noqa: E402
-from .errors import VaelabError  # noqa: E402
-from .runs import Run, load_run, load_run_data  # noqa: E402
-from .train import TrainResult, resume, train  # noqa: E402
-from .htmlreport import write_html_report  # noqa: E402
+from vaelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
+from vaelab.errors import VaelabError
+from vaelab.runs.load import Run, load_run, load_run_data
+from vaelab.training.loop import TrainResult, resume, train
+from vaelab.report.html import write_html_report
 
 __all__ = [
     "DataConfig", "ModelConfig", "Run", "RunConfig", "TrainConfig", "TrainResult", "VaelabError",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from .errors import ConfigError
+from vaelab.errors import ConfigError
 
 _UNION_TYPE = getattr(types, "UnionType", None)  # `int | None` on Python >= 3.10
 

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig
-from .data import load_dataset
-from .fidelity import compare_generators
-from .errors import ConfigError, DataError, DatasetNotFoundError
-from .fileio import atomic_write
-from .images import save_png, side_by_side, square_grid
-from .generate import sample
-from .runs import write_json
-from .train import TrainResult, train
+from vaelab.config import RunConfig
+from vaelab.data import load_dataset
+from vaelab.evaluation.generators import compare_generators
+from vaelab.errors import ConfigError, DataError, DatasetNotFoundError
+from vaelab.fileio import atomic_write
+from vaelab.report.images import save_png, side_by_side, square_grid
+from vaelab.models.generate import sample
+from vaelab.runs.load import write_json
+from vaelab.training.loop import TrainResult, train
 
 FALLBACK = {"dataset": "digits", "image_size": 28, "val_size": 200}
 FALLBACK_EPOCHS = 50  # digits has 1,438 training images: 10 epochs are too few steps

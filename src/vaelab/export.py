@@ -46,10 +46,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
-from .fileio import atomic_write
-from .models import HVAE, VAE, Autoencoder, MLPEncoder, Model, eval_mode
-from .models.conv import FoldConvTranspose2d
+from vaelab.errors import ConfigError, DataError
+from vaelab.fileio import atomic_write
+from vaelab.models import HVAE, VAE, Autoencoder, MLPEncoder, Model, eval_mode
+from vaelab.models.conv import FoldConvTranspose2d
 
 FORMATS = ("onnx", "torchscript")
 PARTS = ("decoder", "encoder")
@@ -476,7 +476,7 @@ def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORM
         if name not in written and (out / name).exists():
             log(f"note: {out / name} is left from an earlier export; export.json does not describe it")
     manifest = build_manifest(model, formats, parts, opset, versions, specs, files, info or {})
-    from .runs import write_json
+    from vaelab.runs.load import write_json
 
     write_json(out / MANIFEST, manifest)
     log(f"wrote {out / MANIFEST}")
@@ -487,7 +487,7 @@ def export_run(path: str | Path, checkpoint: str = "best", out: str | Path | Non
                formats: Sequence[str] = FORMATS, parts: Sequence[str] = PARTS, opset: int | None = None,
                log: Callable[[str], None] = print) -> ExportResult:
     """Export a trained run's decoder and encoder (default into RUN/export/); see `export_model`."""
-    from .runs import load_run
+    from vaelab.runs.load import load_run
 
     check_options(formats, parts, opset)  # a typo fails before the checkpoint is read
     run = load_run(path, checkpoint=checkpoint, device="cpu")
@@ -556,7 +556,7 @@ def _onnx_opset(files: list[ExportedFile]) -> int | None:
 
 
 def _vaelab_version() -> str:
-    from . import __version__
+    from vaelab._version import __version__
 
     return __version__
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DataError
+from vaelab.errors import DataError
 
 
 def output_file(path: str | Path, what: str) -> Path:

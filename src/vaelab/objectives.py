@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import noise
+from vaelab import noise
 
 LOG_2PI = math.log(2.0 * math.pi)
 

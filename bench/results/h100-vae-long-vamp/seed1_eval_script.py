@@ -2,7 +2,7 @@ import json, sys, time
 import torch
 from vaelab import load_run, load_run_data
 from vaelab.data import eval_view
-from vaelab.likelihood import estimate_nll
+from vaelab.evaluation.likelihood import estimate_nll
 torch.set_num_threads(int(sys.argv[2]))
 run = load_run(sys.argv[1])
 splits = load_run_data(run, "/usr/share/datasets/fashion-mnist")

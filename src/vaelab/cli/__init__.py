@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .. import __version__
-from ..config import describe_keys, load_config
-from ..errors import VaelabError
+from vaelab._version import __version__
+from vaelab.config import describe_keys, load_config
+from vaelab.errors import VaelabError
 
 CONVENTIONS = """\
 loss conventions (the same everywhere in vaelab):
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="demo directory (default: runs/demo-<time>)")
     p.set_defaults(func=cmd_demo)
 
-    from . import export, report, serve, sweep
+    from vaelab.cli import export, report, serve, sweep
 
     for module in (report, sweep, serve, export):
         module.register(sub)
@@ -215,10 +215,10 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import resume, train
+    from vaelab.training.loop import resume, train
 
     if args.resume:
-        from ..config import parse_override
+        from vaelab.config import parse_override
 
         if args.config or args.out or args.data_dir:
             raise VaelabError("--resume continues a run with its own config and directory; leave out --config, "
@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from ..runs import load_run
+    from vaelab.runs.load import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint, device=args.device)
 
@@ -261,7 +261,7 @@ def _seed(value: int) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ..images import save_png, square_grid
+    from vaelab.report.images import save_png, square_grid
 
     _positive(args.n, "-n", MAX_IMAGES)
     _seed(args.seed)
@@ -277,7 +277,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _run_data(run, data_dir: str | None):
     """The run's own dataset and splits, loaded as in training (grey values)."""
-    from ..runs import load_run_data
+    from vaelab.runs.load import load_run_data
 
     return load_run_data(run, data_dir)
 
@@ -289,7 +289,7 @@ def _pick(n_total: int, n: int, seed: int):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..images import pairs_grid, save_png
+    from vaelab.report.images import pairs_grid, save_png
 
     _positive(args.n, "-n", MAX_IMAGES)
     _seed(args.seed)
@@ -308,7 +308,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..images import make_grid, save_png
+    from vaelab.report.images import make_grid, save_png
 
     if args.steps < 2:
         raise VaelabError(f"--steps must be at least 2 (the two end points), got {args.steps}")
@@ -346,7 +346,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def _eval_config(run, args: argparse.Namespace):
     """The run's config with the evaluate command's eval.* overrides (other sections are the run's own)."""
-    from ..config import apply_mapping, parse_override
+    from vaelab.config import apply_mapping, parse_override
 
     cfg = run.config
     overrides = list(args.overrides)
@@ -369,14 +369,14 @@ def _eval_config(run, args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate import run_evaluation
+    from vaelab.evaluation.elbo import run_evaluation
 
     run = _load(args)
     cfg = _eval_config(run, args)
     for spec in args.on:  # fail on a typo before any long computation
         _check_spec(spec)
     splits = _run_data(run, args.data_dir)
-    from ..fileio import output_file
+    from vaelab.fileio import output_file
 
     out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
     json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
@@ -388,9 +388,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_spec(spec: str) -> None:
-    from ..data import BUILTIN
-    from ..data.shifts import SHIFTS
-    from ..generalization import OWN_SPLITS, split_spec
+    from vaelab.data import BUILTIN
+    from vaelab.data.shifts import SHIFTS
+    from vaelab.evaluation.unseen import OWN_SPLITS, split_spec
 
     name, _ = split_spec(spec)
     if name in OWN_SPLITS or name in SHIFTS or name in BUILTIN or name.startswith("folder:"):
@@ -400,8 +400,8 @@ def _check_spec(spec: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..fidelity import compare_generators
-    from ..runs import load_run, write_json
+    from vaelab.evaluation.generators import compare_generators
+    from vaelab.runs.load import load_run, write_json
 
     _positive(args.n, "-n", 100_000)
     _seed(args.seed)
@@ -426,7 +426,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from ..data import BUILTIN, describe
+    from vaelab.data import BUILTIN, describe
 
     specs = args.specs or list(BUILTIN)
     descriptions = [describe(spec, args.data_dir) for spec in specs]
@@ -445,7 +445,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from vaelab.demo import run_demo
 
     cfg = _config_from_args(args)
     explicit_dataset = (any(o.startswith("data.dataset=") for o in args.overrides) or args.config is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from . import _formatter
+from vaelab.cli import _formatter
 
 
 def _list_of(known: tuple[str, ...], what: str):
@@ -27,7 +27,7 @@ def _list_of(known: tuple[str, ...], what: str):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `export` command to the parser."""
-    from ..export import PARTS
+    from vaelab.export import PARTS
 
     p = sub.add_parser(
         "export", help="write the decoder and encoder as ONNX and TorchScript files, usable without vaelab",
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import FORMATS, export_run
+    from vaelab.export import FORMATS, export_run
 
     formats = list(FORMATS) if args.format == "both" else [args.format]
     export_run(args.run, checkpoint=args.checkpoint, out=args.out, formats=formats, parts=args.parts,

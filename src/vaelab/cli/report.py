@@ -1,10 +1,10 @@
-"""`vaelab report RUN`: one self-contained HTML page of a run (see `vaelab.htmlreport`)."""
+"""`vaelab report RUN`: one self-contained HTML page of a run (see `vaelab.report.html`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import _add_run_args, _formatter, _seed
+from vaelab.cli import _add_run_args, _formatter, _seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..htmlreport import write_html_report
+    from vaelab.report.html import write_html_report
 
     _seed(args.seed)
     write_html_report(args.run, args.out, checkpoint=args.checkpoint, data_dir=args.data_dir, seed=args.seed,

@@ -1,11 +1,11 @@
-"""`vaelab serve RUN`: the latent explorer in the browser (`vaelab.serve`)."""
+"""`vaelab serve RUN`: the latent explorer in the browser (`vaelab.serve.app`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from . import _add_run_args, _formatter
+from vaelab.cli import _add_run_args, _formatter
 
 DESCRIPTION = """\
 Start a local web app to explore a trained run: samples from the prior with a temperature slider,
@@ -28,7 +28,7 @@ Bad requests get a 4xx answer with {"error": "..."}."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` command to the parser."""
-    from ..serve import DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE
+    from vaelab.serve.app import DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE
 
     p = sub.add_parser("serve", help="a latent explorer in the browser (local web app)", formatter_class=_formatter,
                        description=DESCRIPTION, epilog=EPILOG)
@@ -53,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import sys
 
-    from ..serve import make_server, serve
-    from . import _load, _run_data
+    from vaelab.serve.app import make_server, serve
+    from vaelab.cli import _load, _run_data
 
-    from ..serve import check_limits
+    from vaelab.serve.app import check_limits
 
     check_limits(args.k, args.reference_images)  # before the model and the data are loaded
     started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import _formatter
+from vaelab.cli import _formatter
 
 SWEEP_KEYS = """\
 a sweep file is a run config ([data] [model] [train] [eval]: the base of every trial) plus:
@@ -40,7 +40,7 @@ sweep; it refuses when the space, the objective or the base config changed."""
 
 
 def _objectives_help() -> str:
-    from ..sweep.objectives import OBJECTIVES
+    from vaelab.sweep.objectives import OBJECTIVES
 
     return "\n".join(f"  {o.name:<20} {o.help}" for o in OBJECTIVES.values())
 
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..sweep import run_sweep
+    from vaelab.sweep import run_sweep
 
     overrides = list(args.overrides)
     if args.data_dir:

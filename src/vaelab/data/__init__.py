@@ -1,8 +1,8 @@
 """Datasets: loading (IDX, digits, image folders), splits, binarization, batches."""
 
-from .idx import read_idx, read_idx_header, write_idx
-from .sources import BUILTIN, IDX_DATASETS, RawData, DatasetDescription, describe, load_raw
-from .splits import (
+from vaelab.data.idx import read_idx, read_idx_header, write_idx
+from vaelab.data.sources import BUILTIN, IDX_DATASETS, RawData, DatasetDescription, describe, load_raw
+from vaelab.data.splits import (
     SPLITS,
     DatasetSplits,
     ImageSet,

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DownloadError
+from vaelab.errors import DownloadError
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 2

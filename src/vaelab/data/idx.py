@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import DataError
+from vaelab.errors import DataError
 
 # IDX type code -> numpy dtype (big-endian where it matters)
 _DTYPES = {

@@ -1,7 +1,7 @@
 """Synthetic distribution shifts: OOD sets made from nothing or from a run's own test images.
 
 Each shift returns uint8 images (N, C, H, W), the same for the same seed. What
-each one probes in an OOD detector (see `vaelab.ood`):
+each one probes in an OOD detector (see `vaelab.evaluation.ood`):
 
 - `noise`: every pixel uniform over 0..255. The most complex images there are
   (incompressible): a sanity check that any likelihood-based score must pass
@@ -29,8 +29,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import DataError
-from .splits import spread_index
+from vaelab.errors import DataError
+from vaelab.data.splits import spread_index
 
 
 def _check_shape(n: int, image_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -30,9 +30,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import DataError, DatasetNotFoundError, DownloadError
-from . import download as dl
-from .idx import read_idx, read_idx_header
+from vaelab.errors import DataError, DatasetNotFoundError, DownloadError
+from vaelab.data import download as dl
+from vaelab.data.idx import read_idx, read_idx_header
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..config import DataConfig
-from ..errors import ConfigError, DataError
-from .sources import RawData, load_raw
+from vaelab.config import DataConfig
+from vaelab.errors import ConfigError, DataError
+from vaelab.data.sources import RawData, load_raw
 
 SPLITS = ("train", "val", "test")
 _SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}

@@ -7,12 +7,12 @@ from typing import Iterator
 
 import torch
 
-from ..config import ModelConfig
-from .conv import ConvDecoder, ConvEncoder
-from .distributions import BernoulliLikelihood, DiagonalGaussian, GaussianLikelihood, make_likelihood
-from .hvae import HVAE
-from .mlp import MLPDecoder, MLPEncoder
-from .vae import VAE, Autoencoder, ModelOutput
+from vaelab.config import ModelConfig
+from vaelab.models.conv import ConvDecoder, ConvEncoder
+from vaelab.models.distributions import BernoulliLikelihood, DiagonalGaussian, GaussianLikelihood, make_likelihood
+from vaelab.models.hvae import HVAE
+from vaelab.models.mlp import MLPDecoder, MLPEncoder
+from vaelab.models.vae import VAE, Autoencoder, ModelOutput
 
 Model = VAE | Autoencoder | HVAE
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import noise
-from ..errors import ConfigError
+from vaelab import noise
+from vaelab.errors import ConfigError
 
 
 def conv_sizes(height: int, width: int, n_layers: int, kernel: int) -> list[tuple[int, int]]:

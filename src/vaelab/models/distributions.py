@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import objectives as obj
+from vaelab import objectives as obj
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import noise
-from .. import objectives as obj
-from .distributions import DiagonalGaussian
-from .vae import ModelOutput
+from vaelab import noise
+from vaelab import objectives as obj
+from vaelab.models.distributions import DiagonalGaussian
+from vaelab.models.vae import ModelOutput
 
 MIN_SIZE = 4  # layers stop halving the resolution once it is at most this (per side)
 LOGVAR_BOUND = 8.0

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .conv import relu
+from vaelab.models.conv import relu
 
 
 def _stack(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:

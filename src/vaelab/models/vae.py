@@ -15,9 +15,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .. import noise
-from .. import objectives as obj
-from .distributions import DiagonalGaussian
+from vaelab import noise
+from vaelab import objectives as obj
+from vaelab.models.distributions import DiagonalGaussian
 
 
 @dataclass(frozen=True)

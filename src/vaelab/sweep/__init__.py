@@ -16,9 +16,9 @@ command again resumes the sweep. The modules, in the order data flows:
 
 from __future__ import annotations
 
-from .objectives import OBJECTIVES, SealedSplit, SealedTestSplitError, seal_test, validation_metrics
-from .runner import SweepResult, run_sweep
-from .space import SweepConfig, SweepSettings, load_sweep
+from vaelab.sweep.objectives import OBJECTIVES, SealedSplit, SealedTestSplitError, seal_test, validation_metrics
+from vaelab.sweep.runner import SweepResult, run_sweep
+from vaelab.sweep.space import SweepConfig, SweepSettings, load_sweep
 
 __all__ = ["OBJECTIVES", "SealedSplit", "SweepConfig", "SweepResult", "SweepSettings", "SealedTestSplitError",
            "load_sweep", "run_sweep", "seal_test", "validation_metrics"]

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
-from ..data import SPLITS, DatasetSplits, ImageSet, eval_view, spread_index
-from ..errors import ConfigError
+from vaelab.config import RunConfig
+from vaelab.data import SPLITS, DatasetSplits, ImageSet, eval_view, spread_index
+from vaelab.errors import ConfigError
 
 
 class SealedTestSplitError(RuntimeError):
@@ -95,7 +95,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
 
 def check_objective(cfg: RunConfig, name: str) -> None:
     """Raise ConfigError when `cfg` cannot have the objective (checked before a trial trains)."""
-    from ..generalization import has_likelihood
+    from vaelab.evaluation.unseen import has_likelihood
 
     objective = OBJECTIVES[name]
     if objective.variational and cfg.model.kind == "ae":
@@ -113,7 +113,7 @@ def check_objective(cfg: RunConfig, name: str) -> None:
 
 def validation_nll(model, cfg: RunConfig, splits: DatasetSplits, device: torch.device | str = "cpu"):
     """The NllSummary of eval.nll_images validation images: the subset and seed of `vaelab evaluate`'s val row."""
-    from ..likelihood import estimate_nll
+    from vaelab.evaluation.likelihood import estimate_nll
 
     ec, dc = cfg.eval, cfg.data
     view = eval_view(splits.val, "val", dc.binarize, dc.binarize_seed)  # binarized as a whole, then the subset
@@ -135,7 +135,7 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
 
     Returns {"val_nelbo", "val_loss", "val_recon", objective: value}; `val_nelbo` is None for an autoencoder.
     """
-    from ..evaluate import evaluate_images, generalization_gap
+    from vaelab.evaluation.elbo import evaluate_images, generalization_gap
 
     dc, tc = cfg.data, cfg.train
     if not len(splits.val):
@@ -155,7 +155,7 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
             evaluate_images(model, train, beta=tc.beta, batch_size=tc.eval_batch_size, device=device),
             evaluate_images(model, val_n, beta=tc.beta, batch_size=tc.eval_batch_size, device=device))
     elif objective == "val_fd":
-        from ..evaluate import sample_fidelity
+        from vaelab.evaluation.elbo import sample_fidelity
 
         # the sample-fidelity score of the final evaluation, with the validation images in the test images' place
         fidelity = sample_fidelity(model, replace(splits, test=splits.val), seed=cfg.eval.seed,
@@ -164,7 +164,7 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
             raise ConfigError("val_fd needs at least 80 validation and training images (raise data.val_size)")
         out["val_fd"] = fidelity["fd_samples_test"]
     elif objective == "val_active_units":
-        from ..posterior import collapse_report
+        from vaelab.evaluation.posterior import collapse_report
 
         out["val_active_units"] = float(collapse_report(model, val.images, batch_size=tc.eval_batch_size,
                                                         device=device)["active_units"])

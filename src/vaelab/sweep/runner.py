@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, VaelabError
-from ..fileio import atomic_write
-from .objectives import check_objective
-from .outputs import write_outputs
-from .space import MAX_JOBS, MAX_TRIALS, SweepConfig, load_sweep, show_value
-from .study import (STUDY_NAME, counted, make_pruner, make_sampler, make_storage, open_study, recover,
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.fileio import atomic_write
+from vaelab.sweep.objectives import check_objective
+from vaelab.sweep.outputs import write_outputs
+from vaelab.sweep.space import MAX_JOBS, MAX_TRIALS, SweepConfig, load_sweep, show_value
+from vaelab.sweep.study import (STUDY_NAME, counted, make_pruner, make_sampler, make_storage, open_study, recover,
                     require_optuna, state_of, suggest)
-from .trial import SplitsCache, WorkerContext, run_trial
+from vaelab.sweep.trial import SplitsCache, WorkerContext, run_trial
 
 # keys that decide whether an objective can be computed at all (see objectives.check_objective)
 _OBJECTIVE_KEYS = {"model.kind", "model.likelihood", "data.binarize", "eval.nll_images", "data.val_size"}
@@ -220,8 +220,8 @@ def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides
     _check_base(sweep)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    from ..data import load_dataset
-    from ..guard import lock_run_dir
+    from vaelab.data import load_dataset
+    from vaelab.training.guard import lock_run_dir
 
     splits = load_dataset(sweep.base.data)  # a missing dataset fails here, once, not in every trial
     if not len(splits.val):

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from ..config import (SECTIONS, RunConfig, _check_types, _closest, _show, apply_mapping, load_toml, parse_override,
+from vaelab.config import (SECTIONS, RunConfig, _check_types, _closest, _show, apply_mapping, load_toml, parse_override,
                       to_dict)
-from ..errors import ConfigError
-from .objectives import OBJECTIVES
+from vaelab.errors import ConfigError
+from vaelab.sweep.objectives import OBJECTIVES
 
 MAX_TRIALS = 100_000
 MAX_JOBS = 256

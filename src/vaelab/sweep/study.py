@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .space import Choice, IntRange, SweepConfig
+from vaelab.errors import ConfigError
+from vaelab.sweep.space import Choice, IntRange, SweepConfig
 
 STUDY_NAME = "vaelab-sweep"
 IDENTITY_ATTR = "vaelab_sweep"
@@ -74,7 +74,7 @@ def _normal(data: Any) -> Any:
 def _with_defaults(base: dict[str, Any]) -> dict[str, Any]:
     """A stored base config with the keys a newer vaelab added filled with their defaults, so an upgrade
     alone never blocks a resume."""
-    from ..config import RunConfig, to_dict
+    from vaelab.config import RunConfig, to_dict
 
     defaults = _normal(to_dict(RunConfig()))
     return {section: {**values, **base.get(section, {})}

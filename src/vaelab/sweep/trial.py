@@ -1,7 +1,7 @@
 """One trial of a sweep: its config, its run directory, training with pruning, and its objective.
 
 Each trial is a normal vaelab run in `DIR/trials/NNNN` (`vaelab report`, `evaluate` and `sample`
-work on it), trained by `vaelab.train.Trainer` without the final evaluation (which would read the
+work on it), trained by `vaelab.training.loop.Trainer` without the final evaluation (which would read the
 test split) on splits whose test images are sealed. After every epoch the validation -ELBO is
 reported to the pruner; a pruned trial stops there, as early stopping does. A finished trial's
 objective is computed from its `best` checkpoint on the validation split.
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import DataConfig, RunConfig, apply_mapping
-from ..data import DatasetSplits, load_dataset
-from ..errors import VaelabError
-from .objectives import check_objective, intermediate_value, seal_test, validation_metrics
-from .space import SweepConfig, show_value, trial_mapping
-from .study import INTERRUPTED, require_optuna, requeue
+from vaelab.config import DataConfig, RunConfig, apply_mapping
+from vaelab.data import DatasetSplits, load_dataset
+from vaelab.errors import VaelabError
+from vaelab.sweep.objectives import check_objective, intermediate_value, seal_test, validation_metrics
+from vaelab.sweep.space import SweepConfig, show_value, trial_mapping
+from vaelab.sweep.study import INTERRUPTED, require_optuna, requeue
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ def _best_value(study) -> float | None:
 def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: SplitsCache,
               log: Callable[[str], None] = print) -> str:
     """Train one asked trial and tell the study how it ended; returns its state (complete, pruned, failed)."""
-    from ..runs import load_run, resolve_device
-    from ..train import Trainer
+    from vaelab.runs.load import load_run, resolve_device
+    from vaelab.training.loop import Trainer
 
     optuna = require_optuna()
     sweep, number = ctx.sweep, trial.number

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, VaelabError
+from vaelab.errors import ConfigError, VaelabError
 
 
 class TrainingDiverged(VaelabError):

@@ -9,7 +9,7 @@
    metrics.jsonl, the `last` checkpoint, the `best` one when validation
    improved, and a grid of samples from a fixed set of latent draws (with
    `train.tensorboard`, the same numbers and grids as TensorBoard events, see
-   vaelab.tblog),
+   vaelab.training.callbacks.tensorboard),
 4. at the end, with the best weights: samples, reconstructions and
    interpolations, the loss terms on train / val / test and a sample-fidelity
    score (Frechet distance to the test images in PCA space) in evaluation.json.
@@ -42,24 +42,26 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__, distributed, noise
-from .checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors,
+from vaelab import noise
+from vaelab._version import __version__
+from vaelab.training import distributed
+from vaelab.runs.checkpoint import (LoadedCheckpoint, decode_rng, encode_rng, load_checkpoint, optimizer_state_from_tensors,
                          optimizer_state_to_tensors, save_checkpoint)
-from .config import RunConfig, from_dict, to_dict, to_toml
-from .data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
-from .errors import ConfigError, VaelabError
-from .evaluate import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
+from vaelab.config import RunConfig, from_dict, to_dict, to_toml
+from vaelab.data import DatasetSplits, batches, binarize_once, eval_view, load_dataset, spread_index, train_view
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.evaluation.elbo import (evaluate_images, evaluate_splits, evaluation_protocol, format_table,
                        gap_stderr, generalization_gap, nll_on_splits, sample_fidelity)
-from .fileio import atomic_write
-from .guard import BadSteps, StopSignals, TrainingDiverged, grad_norm, lock_run_dir
-from .likelihood import format_nll_table
-from .generate import interpolate, reconstruct, sample
-from .images import make_grid, pairs_grid, save_png, square_grid
-from .models import Model, build_model, eval_mode
-from .ema import EMA
-from .losses import training_loss
-from .schedules import kl_weight, lr_factor
-from .runs import RunPaths, json_safe, resolve_device, write_json
+from vaelab.fileio import atomic_write
+from vaelab.training.guard import BadSteps, StopSignals, TrainingDiverged, grad_norm, lock_run_dir
+from vaelab.evaluation.likelihood import format_nll_table
+from vaelab.models.generate import interpolate, reconstruct, sample
+from vaelab.report.images import make_grid, pairs_grid, save_png, square_grid
+from vaelab.models import Model, build_model, eval_mode
+from vaelab.training.ema import EMA
+from vaelab.training.loss import training_loss
+from vaelab.training.schedules import kl_weight, lr_factor
+from vaelab.runs.load import RunPaths, json_safe, resolve_device, write_json
 
 CODE_FIT_IMAGES = 10_000
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "resume", "train", "lock_run_dir"]
@@ -90,7 +92,7 @@ def _absolute_paths(config: RunConfig) -> RunConfig:
     if dc.data_dir:
         changes["data_dir"] = str(Path(dc.data_dir).expanduser().resolve())
     if dc.dataset.startswith("folder:"):
-        from .data.sources import folder_root
+        from vaelab.data.sources import folder_root
 
         path = dc.dataset[len("folder:"):]
         if not (dc.data_dir and not Path(path).expanduser().is_absolute()):
@@ -118,7 +120,7 @@ class Trainer:
         self._lock = None
         self.tb = None  # the TensorBoard writer (train.tensorboard), opened by run() on rank 0
         if config.train.tensorboard:  # a missing package is a start-up error, never one after training
-            from .tblog import require_tensorboard
+            from vaelab.training.callbacks.tensorboard import require_tensorboard
 
             require_tensorboard()
         if resume_from is None and not _restart:
@@ -584,7 +586,7 @@ class Trainer:
         """On rank 0, the run's TensorBoard writer, with the config; events continue after the saved epoch."""
         if not (self.cfg.train.tensorboard and self.group.main):
             return
-        from .tblog import TensorBoardLog
+        from vaelab.training.callbacks.tensorboard import TensorBoardLog
 
         self.tb = TensorBoardLog(self.paths.root, first_step=self.epoch + 1, note=self.log)
         self.tb.start(self.epoch, to_toml(self.cfg), to_dict(self.cfg))
@@ -594,7 +596,7 @@ class Trainer:
 
     def _log_epoch_to_tensorboard(self, record: dict[str, Any], samples: np.ndarray) -> None:
         """The epoch's scalars, its sample grid and the reconstructions of fixed validation images."""
-        from .tblog import epoch_scalars
+        from vaelab.training.callbacks.tensorboard import epoch_scalars
 
         images = {"samples": samples}
         if len(self.splits.val):
@@ -796,7 +798,7 @@ class Trainer:
             self.log(f"samples: Frechet distance to {fid['images']} test images in PCA-{fid['pca_dims']} pixel space "
                      f"{fid['fd_samples_test']:.2f} (real training images: {fid['fd_train_test']:.2f}; lower is better)")
         if self.tb is not None:
-            from .tblog import final_scalars
+            from vaelab.training.callbacks.tensorboard import final_scalars
 
             self.tb.final(self.epoch, final_scalars(evaluation))
         write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.train_time, 2),
@@ -807,7 +809,7 @@ class Trainer:
         return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
 
     def _plot_curves(self) -> None:
-        from .plots import plot_training_curves
+        from vaelab.report.plots import plot_training_curves
 
         if not self.history:
             return
@@ -848,7 +850,7 @@ def snapshot_name(epoch: int) -> str:
 def describe_model(model: Model, mc) -> str:
     """One line: the kind, the networks, the latent size, the prior and likelihood when not the defaults."""
     if mc.kind == "hvae":
-        from .models.hvae import describe
+        from vaelab.models.hvae import describe
 
         text = describe(model)
     else:
@@ -876,10 +878,10 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
     On CPU the weights at the end equal those of an uninterrupted run with the same config. `epochs`
     raises train.epochs to train further than the run first asked for.
     """
-    from .config import load_config
+    from vaelab.config import load_config
 
     main = distributed.from_env().main
-    if not main:  # only rank 0 speaks and writes (see vaelab.distributed)
+    if not main:  # only rank 0 speaks and writes (see vaelab.training.distributed)
         log = lambda message: None  # noqa: E731
     root = Path(run_dir)
     paths = RunPaths(root)

@@ -48,12 +48,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .data import ImageSet, batches
-from .checkpoint import read_format_json
-from .errors import CheckpointError
-from .evaluate import frechet_distance, gaussian_stats
-from .fileio import atomic_write
-from .models import Model, eval_mode
+from vaelab.data import ImageSet, batches
+from vaelab.runs.checkpoint import read_format_json
+from vaelab.errors import CheckpointError
+from vaelab.evaluation.elbo import frechet_distance, gaussian_stats
+from vaelab.fileio import atomic_write
+from vaelab.models import Model, eval_mode
 
 FEATURE_DIM = 128
 CONV_CHANNELS = (32, 64)
@@ -445,8 +445,8 @@ def compare_generators(models: dict[str, Model], splits, out_dir: str | Path, *,
     A classifier is trained on the training split (or loaded from `classifier`) and saved in `out_dir`,
     so later comparisons can reuse it with the same feature space. Returns a JSON-ready dict.
     """
-    from .data import spread_index
-    from .errors import DataError
+    from vaelab.data import spread_index
+    from vaelab.errors import DataError
 
     out_dir = Path(out_dir)
     labels = splits.train.labels

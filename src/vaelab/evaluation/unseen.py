@@ -30,14 +30,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import binarize_once, eval_view, load_raw, spread_index
-from .data.shifts import SHIFTS, make_shift
-from .data.splits import DatasetSplits, to_channels, to_size
-from .errors import ConfigError, DataError
-from .likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
-from .models import Model
-from .ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
+from vaelab.config import RunConfig
+from vaelab.data import binarize_once, eval_view, load_raw, spread_index
+from vaelab.data.shifts import SHIFTS, make_shift
+from vaelab.data.splits import DatasetSplits, to_channels, to_size
+from vaelab.errors import ConfigError, DataError
+from vaelab.evaluation.likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
+from vaelab.models import Model
+from vaelab.evaluation.ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
                   png_code_length_bits, roc_points)
 
 OWN_SPLITS = ("test", "train", "val")
@@ -287,7 +287,7 @@ def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
 def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, device: torch.device | str = "cpu",
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Inference gaps on a few test images and posterior collapse on the test split."""
-    from .posterior import collapse_report, inference_gaps
+    from vaelab.evaluation.posterior import collapse_report, inference_gaps
 
     ec, dc = cfg.eval, cfg.data
     test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
@@ -330,8 +330,8 @@ def kl_per_layer(model: Model, images: torch.Tensor, batch_size: int, device: to
                  seed: int) -> list[float]:
     """Mean KL(q(z_l | x, z_>l) || p(z_l | z_>l)) of each stochastic layer of a hierarchical VAE (nats per image,
     bottom to top), one posterior sample per image from a seeded generator."""
-    from .data import batches
-    from .models import eval_mode
+    from vaelab.data import batches
+    from vaelab.models import eval_mode
 
     gen = torch.Generator().manual_seed(seed)
     total, n = None, 0
@@ -366,7 +366,7 @@ def format_inside(inside: dict[str, Any]) -> str:
 
 def write_plots(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
     """Histograms of the NLL per dataset, ROC curves per OOD dataset, KL per latent dimension."""
-    from . import plots
+    from vaelab.report import plots
 
     written: dict[str, str] = {}
     data = result.get("datasets_eval")

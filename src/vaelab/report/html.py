@@ -33,10 +33,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import CheckpointError, ConfigError, DataError
-from .fileio import atomic_write, output_file
-from .runs import Run, RunPaths, load_run, load_run_data
+from vaelab._version import __version__
+from vaelab.errors import CheckpointError, ConfigError, DataError
+from vaelab.fileio import atomic_write, output_file
+from vaelab.runs.load import Run, RunPaths, load_run, load_run_data
 
 MAX_SEED = 2**63 - 1
 SAMPLE_TEMPERATURES = (1.0, 0.7)
@@ -198,7 +198,7 @@ def _grid_png(array: np.ndarray) -> bytes:
 
 
 def _plot_png(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> bytes:
-    """Run one of `vaelab.plots`' functions into a temporary file and return its PNG bytes."""
+    """Run one of `vaelab.report.plots`' functions into a temporary file and return its PNG bytes."""
     with tempfile.TemporaryDirectory(prefix="vaelab-report-") as tmp:
         path = plot(*args, Path(tmp) / "plot.png", **kwargs)
         return Path(path).read_bytes()
@@ -210,7 +210,7 @@ def _float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _codes(run: Run, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """The deterministic codes (posterior means; the AE's codes; the HVAE's top layer) of uint8 images, on CPU."""
-    from .models import eval_mode
+    from vaelab.models import eval_mode
 
     out = []
     with eval_mode(run.model):
@@ -238,7 +238,7 @@ def _decoding(run: Run) -> str:
 
 
 def sample_pictures(run: Run, seed: int) -> list[Picture]:
-    from .images import square_grid
+    from vaelab.report.images import square_grid
 
     kind = run.config.model.kind
     source = {"ae": "codes drawn from the Gaussian fitted to the training codes (an autoencoder has no prior)",
@@ -254,7 +254,7 @@ def sample_pictures(run: Run, seed: int) -> list[Picture]:
 
 
 def reconstruction_picture(run: Run, test, seed: int) -> Picture:
-    from .images import pairs_grid
+    from vaelab.report.images import pairs_grid
 
     idx = _pick(len(test), min(RECONSTRUCTIONS, len(test)), seed)
     x = _float_images(test.images[idx], run.device)
@@ -265,7 +265,7 @@ def reconstruction_picture(run: Run, test, seed: int) -> Picture:
 
 
 def interpolation_pictures(run: Run, test, seed: int) -> list[Picture]:
-    from .images import make_grid
+    from vaelab.report.images import make_grid
 
     n_pairs = min(PAIRS, len(test) // 2)
     idx = _pick(len(test), 2 * n_pairs, seed + 1).tolist()
@@ -285,7 +285,7 @@ def interpolation_pictures(run: Run, test, seed: int) -> list[Picture]:
 def traversal_ranges(run: Run, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Centre and scale of each latent dimension's traversal (`generate.latent_frame`, shared with the
     explorer), and a phrase saying which."""
-    from .generate import latent_frame
+    from vaelab.models.generate import latent_frame
 
     frame = latent_frame(run.model, codes)
     return frame.loc.cpu(), frame.scale.cpu(), f"the centre ± k {frame.units}"
@@ -293,8 +293,8 @@ def traversal_ranges(run: Run, codes: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def traversal_picture(run: Run, test, seed: int) -> Picture:
     """Decode one test image's code with each of its most varying dimensions moved across -3..3."""
-    from .models import eval_mode
-    from .plots import plot_traversals
+    from vaelab.models import eval_mode
+    from vaelab.report.plots import plot_traversals
 
     codes = _codes(run, test.images[_pick(len(test), min(MAP_IMAGES, len(test)), seed + 2)])
     variance = codes.var(0) if len(codes) > 1 else torch.zeros(codes.shape[1])
@@ -332,7 +332,7 @@ def run_latent_map(run: Run, images: torch.Tensor) -> LatentMap:
 
 
 def latent_map_picture(run: Run, test, classes: Sequence[str], seed: int) -> Picture:
-    from .plots import plot_latent_map
+    from vaelab.report.plots import plot_latent_map
 
     idx = map_images(test, seed)
     m = run_latent_map(run, test.images[idx])
@@ -414,7 +414,7 @@ def _inline(text: str) -> str:
 
 
 def markdown_to_html(text: str, image: Callable[[str, str], str], heading_offset: int = 2) -> str:
-    """HTML of the Markdown that `vaelab.report` writes: headings (shifted down by `heading_offset`
+    """HTML of the Markdown that `vaelab.report.markdown` writes: headings (shifted down by `heading_offset`
     levels), paragraphs, '- ' lists, pipe tables, images alone on a line (`image(alt, target)` gives
     their HTML), **bold** and `code`. Anything else is kept as paragraph text."""
     out: list[str] = []
@@ -469,7 +469,7 @@ def _best_epoch(files: RunFiles) -> int | None:
 
 def _config(files: RunFiles, run: Run | None) -> dict[str, Any]:
     """The run's config as a dict: run.json's copy, else the checkpoint's."""
-    from .config import to_dict
+    from vaelab.config import to_dict
 
     cfg = (files.info or {}).get("config")
     if isinstance(cfg, dict):
@@ -525,7 +525,7 @@ def summary_section(files: RunFiles, run: Run | None, checkpoint: str) -> Sectio
 
 
 def config_section(files: RunFiles, run: Run | None) -> Section:
-    from .config import to_toml
+    from vaelab.config import to_toml
 
     if files.config_text is not None:
         return Section("config", "Configuration", f"<p>config.toml, as the run resolved it (train again with "
@@ -537,7 +537,7 @@ def config_section(files: RunFiles, run: Run | None) -> Section:
 
 
 def curves_section(files: RunFiles, run: Run | None) -> Section:
-    from .plots import plot_training_curves
+    from vaelab.report.plots import plot_training_curves
 
     if not files.history:
         return Section("curves", "Training curves", missing="no epoch has finished yet: metrics.jsonl has no records")
@@ -614,7 +614,7 @@ def evaluation_section(files: RunFiles, kind: str) -> Section:
 
 def evaluate_section(files: RunFiles, checkpoint: str) -> Section:
     """The tables and plots of `vaelab evaluate` for this checkpoint, from the Markdown report it writes."""
-    from .report import markdown
+    from vaelab.report.markdown import markdown
 
     title = "Evaluation (vaelab evaluate)"
     result = files.evaluate

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
-from .data import SPLITS, DatasetSplits, ImageSet, batches, eval_view
-from .models import Model, eval_mode, use_channels_last
-from .objectives import beta_vae_loss, bits_per_dim
+from vaelab.config import RunConfig
+from vaelab.data import SPLITS, DatasetSplits, ImageSet, batches, eval_view
+from vaelab.models import Model, eval_mode, use_channels_last
+from vaelab.objectives import beta_vae_loss, bits_per_dim
 
 EVAL_SEED = 2024
 
@@ -187,8 +187,8 @@ def sample_fidelity(model: Model, splits: DatasetSplits, *, n: int = SAMPLE_FD_I
     generator would get with this many images (the floor). Lower is better for both. A pixel-space
     proxy, cheap and deterministic; not the Inception-network FID of natural-image papers.
     """
-    from .data import spread_index
-    from .generate import sample
+    from vaelab.data import spread_index
+    from vaelab.models.generate import sample
 
     n = min(n, len(splits.test), len(splits.train))
     dims = min(dims, n // 10)  # at least 10 images per feature dimension, or the covariances mean little
@@ -221,8 +221,8 @@ def nll_on_splits(model: Model, cfg: RunConfig, splits: DatasetSplits, device: t
     None for an autoencoder, with eval.nll_images = 0, or when the likelihood is undefined (a
     Bernoulli decoder on grey pixels).
     """
-    from .data import spread_index
-    from .likelihood import estimate_nll
+    from vaelab.data import spread_index
+    from vaelab.evaluation.likelihood import estimate_nll
 
     ec, dc = cfg.eval, cfg.data
     if not (ec.nll_images and model.variational):
@@ -273,12 +273,12 @@ def run_evaluation(run, cfg: RunConfig, splits: DatasetSplits, out_dir, json_pat
     """Everything `vaelab evaluate` computes, printed, and written to out_dir (JSON, report.md, plots, CSV)."""
     from pathlib import Path
 
-    from . import generalization as gen
-    from .errors import ConfigError
-    from .fileio import atomic_write
-    from .likelihood import format_nll_table
-    from .report import write_markdown
-    from .runs import write_json
+    from vaelab.evaluation import unseen as gen
+    from vaelab.errors import ConfigError
+    from vaelab.fileio import atomic_write
+    from vaelab.evaluation.likelihood import format_nll_table
+    from vaelab.report.markdown import write_markdown
+    from vaelab.runs.load import write_json
 
     model, device = run.model, run.device
     out_dir = Path(out_dir)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import objectives as obj
-from .config import TrainConfig
+from vaelab import objectives as obj
+from vaelab.config import TrainConfig
 
 
 def training_loss(model, x: torch.Tensor, cfg: TrainConfig, beta: float) -> obj.LossTerms:

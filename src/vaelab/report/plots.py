@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator,
                                ScalarFormatter)
 
-from .fileio import atomic_write
+from vaelab.fileio import atomic_write
 
 DPI = 110
 WIDTH = 8.5  # inches: 935 pixels at DPI
@@ -532,7 +532,7 @@ def plot_traversals(images: np.ndarray, path: str | Path, *, row_labels: Sequenc
     it takes, with the rows and columns labelled; returns the PNG path."""
     import torch  # imported here: the other plots need no torch
 
-    from .images import make_grid
+    from vaelab.report.images import make_grid
 
     arr = np.asarray(images.detach().cpu().numpy() if hasattr(images, "detach") else images, dtype=np.float32)
     if arr.ndim != 5 or arr.shape[0] == 0 or arr.shape[1] == 0:

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from .data import batches
-from .models import DiagonalGaussian, eval_mode
-from .objectives import log_normal_diag
+from vaelab.data import batches
+from vaelab.models import DiagonalGaussian, eval_mode
+from vaelab.objectives import log_normal_diag
 
 MAX_DECODER_INPUTS = 4096  # latent codes decoded at once when averaging over many samples
 DEFAULT_ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: active when Cov_x(E_q[z_d|x]) > 0.01
@@ -117,7 +117,7 @@ def elbo_samples(model: Any, x: torch.Tensor, q: DiagonalGaussian, n_samples: in
     (`models.eval_mode`). With a `generator` the estimate is repeatable.
 
     log p(x|z) is `model.likelihood.log_prob`, or with `discrete=True` its
-    `discrete_log_prob` (the probability of 8-bit pixels, as `vaelab.likelihood` uses by
+    `discrete_log_prob` (the probability of 8-bit pixels, as `vaelab.evaluation.likelihood` uses by
     default; the same for a Bernoulli decoder, different for the Gaussian one).
     """
     _require_single_latent(model, "elbo_samples")
@@ -279,7 +279,7 @@ def inference_gaps(model: Any, x: torch.Tensor, log_px: torch.Tensor | float, *,
     not by sampling luck. Repeatable with a seeded `generator`.
 
     The ELBOs must score x with the same likelihood term as `log_px`: with
-    `vaelab.likelihood.importance_sampled` (whose default is `discrete=True`) on a
+    `vaelab.evaluation.likelihood.importance_sampled` (whose default is `discrete=True`) on a
     Gaussian decoder, pass `discrete=True` here too, or the gaps compare a density with
     a probability (for a Bernoulli decoder the two terms are the same).
     """

@@ -33,10 +33,10 @@ from typing import Any, Callable
 
 import torch
 
-from . import objectives as obj
-from .data import batches
-from .errors import ConfigError
-from .models import Model, eval_mode, use_channels_last
+from vaelab import objectives as obj
+from vaelab.data import batches
+from vaelab.errors import ConfigError
+from vaelab.models import Model, eval_mode, use_channels_last
 
 DEFAULT_K = 1000
 MAX_K = 100_000

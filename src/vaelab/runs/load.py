@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from . import generate
-from .checkpoint import check_name, load_checkpoint
-from .config import RunConfig, from_dict
-from .errors import CheckpointError, DataError
-from .fileio import atomic_write
-from .models import Model, build_model, eval_mode
+from vaelab.models import generate
+from vaelab.runs.checkpoint import check_name, load_checkpoint
+from vaelab.config import RunConfig, from_dict
+from vaelab.errors import CheckpointError, DataError
+from vaelab.fileio import atomic_write
+from vaelab.models import Model, build_model, eval_mode
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def load_run_data(run: Run, data_dir: str | Path | None = None, *, download: boo
     """
     from dataclasses import replace
 
-    from .data import load_dataset
+    from vaelab.data import load_dataset
 
     dc = run.config.data if download else replace(run.config.data, download=False)
     if data_dir is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_write
+from vaelab.fileio import atomic_write
 
 
 def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write
+from vaelab.fileio import atomic_write
 
 
 def _f(value: Any, digits: int = 2) -> str:

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import CheckpointError
+from vaelab.errors import CheckpointError
 
 FORMAT = "vaelab-checkpoint"
 FORMAT_VERSION = 2  # 2: meta.json carries its own SHA-256 (meta_sha256); 1 had none

@@ -13,7 +13,7 @@ Two layers, so the logic is testable without a socket:
 What an uploaded image is measured against (computed once at start-up, `reference_images` of each):
 
 - its NLL (importance-sampled, k samples; nats per image) against the NLLs of training images;
-- its OOD score S(x) = NLL / ln 2 - PNG code length (Serra et al. 2020, `vaelab.ood`; bits per image,
+- its OOD score S(x) = NLL / ln 2 - PNG code length (Serra et al. 2020, `vaelab.evaluation.ood`; bits per image,
   higher = more out-of-distribution) against the scores of test images, which also gives the verdict:
   the plain likelihood rates simple images (flat, few strokes) as likely whatever the training data,
   the complexity-corrected score does not;
@@ -48,14 +48,14 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import torch
 
-from .data import DatasetSplits, binarize_once, eval_view, spread_index
-from .errors import DataError, VaelabError
-from .generate import latent_frame, lerp, slerp
-from .generalization import has_likelihood
-from .likelihood import NLL_SEED, importance_sampled
-from .models import eval_mode
-from .ood import complexity_corrected_score, png_code_length_bits
-from .runs import Run, json_safe, load_run, load_run_data
+from vaelab.data import DatasetSplits, binarize_once, eval_view, spread_index
+from vaelab.errors import DataError, VaelabError
+from vaelab.models.generate import latent_frame, lerp, slerp
+from vaelab.evaluation.unseen import has_likelihood
+from vaelab.evaluation.likelihood import NLL_SEED, importance_sampled
+from vaelab.models import eval_mode
+from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
+from vaelab.runs.load import Run, json_safe, load_run, load_run_data
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -692,7 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise exc
         head = method == "HEAD"
         if path in ("/", "/index.html"):  # the page ignores any query
-            from .explorer_page import PAGE
+            from vaelab.serve.page import PAGE
 
             self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8", PAGE_HEADERS, head)
             return

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from vaelab.errors import ConfigError
 
 
 @dataclass(frozen=True)

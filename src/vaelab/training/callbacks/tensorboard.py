@@ -32,8 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError
-from .runs import RunPaths
+from vaelab.errors import ConfigError
+from vaelab.runs.load import RunPaths
 
 EVENT_PREFIX = "events.out.tfevents."
 # scalars of a metrics.jsonl record: tag -> path into the record

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import Model, eval_mode
+from vaelab.models import Model, eval_mode
 
 
 def sample(model: Model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
