@@ -160,7 +160,7 @@ def test_generator_samples_for_a_vae_and_an_autoencoder():
     assert vae.training  # the mode is restored
 
     ae = build_model(ModelConfig(kind="ae", arch="conv", latent_dim=3, conv_channels=(4,)), (1, 8, 8))
-    ae.fit_code_distribution(torch.randn(50, 3) * 5 + 10)
+    ae.fit_codes(torch.randn(50, 3) * 5 + 10)
     out = generator_samples(ae, 4, seed=1)
     assert list(out) == ["N(0,I)", "fitted Gaussian"]
     assert all(x.shape == (4, 1, 8, 8) and 0 <= x.min() and x.max() <= 1 for x in out.values())

@@ -223,7 +223,7 @@ def test_compare_refuses_a_classifier_of_another_dataset(fm_run, tmp_path, capsy
 def test_llr_rows_carry_the_published_anchor_and_eval_llr_k_is_read_when_present():
     import types
 
-    from vaelab import generalization as gen
+    from vaelab.evaluation import unseen as gen
     from vaelab.errors import ConfigError
 
     m = {"auroc": 0.9, "auprc": 0.9, "fpr_at_80_tpr": 0.1, "n_in": 10, "n_out": 10}

@@ -45,7 +45,7 @@ def test_prior_sample_std_scales_with_temperature():
         assert abs(z.std().item() - temperature) < 0.02 * temperature and abs(z.mean().item()) < 0.02
     ae = build_model(ModelConfig(kind="ae", latent_dim=3), (1, 28, 28))
     assert isinstance(ae, Autoencoder)
-    ae.fit_code_distribution(torch.tensor([[0.0, 10.0, -1.0], [2.0, 14.0, -1.0]]).repeat(50, 1))
+    ae.fit_codes(torch.tensor([[0.0, 10.0, -1.0], [2.0, 14.0, -1.0]]).repeat(50, 1))
     z = ae.prior_sample(4000, 0.5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), torch.tensor([1.0, 12.0, -1.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0)[:2], 0.5 * ae.code_std[:2], atol=0.03, rtol=0)
@@ -99,7 +99,7 @@ def test_latent_frame_units_per_model():
     assert "VampPrior" in vamp.units
     # the autoencoder: the Gaussian fitted to its training codes
     ae = build_model(ModelConfig(kind="ae", latent_dim=6), (1, 28, 28))
-    ae.fit_code_distribution(codes)
+    ae.fit_codes(codes)
     frame = latent_frame(ae, torch.zeros(3, 6))
     torch.testing.assert_close(frame.loc, codes.mean(0))
     torch.testing.assert_close(frame.scale, codes.std(0))

@@ -81,7 +81,7 @@ def test_save_load_identical_tensors_and_outputs(tmp_path):
         cfg = RunConfig().replace(model={"kind": kind, "latent_dim": 5})
         model = build_model(cfg.model, (1, 28, 28))
         if kind == "ae":
-            model.fit_code_distribution(torch.randn(100, 5) * 3 + 1)
+            model.fit_codes(torch.randn(100, 5) * 3 + 1)
         save_checkpoint(tmp_path, kind, {"model": model.state_dict()},
                         {"config": to_dict(cfg), "image_shape": [1, 28, 28]})
         loaded = load_checkpoint(tmp_path / kind)
@@ -101,7 +101,7 @@ def test_autoencoder_samples_from_fitted_code_distribution():
     model = build_model(ModelConfig(kind="ae", latent_dim=3), (1, 8, 8))
     assert isinstance(model, Autoencoder)
     codes = torch.randn(5000, 3) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([3.0, -1.0, 0.0])
-    model.fit_code_distribution(codes)
+    model.fit_codes(codes)
     z = model.prior_sample(20000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), torch.tensor([3.0, -1.0, 0.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 2.0, 0.5]), atol=0.05, rtol=0)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from vaelab import ood
+from vaelab.evaluation import ood
 
 
 def _sklearn(s_in, s_out):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaelab import plots
+from vaelab.report import plots
 
 
 def _record(epoch: int, train: float, val: float, *, ae: bool = False, monitor: bool = True) -> dict:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vaelab import objectives as obj
-from vaelab import posterior as post
+from vaelab.evaluation import posterior as post
 from vaelab.config import ModelConfig
 from vaelab.models import DiagonalGaussian, build_model, eval_mode
 

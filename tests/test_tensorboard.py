@@ -213,7 +213,8 @@ def test_a_failing_disk_stops_logging_not_the_run(tmp_path, splits, monkeypatch)
 
 def test_only_rank_0_opens_a_writer(tmp_path, splits, monkeypatch):
     """Under torchrun the other ranks train into a scratch directory: they never open an event writer."""
-    from vaelab import distributed, tblog
+    from vaelab.training import distributed
+    from vaelab.training.callbacks import tensorboard as tblog
 
     opened = []
     monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Group(rank=1, world=1), device))

@@ -12,11 +12,12 @@ from vaelab.data.splits import (
     load_dataset,
     make_splits,
     spread_index,
+    to_float,
     train_view,
 )
 
 __all__ = [
     "BUILTIN", "IDX_DATASETS", "SPLITS", "DatasetDescription", "DatasetSplits", "ImageSet", "RawData",
     "batches", "binarize_once", "describe", "eval_view", "load_dataset", "load_raw", "make_splits",
-    "read_idx", "read_idx_header", "spread_index", "train_view", "write_idx",
+    "read_idx", "read_idx_header", "spread_index", "to_float", "train_view", "write_idx",
 ]

@@ -132,6 +132,13 @@ def spread_index(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
+def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """8-bit images (uint8, 0..255) as float32 in [0, 1], optionally moved to `device`: the one conversion
+    every figure, score and reconstruction uses (float images pass through, only moved)."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    return x if device is None else x.to(device)
+
+
 DEFAULT_VAL_SIZE = 5000
 
 

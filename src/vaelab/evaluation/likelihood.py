@@ -36,7 +36,7 @@ import torch
 from vaelab import objectives as obj
 from vaelab.data import batches
 from vaelab.errors import ConfigError
-from vaelab.models import Model, eval_mode, use_channels_last
+from vaelab.models import Model, as_scorer, eval_mode, use_channels_last
 
 DEFAULT_K = 1000
 MAX_K = 100_000
@@ -63,7 +63,7 @@ def _check_scorable(model: Model) -> None:
 
 
 def _check_prior_layers(model: Model, prior_layers: int) -> None:
-    layers = getattr(model, "n_layers", 1)
+    layers = model.n_layers
     if prior_layers and layers == 1:
         raise ConfigError("L>k (prior_layers > 0) needs a hierarchical VAE (model.kind = 'hvae'); this model has "
                           "a single stochastic layer")
@@ -117,6 +117,7 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     """
     if prior_mode and not prior_layers:
         raise ConfigError("prior_mode applies to the layers taken from the prior: set prior_layers >= 1")
+    model = as_scorer(model)  # vaelab's models, yours, or any object with log_weights(x, k, generator)
     _check_scorable(model)
     _check_prior_layers(model, prior_layers)
     if not 1 <= k <= MAX_K:
@@ -125,7 +126,7 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     parts: list[ImportanceEstimate] = []
     done = 0
     data = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    if discrete and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
+    if discrete and model.likelihood is not None and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
         raise ConfigError("the Bernoulli likelihood is a probability of binary images only, and these hold grey "
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
     # faster convolutions, the same numbers
@@ -220,11 +221,7 @@ def summarize(est: ImportanceEstimate, image_shape: tuple[int, ...], seconds: fl
 
 def describe_prior(model: Model | None) -> str:
     """The prior p(z) of a model, in words, for the protocol record."""
-    if model is None or getattr(model, "prior", "standard") == "standard" and not hasattr(model, "n_layers"):
-        return "N(0, I)"
-    if hasattr(model, "n_layers"):
-        return f"hierarchical: N(0, I) on the top of {model.n_layers} latent layers, conditional Gaussians below"
-    return f"VampPrior: a mixture of the posteriors of {len(model.pseudo_logits)} learned pseudo-inputs"
+    return "N(0, I)" if model is None else model.prior_description()
 
 
 def likelihood_protocol(likelihood: str, binarize: str, binarize_seed: int, k: int, n: int,

@@ -28,7 +28,6 @@ Grosse & Salakhutdinov 2015, "Importance weighted autoencoders", sec. 5.2),
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -191,7 +190,7 @@ def refine_posterior(model: Any, x: torch.Tensor, *, steps: int = 100, lr: float
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     model.eval()
-    fixed = model.fixed_prior() if hasattr(model, "fixed_prior") else nullcontext()
+    fixed = model.fixed_prior()
     fixed.__enter__()
     try:
         for p in params:

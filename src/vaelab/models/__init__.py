@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
 from vaelab.config import ModelConfig
+from vaelab.models.base import Model, ModelBase, ModelOutput, as_scorer, check_model
 from vaelab.models.conv import ConvDecoder, ConvEncoder
 from vaelab.models.distributions import BernoulliLikelihood, DiagonalGaussian, GaussianLikelihood, make_likelihood
 from vaelab.models.hvae import HVAE
 from vaelab.models.mlp import MLPDecoder, MLPEncoder
-from vaelab.models.vae import VAE, Autoencoder, ModelOutput
-
-Model = VAE | Autoencoder | HVAE
+from vaelab.models.vae import VAE, Autoencoder
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
@@ -36,9 +35,12 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
         encoder = MLPEncoder(image_shape, cfg.mlp_hidden, code_dim, cfg.dropout)
         decoder = MLPDecoder(out_shape, cfg.mlp_hidden, cfg.latent_dim, cfg.dropout)
     if cfg.kind == "ae":
-        return Autoencoder(encoder, decoder, likelihood, image_shape, cfg.latent_dim)
-    return VAE(encoder, decoder, likelihood, image_shape, cfg.latent_dim, prior=cfg.prior,
-               pseudo_inputs=cfg.pseudo_inputs)
+        model = Autoencoder(encoder, decoder, likelihood, image_shape, cfg.latent_dim)
+    else:
+        model = VAE(encoder, decoder, likelihood, image_shape, cfg.latent_dim, prior=cfg.prior,
+                    pseudo_inputs=cfg.pseudo_inputs)
+    model.arch = cfg.arch
+    return model
 
 
 def use_channels_last(model: torch.nn.Module) -> bool:
@@ -48,25 +50,29 @@ def use_channels_last(model: torch.nn.Module) -> bool:
     The numbers stay the same (up to float rounding); on CPU its convolutions run faster this way, and
     the conv encoder and decoder then also skip the copies between the formats. Models without
     convolutions are left as they are."""
-    if any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules()):
+    if isinstance(model, torch.nn.Module) and any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
         return True
     return False
 
 
 @contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put `model` in eval mode and disable gradients; restore its mode afterwards."""
-    was_training = model.training
-    model.eval()
+def eval_mode(model: Model) -> Iterator[Model]:
+    """Put `model` in eval mode, disable gradients and hold its prior fixed; restore its mode afterwards.
+    (A scorer that is not an nn.Module, `ForeignScorer`, only gets the no-grad part.)"""
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     try:
-        with torch.no_grad(), (model.fixed_prior() if hasattr(model, "fixed_prior") else nullcontext()):
+        with torch.no_grad(), model.fixed_prior():
             yield model
     finally:
-        model.train(was_training)
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
 
 
 __all__ = [
     "Autoencoder", "BernoulliLikelihood", "HVAE", "ConvDecoder", "ConvEncoder", "DiagonalGaussian",
-    "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelOutput", "VAE", "build_model", "eval_mode", "use_channels_last",
+    "GaussianLikelihood", "MLPDecoder", "MLPEncoder", "Model", "ModelBase",
+    "ModelOutput", "VAE", "as_scorer", "build_model", "check_model", "eval_mode", "use_channels_last",
 ]

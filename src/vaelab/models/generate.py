@@ -17,9 +17,7 @@ from vaelab.models import Model, eval_mode
 def sample(model: Model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """n images decoded from z ~ prior, its std scaled by `temperature` (1 = the model's prior)."""
     with eval_mode(model):
-        if hasattr(model, "sample_images"):  # a hierarchical model: every layer from its prior
-            return model.sample_images(n, temperature, generator)
-        return model.decode_mean(model.prior_sample(n, temperature, generator))
+        return model.sample_images(n, temperature, generator)  # a hierarchical model: every layer from its prior
 
 
 def reconstruct(model: Model, x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ from torch import nn
 from vaelab import noise
 from vaelab import objectives as obj
 from vaelab.models.distributions import DiagonalGaussian
-from vaelab.models.vae import ModelOutput
+from vaelab.models.base import ModelBase, ModelOutput
 
 MIN_SIZE = 4  # layers stop halving the resolution once it is at most this (per side)
 LOGVAR_BOUND = 8.0
@@ -132,10 +132,12 @@ class TopDown:
     p: list[DiagonalGaussian | None]  # conditional priors (None at the top: N(0, I))
 
 
-class HVAE(nn.Module):
+class HVAE(ModelBase):
     """Hierarchical VAE with top-down inference; see the module docstring."""
 
     variational = True
+    kind = "hvae"
+    arch = "conv"
     prior = "standard"  # the top layer's prior: N(0, I)
 
     def __init__(self, image_shape: tuple[int, int, int], likelihood, latents: tuple[int, ...] = (8, 16, 8),
@@ -327,9 +329,6 @@ class HVAE(nn.Module):
         """Likelihood parameters from top codes (N, latent_dim), every lower layer at its conditional prior mean."""
         return self.top_down(z.shape[0], z_top=z, sample_lower=False).x_params
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(self.decode(z))
-
     @torch.no_grad()
     def sample_images(self, n: int, temperature: float = 1.0,
                       generator: torch.Generator | None = None) -> torch.Tensor:
@@ -338,16 +337,19 @@ class HVAE(nn.Module):
         return self.likelihood.mean(self.top_down(n, generator=generator, temperature=temperature).x_params)
 
 
+    def describe(self) -> str:
+        """One line: layers, resolutions, latent sizes."""
+        parts = [f"z_{i + 1} {c}x{h}x{w}" for i, (c, (h, w)) in enumerate(zip(self.latents, self.sizes[1:]))]
+        dims = sum(c * h * w for c, (h, w) in zip(self.latents, self.sizes[1:]))
+        return f"HVAE, {self.n_layers} layers ({', '.join(parts)}; {dims:,} latent dims), " \
+               f"{parameter_count(self):,} parameters"
+
+    def prior_description(self) -> str:
+        return f"hierarchical: N(0, I) on the top of {self.n_layers} latent layers, conditional Gaussians below"
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(model: HVAE) -> str:
-    """One line: layers, resolutions, latent sizes."""
-    parts = [f"z_{i + 1} {c}x{h}x{w}" for i, (c, (h, w)) in enumerate(zip(model.latents, model.sizes[1:]))]
-    dims = sum(c * h * w for c, (h, w) in zip(model.latents, model.sizes[1:]))
-    return f"HVAE, {model.n_layers} layers ({', '.join(parts)}; {dims:,} latent dims), " \
-           f"{parameter_count(model):,} parameters"
-
-
-__all__ = ["HVAE", "ResBlock", "TopDown", "describe", "layer_sizes"]
+__all__ = ["HVAE", "ResBlock", "TopDown", "layer_sizes"]

@@ -17,19 +17,11 @@ from torch import nn
 
 from vaelab import noise
 from vaelab import objectives as obj
+from vaelab.models.base import ModelBase, ModelOutput
 from vaelab.models.distributions import DiagonalGaussian
 
 
-@dataclass(frozen=True)
-class ModelOutput:
-    x_params: torch.Tensor  # decoder output (B, C, H, W): logits or pre-sigmoid means
-    z: torch.Tensor  # the latent code used (B, latent_dim)
-    kl: torch.Tensor  # KL(q(z|x) || p(z)) per image (B,); zeros for the autoencoder
-    posterior: DiagonalGaussian | None  # q(z|x); None for the autoencoder (the HVAE: its top layer's, flattened)
-    kl_layers: torch.Tensor | None = None  # hierarchical models: the KL of each stochastic layer (B, L), bottom to top
-
-
-class _ImageModel(nn.Module):
+class _ImageModel(ModelBase):
     """What the VAE and the AE share: the networks, the likelihood, decoding and sampling."""
 
     variational: bool = False
@@ -47,10 +39,6 @@ class _ImageModel(nn.Module):
         """Decoder output (logits for Bernoulli, pre-sigmoid means for Gaussian)."""
         return self.decoder(z)
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean image E[x | z] in [0, 1]."""
-        return self.likelihood.mean(self.decode(z))
-
     def prior_sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """n latent codes from the model's generative prior, std scaled by `temperature`."""
         device = next(self.parameters()).device
@@ -63,9 +51,9 @@ class _ImageModel(nn.Module):
     def _prior_scale(self) -> torch.Tensor | float:
         return 1.0
 
-    def code(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic code of x: the posterior mean (VAE) or the code (AE), (B, latent_dim)."""
-        raise NotImplementedError
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"{self.kind.upper()} ({self.arch}, latent {self.latent_dim}, {n:,} parameters)"
 
 
 class VAE(_ImageModel):
@@ -78,6 +66,7 @@ class VAE(_ImageModel):
     """
 
     variational = True
+    kind = "vae"
 
     def __init__(self, *args, prior: str = "standard", pseudo_inputs: int = 500, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -95,6 +84,11 @@ class VAE(_ImageModel):
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x).mean
+
+    def prior_description(self) -> str:
+        if self.prior == "standard":
+            return "N(0, I)"
+        return f"VampPrior: a mixture of the posteriors of {len(self.pseudo_logits)} learned pseudo-inputs"
 
     def pseudo_inputs(self) -> torch.Tensor:
         """The VampPrior's pseudo-inputs as images in [0, 1], (K, C, H, W)."""
@@ -209,9 +203,12 @@ class Autoencoder(_ImageModel):
     """Deterministic code z = f(x); trained on reconstruction alone.
 
     To sample, it decodes codes drawn from a diagonal Gaussian fitted to the
-    training codes (`fit_code_distribution`): the fairest simple generative
+    training codes (`fit_codes`): the fairest simple generative
     use of a plain autoencoder, and still the baseline the VAE beats.
     """
+
+    variational = False
+    kind = "ae"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -228,11 +225,17 @@ class Autoencoder(_ImageModel):
         z = self.encode(x)
         return ModelOutput(x_params=self.decode(z), z=z, kl=z.new_zeros(len(z)), posterior=None)
 
+    def log_weight_terms(self, x, s, generator=None, discrete=False, prior_layers=0, context=None, prior_mode=False):
+        raise ValueError("an autoencoder has no prior or posterior, so no importance weights")
+
+    def prior_description(self) -> str:
+        return "none (an autoencoder)"
+
     @torch.no_grad()
-    def fit_code_distribution(self, codes: torch.Tensor) -> None:
+    def fit_codes(self, codes: torch.Tensor) -> None:
         """Set the sampling distribution to N(mean, diag(var)) of the given codes (N, latent_dim)."""
         if len(codes) < 2:
-            raise ValueError("fit_code_distribution needs the codes of at least 2 images")
+            raise ValueError("fit_codes needs the codes of at least 2 images")
         self.code_mean.copy_(codes.mean(0))
         self.code_std.copy_(codes.std(0).clamp_min(1e-6))
 

@@ -556,7 +556,7 @@ class Trainer:
 
     def _fit_codes(self) -> None:
         """For the autoencoder: fit its sampling Gaussian to codes of training images."""
-        if not hasattr(self.model, "fit_code_distribution"):
+        if self.model.variational:  # only the autoencoder samples through a Gaussian fitted to its codes
             return
         tc, dc = self.cfg.train, self.cfg.data
         images = self.train_images.images
@@ -570,7 +570,7 @@ class Trainer:
         with eval_mode(self.model):
             codes = torch.cat([self.model.code(x) for x in batches(images, tc.eval_batch_size,
                                                                    device=self.device)])
-        self.model.fit_code_distribution(codes)
+        self.model.fit_codes(codes)
 
     def _samples(self) -> np.ndarray:
         """A grid of images decoded from the same prior draws every time (seed train.seed + 2)."""
@@ -849,13 +849,7 @@ def snapshot_name(epoch: int) -> str:
 
 def describe_model(model: Model, mc) -> str:
     """One line: the kind, the networks, the latent size, the prior and likelihood when not the defaults."""
-    if mc.kind == "hvae":
-        from vaelab.models.hvae import describe
-
-        text = describe(model)
-    else:
-        n = sum(p.numel() for p in model.parameters())
-        text = f"{mc.kind.upper()} ({mc.arch}, latent {mc.latent_dim}, {n:,} parameters)"
+    text = model.describe()
     extras = [f"prior {mc.prior}"] if mc.kind == "vae" and mc.prior != "standard" else []
     if mc.likelihood != "bernoulli":
         extras.append(f"likelihood {mc.likelihood}")
