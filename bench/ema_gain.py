@@ -22,7 +22,7 @@ import torch
 from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import importance_sampled
-from vaelab.runs.load import find_checkpoint, model_from_checkpoint
+from vaelab.runs import find_checkpoint, model_from_checkpoint
 
 
 def main() -> int:

@@ -70,7 +70,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from vaelab.serve.app import make_server
+    from vaelab.serve import make_server
 
     t0 = time.perf_counter()
     server = make_server(args.run, "127.0.0.1", 0, reference_images=args.reference_images, log=lambda m: None)

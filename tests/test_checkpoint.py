@@ -14,7 +14,7 @@ from vaelab.runs.checkpoint import (
 from vaelab.config import ModelConfig, RunConfig, to_dict
 from vaelab.errors import CheckpointError
 from vaelab.models import build_model
-from vaelab.runs.load import load_run, model_from_checkpoint
+from vaelab.runs import load_run, model_from_checkpoint
 
 
 def _write_meta(path, meta):
@@ -210,7 +210,7 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     import numpy as np
 
     from vaelab.report.images import save_png
-    from vaelab.runs.load import write_json
+    from vaelab.runs import write_json
 
     def refuse(*args):
         raise OSError(28, "No space left on device")

@@ -15,7 +15,7 @@ import torch
 
 from vaelab import noise
 from vaelab.training.distributed import Group
-from vaelab.runs.load import load_run
+from vaelab.runs import load_run
 
 # training images in batches of 64 whose last batch is odd, so it splits unevenly over 2 processes
 BASE = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "data.max_train=301",

@@ -4,7 +4,7 @@ import torch
 
 
 def test_frechet_distance_matches_closed_forms():
-    from vaelab.evaluation.elbo import frechet_distance
+    from vaelab.evaluation.frechet import frechet_distance
 
     m = torch.tensor([1.0, -2.0, 0.5])
     c = torch.diag(torch.tensor([1.0, 4.0, 0.25]))
@@ -28,7 +28,7 @@ def test_frechet_distance_matches_closed_forms():
 
 def test_sample_fidelity_ranks_a_good_generator_above_noise():
     from vaelab.data import DatasetSplits, ImageSet
-    from vaelab.evaluation.elbo import sample_fidelity
+    from vaelab.evaluation.frechet import sample_fidelity
 
     g = torch.Generator().manual_seed(0)
     # "data": blurry blobs at random places

@@ -31,7 +31,7 @@ import torch
 from vaelab.runs.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from vaelab.cli import _default_run_name, main
 from vaelab.errors import CheckpointError
-from vaelab.runs.load import find_checkpoint, load_run
+from vaelab.runs import find_checkpoint, load_run
 
 TINY = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.grid_every=0",
         "--set", "train.grid_size=4", "--set", "eval.nll_images=0", "--set", "train.threads=1"]
@@ -122,7 +122,7 @@ def test_write_that_stops_half_way_with_enospc_through_the_trainer(tmp_path, mon
 
     import vaelab.runs.checkpoint as ck
     from vaelab.config import load_config
-    from vaelab.training.loop import train
+    from vaelab.training import train
 
     real_open = builtins.open
     seen = {"weights": 0, "injected": 0}

@@ -521,11 +521,11 @@ def toml_value(v) -> str:
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return C._toml_value(v)
+    return C.toml_value(v)
 
 
 def toml_key(k: str) -> str:
-    return k if k and all(c.isascii() and (c.isalnum() or c in "-_") for c in k) else C._toml_value(k)
+    return k if k and all(c.isascii() and (c.isalnum() or c in "-_") for c in k) else C.toml_value(k)
 
 
 @st.composite

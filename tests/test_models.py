@@ -75,7 +75,7 @@ def test_one_step_changes_weights_and_lowers_loss_on_the_batch(kind, likelihood)
 def test_save_load_identical_tensors_and_outputs(tmp_path):
     from vaelab.runs.checkpoint import load_checkpoint, save_checkpoint
     from vaelab.config import RunConfig, to_dict
-    from vaelab.runs.load import model_from_checkpoint
+    from vaelab.runs import model_from_checkpoint
 
     for kind in ("vae", "ae"):
         cfg = RunConfig().replace(model={"kind": kind, "latent_dim": 5})

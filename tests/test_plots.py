@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vaelab.report import plots
+from vaelab.report.plots import curves, evaluation
 
 
 def _record(epoch: int, train: float, val: float, *, ae: bool = False, monitor: bool = True) -> dict:
@@ -138,9 +139,9 @@ def test_training_curves_without_monitor_or_validation(tmp_path):
 
 def test_training_curves_of_an_autoencoder_use_the_loss(tmp_path):
     ae = _history(ae=True)
-    assert plots._is_autoencoder(ae) and not plots._is_autoencoder(_history())
+    assert curves._is_autoencoder(ae) and not curves._is_autoencoder(_history())
     # without validation the only hint is a KL of exactly zero
-    assert plots._is_autoencoder([{**r, "monitor": None, "val": None} for r in ae])
+    assert curves._is_autoencoder([{**r, "monitor": None, "val": None} for r in ae])
     _check_png(plots.plot_training_curves(ae, tmp_path / "ae.png", best_epoch=2, stopped_epoch=6))
     single = plots.plot_training_curves(ae[:1], tmp_path / "one.png")  # one epoch: points, not lines
     _check_png(single)
@@ -152,9 +153,9 @@ def test_training_curves_with_a_huge_first_epoch(tmp_path):
     _check_png(plots.plot_training_curves(history, tmp_path / "c.png"))
     series = [np.array([r["train"]["nelbo"] for r in history]), np.array([r["monitor"]["val"]["nelbo"]
                                                                          for r in history])]
-    low, high, clipped = plots._y_limits(series)
+    low, high, clipped = curves._y_limits(series)
     assert clipped == 5000.0 and high < 200 and low < min(s.min() for s in series)
-    assert plots._y_limits([np.array([5.0, 4.0, 3.0, 2.5])]) is None  # an ordinary curve keeps its range
+    assert curves._y_limits([np.array([5.0, 4.0, 3.0, 2.5])]) is None  # an ordinary curve keeps its range
 
 
 def test_histograms_drop_non_finite_values_and_survive_wild_ranges(tmp_path):
@@ -163,18 +164,18 @@ def test_histograms_drop_non_finite_values_and_survive_wild_ranges(tmp_path):
                               tmp_path / "a.png", xlabel="NLL (bits/dim)", title="NLL per dataset")
     _check_png(a)
     # noise 20x the test NLL: logarithmic shared bins, the test split still spread over many of them
-    edges, log_x = plots._shared_bins([TEST_NLL, NOISE_NLL], 60)
+    edges, log_x = evaluation._shared_bins([TEST_NLL, NOISE_NLL], 60)
     assert log_x
     low, high = np.quantile(TEST_NLL, [0.005, 0.995])
     assert ((edges > low) & (edges < high)).sum() >= 8  # linear bins would give it one or two
     # every dataset's central 99% lies inside, whatever one outlier does
     outlier = np.r_[TEST_NLL, 1e6]
-    edges, _ = plots._shared_bins([outlier, NOISE_NLL], 60)
+    edges, _ = evaluation._shared_bins([outlier, NOISE_NLL], 60)
     assert edges[0] <= np.quantile(TEST_NLL, 0.005) and edges[-1] < 10
     _check_png(plots.plot_histograms({"test": outlier, "noise": NOISE_NLL}, tmp_path / "b.png", xlabel="x"))
     # scores of both signs and very different spreads: linear bins; one repeated value: a small window
     rng = np.random.default_rng(1)
-    edges, log_x = plots._shared_bins([rng.normal(-5, 1, 100), rng.normal(400, 50, 100)], 30)
+    edges, log_x = evaluation._shared_bins([rng.normal(-5, 1, 100), rng.normal(400, 50, 100)], 30)
     assert not log_x and len(edges) == 31
     c = plots.plot_histograms({"constant": np.full(10, 2.0)}, tmp_path / "c.png", xlabel="x")
     _check_png(c)

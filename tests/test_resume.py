@@ -14,7 +14,7 @@ import torch
 from vaelab import load_config, load_run, resume, train
 from vaelab.cli import main
 from vaelab.errors import ConfigError
-from vaelab.training.loop import lock_run_dir
+from vaelab.runs.lifecycle import lock_run_dir
 
 ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
         "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0",

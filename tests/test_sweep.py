@@ -164,7 +164,7 @@ def test_objective_is_the_validation_nll_of_the_best_checkpoint(tpe):
     assert float(-est.log_px.mean()) == pytest.approx(result.best_value, rel=1e-9)
     # ... which is `vaelab evaluate`'s validation row, also when the test split is the smallest (the subsets
     # of evaluate are equal in size across the splits: here 359 test images, 400 validation images)
-    from vaelab.evaluation.elbo import nll_on_splits
+    from vaelab.evaluation.suite import nll_on_splits
     from vaelab.sweep.objectives import validation_nll
 
     big = cfg.replace(data={"val_size": 400}, eval={"nll_images": 500, "nll_k": 5})
@@ -199,7 +199,7 @@ def test_every_objective_is_computed_on_validation_images(tpe):
     # val_fd is the final evaluation's sample fidelity with the validation images in the test images' place
     from dataclasses import replace
 
-    from vaelab.evaluation.elbo import sample_fidelity
+    from vaelab.evaluation.frechet import sample_fidelity
 
     unsealed = load_dataset(cfg.data)
     fidelity = sample_fidelity(run.model, replace(unsealed, test=unsealed.val), seed=cfg.eval.seed)

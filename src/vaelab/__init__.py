@@ -14,8 +14,8 @@ from vaelab._version import __version__
 
 from vaelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from vaelab.errors import VaelabError
-from vaelab.runs.load import Run, load_run, load_run_data
-from vaelab.training.loop import TrainResult, resume, train
+from vaelab.runs import Run, load_run, load_run_data
+from vaelab.training import TrainResult, resume, train
 from vaelab.report.html import write_html_report
 
 __all__ = [

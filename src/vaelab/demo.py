@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from vaelab.log import say
 from vaelab.config import RunConfig
 from vaelab.data import load_dataset
 from vaelab.evaluation.generators import compare_generators
@@ -19,8 +20,8 @@ from vaelab.errors import ConfigError, DataError, DatasetNotFoundError
 from vaelab.fileio import atomic_write
 from vaelab.report.images import save_png, side_by_side, square_grid
 from vaelab.models.generate import sample
-from vaelab.runs.load import write_json
-from vaelab.training.loop import TrainResult, train
+from vaelab.runs import write_json
+from vaelab.training import TrainResult, train
 
 FALLBACK = {"dataset": "digits", "image_size": 28, "val_size": 200}
 FALLBACK_EPOCHS = 50  # digits has 1,438 training images: 10 epochs are too few steps
@@ -62,7 +63,7 @@ def summary_table(results: dict[str, TrainResult]) -> str:
 
 
 def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = say) -> dict[str, Any]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory; choose another --out for the demo")

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from vaelab.log import say
 from vaelab.errors import ConfigError, DataError
 from vaelab.fileio import atomic_write
 from vaelab.models import HVAE, VAE, Autoencoder, MLPEncoder, Model, eval_mode
@@ -441,7 +442,7 @@ def prepare_out(out: str | Path) -> Path:
 
 def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORMATS,
                  parts: Sequence[str] = PARTS, opset: int | None = None, info: dict[str, Any] | None = None,
-                 log: Callable[[str], None] = print) -> ExportResult:
+                 log: Callable[[str], None] = say) -> ExportResult:
     """Export `parts` of `model` in `formats` into the directory `out`, check each file against PyTorch,
     and write the manifest export.json (`info` adds to it: the run, checkpoint, config)."""
     check_options(formats, parts, opset)
@@ -476,7 +477,7 @@ def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORM
         if name not in written and (out / name).exists():
             log(f"note: {out / name} is left from an earlier export; export.json does not describe it")
     manifest = build_manifest(model, formats, parts, opset, versions, specs, files, info or {})
-    from vaelab.runs.load import write_json
+    from vaelab.runs import write_json
 
     write_json(out / MANIFEST, manifest)
     log(f"wrote {out / MANIFEST}")
@@ -485,9 +486,9 @@ def export_model(model: Model, out: str | Path, *, formats: Sequence[str] = FORM
 
 def export_run(path: str | Path, checkpoint: str = "best", out: str | Path | None = None, *,
                formats: Sequence[str] = FORMATS, parts: Sequence[str] = PARTS, opset: int | None = None,
-               log: Callable[[str], None] = print) -> ExportResult:
+               log: Callable[[str], None] = say) -> ExportResult:
     """Export a trained run's decoder and encoder (default into RUN/export/); see `export_model`."""
-    from vaelab.runs.load import load_run
+    from vaelab.runs import load_run
 
     check_options(formats, parts, opset)  # a typo fails before the checkpoint is read
     run = load_run(path, checkpoint=checkpoint, device="cpu")

@@ -120,32 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("evaluate", help="likelihoods, the generalization gap, unseen datasets and OOD detection",
-                       formatter_class=_formatter,
-                       description="Evaluate a run: -ELBO on train / validation / test (each binarized once with "
-                                   "a fixed seed when training binarizes), the importance-sampled NLL (k samples "
-                                   "per image) and both generalization gaps, inference gaps and active units, "
-                                   "sample fidelity; with --on, the NLL of other datasets and out-of-distribution "
-                                   "detection against the test split. Writes RUN/eval-CKPT/ (evaluation.json, "
-                                   "report.md, plots, per-image scores).",
-                       epilog=CONVENTIONS + "\n\ndatasets for --on: test train val (the run's splits), fashion-mnist, "
-                              "mnist (NAME@DIR: its files are in DIR), digits, folder:PATH, and the shifts noise, "
-                              "constant, inverted, flipped (of the test split).\n\neval keys (--set eval.KEY=VALUE):\n"
-                              + describe_keys("eval"))
-    _add_run_args(p)
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
-    p.add_argument("--on", nargs="+", metavar="DATASET", default=[],
-                   help="also score these datasets and detect them as out-of-distribution, e.g. --on mnist noise")
-    p.add_argument("-k", "--k", type=int, metavar="K", help="importance samples per image for the NLL (= eval.nll_k)")
-    p.add_argument("--nll-images", metavar="N|all",
-                   help="images per split for the NLL (= eval.nll_images; all: whole splits; 0: skip)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
-                   help="override an eval key, e.g. --set eval.ood_images=2000 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval-CKPT)")
-    p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json)")
-    p.set_defaults(func=cmd_evaluate)
-
     p = sub.add_parser("compare", help="how well runs generate: FD, precision, recall in a classifier's features",
                        formatter_class=_formatter,
                        description="Score samples of one or more runs (a VAE from its prior; an autoencoder from "
@@ -184,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="demo directory (default: runs/demo-<time>)")
     p.set_defaults(func=cmd_demo)
 
-    from vaelab.cli import export, report, serve, sweep
+    from vaelab.cli import evaluate, export, report, serve, sweep
 
-    for module in (report, sweep, serve, export):
+    for module in (evaluate, report, sweep, serve, export):
         module.register(sub)
     return parser
 
@@ -215,7 +189,7 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaelab.training.loop import resume, train
+    from vaelab.training import resume, train
 
     if args.resume:
         from vaelab.config import parse_override
@@ -239,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from vaelab.runs.load import load_run
+    from vaelab.runs import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint, device=args.device)
 
@@ -277,7 +251,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _run_data(run, data_dir: str | None):
     """The run's own dataset and splits, loaded as in training (grey values)."""
-    from vaelab.runs.load import load_run_data
+    from vaelab.runs import load_run_data
 
     return load_run_data(run, data_dir)
 
@@ -344,64 +318,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(run, args: argparse.Namespace):
-    """The run's config with the evaluate command's eval.* overrides (other sections are the run's own)."""
-    from vaelab.config import apply_mapping, parse_override
-
-    cfg = run.config
-    overrides = list(args.overrides)
-    if args.k is not None:
-        overrides.append(f"eval.nll_k={args.k}")
-    if args.nll_images is not None:
-        value = args.nll_images.strip().lower()
-        if value == "all":
-            value = str(2**31 - 1)
-        elif not value.isdigit():
-            raise VaelabError(f"--nll-images must be a number or all, got {args.nll_images!r}")
-        overrides.append(f"eval.nll_images={value}")
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section != "eval":
-            raise VaelabError(f"evaluate takes eval.* overrides only (the model was trained with its own "
-                              f"{section} settings), got {text!r}")
-        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
-    return cfg
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vaelab.evaluation.elbo import run_evaluation
-
-    run = _load(args)
-    cfg = _eval_config(run, args)
-    for spec in args.on:  # fail on a typo before any long computation
-        _check_spec(spec)
-    splits = _run_data(run, args.data_dir)
-    from vaelab.fileio import output_file
-
-    out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
-    json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
-    output_file(json_path, "--json")  # refuse a bad target now, not after minutes of computing
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VaelabError(f"{out_dir} exists and is not a directory; choose another --out")
-    run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint)
-    return 0
-
-
-def _check_spec(spec: str) -> None:
-    from vaelab.data import BUILTIN
-    from vaelab.data.shifts import SHIFTS
-    from vaelab.evaluation.unseen import OWN_SPLITS, split_spec
-
-    name, _ = split_spec(spec)
-    if name in OWN_SPLITS or name in SHIFTS or name in BUILTIN or name.startswith("folder:"):
-        return
-    raise VaelabError(f"unknown dataset {spec!r} for --on; choose from {', '.join(OWN_SPLITS + BUILTIN)}, "
-                      f"folder:PATH, {', '.join(SHIFTS)} (NAME@DIR says where a dataset's files are)")
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from vaelab.evaluation.generators import compare_generators
-    from vaelab.runs.load import load_run, write_json
+    from vaelab.runs import load_run, write_json
 
     _positive(args.n, "-n", 100_000)
     _seed(args.seed)

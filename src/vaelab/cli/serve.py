@@ -1,11 +1,14 @@
-"""`vaelab serve RUN`: the latent explorer in the browser (`vaelab.serve.app`)."""
+"""`vaelab serve RUN`: the latent explorer in the browser (`vaelab.serve`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from vaelab.cli import _add_run_args, _formatter
+from vaelab.cli import _add_run_args, _formatter, _load, _run_data
+from vaelab.serve import (DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE, MAX_K, MAX_REFERENCE,
+                          check_limits, make_server, serve)
 
 DESCRIPTION = """\
 Start a local web app to explore a trained run: samples from the prior with a temperature slider,
@@ -28,8 +31,6 @@ Bad requests get a 4xx answer with {"error": "..."}."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` command to the parser."""
-    from vaelab.serve.app import DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE
-
     p = sub.add_parser("serve", help="a latent explorer in the browser (local web app)", formatter_class=_formatter,
                        description=DESCRIPTION, epilog=EPILOG)
     _add_run_args(p)
@@ -40,10 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"port (default {DEFAULT_PORT}; 0 picks a free one and prints it)")
     p.add_argument("--k", type=int, default=DEFAULT_K,
                    help=f"importance samples per image for the uploads' NLL and the references "
-                        f"(default {DEFAULT_K}, at most 1000)")
+                        f"(default {DEFAULT_K}, at most {MAX_K})")
     p.add_argument("--reference-images", type=int, default=DEFAULT_REFERENCE, metavar="N",
                    help=f"training and test images scored at start-up as the uploads' yardstick "
-                        f"(default {DEFAULT_REFERENCE}, 10 to 5000)")
+                        f"(default {DEFAULT_REFERENCE}, 10 to {MAX_REFERENCE})")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the run's dataset files are, if not where training found them")
     p.add_argument("--quiet", action="store_true", help="log errors only, not one line per request")
@@ -51,13 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import sys
-
-    from vaelab.serve.app import make_server, serve
-    from vaelab.cli import _load, _run_data
-
-    from vaelab.serve.app import check_limits
-
     check_limits(args.k, args.reference_images)  # before the model and the data are loaded
     started = time.perf_counter()
     run = _load(args)

@@ -1,7 +1,9 @@
-"""Datasets: loading (IDX, digits, image folders), splits, binarization, batches."""
+"""Datasets: loading (IDX, digits, image folders, users' own images), splits, binarization, batches."""
 
+from vaelab.data.catalog import BUILTIN, IDX_DATASETS
 from vaelab.data.idx import read_idx, read_idx_header, write_idx
-from vaelab.data.sources import BUILTIN, IDX_DATASETS, RawData, DatasetDescription, describe, load_raw
+from vaelab.data.inventory import DatasetDescription, describe
+from vaelab.data.sources import RawData, load_raw
 from vaelab.data.splits import (
     SPLITS,
     DatasetSplits,
@@ -15,9 +17,11 @@ from vaelab.data.splits import (
     to_float,
     train_view,
 )
+from vaelab.data.user import as_uint8_images, splits_from_images
 
 __all__ = [
     "BUILTIN", "IDX_DATASETS", "SPLITS", "DatasetDescription", "DatasetSplits", "ImageSet", "RawData",
-    "batches", "binarize_once", "describe", "eval_view", "load_dataset", "load_raw", "make_splits",
-    "read_idx", "read_idx_header", "spread_index", "to_float", "train_view", "write_idx",
+    "as_uint8_images", "batches", "binarize_once", "describe", "eval_view", "load_dataset", "load_raw",
+    "make_splits", "read_idx", "read_idx_header", "splits_from_images", "spread_index", "to_float",
+    "train_view", "write_idx",
 ]

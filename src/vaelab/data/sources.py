@@ -16,7 +16,12 @@ hides a complete copy further down the path. A `--data-dir` that does not
 exist is an error. If no directory counts and downloads are allowed, the
 official files are downloaded into the cache and their SHA-256 verified before
 use (files already there and verified are kept, so an interrupted download
-resumes).
+resumes). The built-in datasets' files, checksums and mirrors are listed in
+`vaelab.data.catalog`.
+
+Image folders are decoded with PIL once: the arrays are kept in
+`$XDG_CACHE_HOME/vaelab/folders/` and read back while the files and the
+settings stay the same (`vaelab.data.cache`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ import numpy as np
 import torch
 
 from vaelab.errors import DataError, DatasetNotFoundError, DownloadError
+from vaelab.data import cache as folder_cache
 from vaelab.data import download as dl
-from vaelab.data.idx import read_idx, read_idx_header
+from vaelab.data.catalog import BUILTIN, IDX_DATASETS, IdxDataset  # re-exported: sources is their historic home
+from vaelab.data.idx import read_idx
 
 
 @dataclass(frozen=True)
@@ -48,61 +55,6 @@ class RawData:
     notes: tuple[str, ...] = ()  # things the user should know (logged by training)
 
 
-@dataclass(frozen=True)
-class IdxDataset:
-    name: str
-    files: dict[str, str]  # role -> file name (without .gz)
-    sha256: dict[str, str]  # role -> SHA-256 of the official .gz file
-    mirrors: tuple[str, ...]
-    classes: tuple[str, ...]
-    homepage: str
-
-
-_ROLES = ("train_images", "train_labels", "test_images", "test_labels")
-_MNIST_FILES = dict(
-    train_images="train-images-idx3-ubyte",
-    train_labels="train-labels-idx1-ubyte",
-    test_images="t10k-images-idx3-ubyte",
-    test_labels="t10k-labels-idx1-ubyte",
-)
-
-IDX_DATASETS: dict[str, IdxDataset] = {
-    "fashion-mnist": IdxDataset(
-        name="fashion-mnist",
-        files=_MNIST_FILES,
-        sha256=dict(
-            train_images="3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            train_labels="a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            test_images="346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            test_labels="67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-        ),
-        mirrors=(
-            "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        ),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-    ),
-    "mnist": IdxDataset(
-        name="mnist",
-        files=_MNIST_FILES,
-        sha256=dict(
-            train_images="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            train_labels="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            test_images="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            test_labels="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        ),
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ),
-        classes=tuple(str(i) for i in range(10)),
-        homepage="http://yann.lecun.com/exdb/mnist/",
-    ),
-}
-
-BUILTIN = ("fashion-mnist", "mnist", "digits")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # decoders tried on a folder's files, whatever their name says (PIL would otherwise try every format
@@ -290,6 +242,8 @@ def folder_root(path: str, data_dir: str | None = None) -> Path:
 
 
 _WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# modes read as one grey channel when data.channels is unset (a palette image counts as colour)
+_GREY_MODES = frozenset({"1", "L", "LA", "La", *_WIDE_GREY_MODES})
 
 
 def _to_8bit(img):
@@ -321,38 +275,20 @@ def _flatten(img, mode: str):
     return img.convert(mode)
 
 
-def load_folder(path: str, image_size: int | None, channels: int | None, resize: str,
-                data_dir: str | None = None) -> RawData:
-    """Every PNG/JPEG/BMP/WebP below `path`; sub-folder names become class labels.
+def pil_to_array(img) -> np.ndarray:
+    """A PIL image as uint8 (H, W) grey or (H, W, 3) RGB, converted as folder images are (see load_folder)."""
+    mode = "L" if img.mode in _GREY_MODES else "RGB"  # decided on the image as given, as for folders
+    return np.asarray(_flatten(_to_8bit(img), mode), dtype=np.uint8)
 
-    Images are read as 8-bit grey or RGB: 16-bit grey is rescaled to 0..255,
-    EXIF orientation is applied, transparency is composited over black.
-    Non-square images are centre-cropped (resize="resize") or zero-padded
-    (resize="pad") to a square before resizing to `image_size`. Images lying
-    directly in `path` beside class sub-folders get a class of their own (".").
-    """
+
+def _unreadable(p: Path, exc: Exception) -> DataError:
+    return DataError(f"cannot read image {p}: {exc}; remove or replace the file")
+
+
+def _read_headers(files: list[Path]) -> tuple[set[str], set[tuple[int, int]]]:
+    """The colour modes and (width, height) sizes (after EXIF rotation) of `files`, from their headers only."""
     from PIL import Image, UnidentifiedImageError
 
-    root = folder_root(path, data_dir)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a directory; check folder:PATH")
-    files = _list_images(root)
-    if not files:
-        raise DataError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
-
-    def open_image(p: Path) -> np.ndarray:
-        """The image at `p` as a uint8 array (H, W) or (H, W, C), flattened to `mode` and resized."""
-        try:
-            img = Image.open(p, formats=IMAGE_FORMATS)
-            img.load()
-            img = _flatten(_to_8bit(img), mode)
-            if image_size is not None:
-                img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
-            raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
-
-    # first pass: headers only, for the colour mode and sizes
     modes, sizes = set(), set()
     for p in files:
         try:
@@ -365,9 +301,31 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
                 orientation = img.getexif().get(0x0112, 1)
                 sizes.add((h, w) if orientation in (5, 6, 7, 8) else (w, h))
         except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
-            raise DataError(f"cannot read image {p}: {exc}; remove or replace the file") from None
+            raise _unreadable(p, exc) from None
+    return modes, sizes
+
+
+def _decode(p: Path, mode: str, image_size: int | None, resize: str) -> np.ndarray:
+    """The image at `p` as a uint8 array (H, W) or (H, W, C), flattened to `mode` and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(p, formats=IMAGE_FORMATS)
+        img.load()
+        img = _flatten(_to_8bit(img), mode)
+        if image_size is not None:
+            img = _square(img, resize).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
+        raise _unreadable(p, exc) from None
+
+
+def _decode_folder(root: Path, files: list[Path], image_size: int | None, channels: int | None,
+                   resize: str) -> folder_cache.DecodedFolder:
+    """Decode every file (headers first: a bad file or mixed sizes fail before any pixel is decoded)."""
+    modes, sizes = _read_headers(files)
     if channels is None:
-        channels = 1 if modes <= {"1", "L", "LA", "La", *_WIDE_GREY_MODES} else 3
+        channels = 1 if modes <= _GREY_MODES else 3
     if image_size is None and len(sizes) > 1:
         a, b = sorted(sizes)[:2]
         raise DataError(
@@ -375,24 +333,63 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
             "set data.image_size to resize them all"
         )
     mode = "L" if channels == 1 else "RGB"
-    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    parts = [p.relative_to(root).parts for p in files]
+    subdirs = sorted({q[0] for q in parts if len(q) > 1})
     class_index = {name: i for i, name in enumerate(subdirs)}
-    has_root_files = any(len(p.relative_to(root).parts) == 1 for p in files)
-    classes = tuple(subdirs) + ((".",) if subdirs and has_root_files else ())
+    classes = tuple(subdirs) + ((".",) if subdirs and any(len(q) == 1 for q in parts) else ())
     arrays, labels = [], []
-    for p in files:
-        arr = open_image(p)
+    for p, q in zip(files, parts):
+        arr = _decode(p, mode, image_size, resize)
         if arrays and arr.shape[:2] != arrays[0].shape[1:]:  # a size the headers did not show (late EXIF)
             raise DataError(
                 f"images in {root} have different sizes ({files[0].name}: {arrays[0].shape[1]}x{arrays[0].shape[2]}, "
                 f"{p.name}: {arr.shape[0]}x{arr.shape[1]}); set data.image_size to resize them all"
             )
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-        parts = p.relative_to(root).parts
-        labels.append(class_index[parts[0]] if len(parts) > 1 else len(subdirs))
-    images = torch.from_numpy(np.stack(arrays))
-    return RawData(images, torch.tensor(labels, dtype=torch.int64), None, None,
-                   source=f"{root} ({len(files)} files)", classes=classes)
+        labels.append(class_index[q[0]] if len(q) > 1 else len(subdirs))
+    return folder_cache.DecodedFolder(np.stack(arrays), np.asarray(labels, dtype=np.int64), classes)
+
+
+def folder_cache_dir() -> Path:
+    """Where decoded folders are kept: beside the downloaded datasets, in vaelab's cache directory."""
+    return cache_root().parent / "folders"
+
+
+def load_folder(path: str, image_size: int | None, channels: int | None, resize: str,
+                data_dir: str | None = None, *, cache: bool = True) -> RawData:
+    """Every PNG/JPEG/BMP/WebP below `path`; sub-folder names become class labels.
+
+    Images are read as 8-bit grey or RGB: 16-bit grey is rescaled to 0..255,
+    EXIF orientation is applied, transparency is composited over black.
+    Non-square images are centre-cropped (resize="resize") or zero-padded
+    (resize="pad") to a square before resizing to `image_size`. Images lying
+    directly in `path` beside class sub-folders get a class of their own (".").
+
+    With `cache` (and VAELAB_FOLDER_CACHE not 0), the decoded arrays are kept
+    in `folder_cache_dir()` and read back while the files and the settings
+    stay the same (`vaelab.data.cache`): a second run decodes nothing.
+    """
+    import PIL
+
+    root = folder_root(path, data_dir)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory; check folder:PATH")
+    files = _list_images(root)
+    if not files:
+        raise DataError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+    key = None
+    if cache and folder_cache.enabled():
+        # everything beside the files that changes the arrays (the decoding code itself: cache.FORMAT)
+        settings = dict(image_size=image_size, channels=channels, resize=resize, formats=list(IMAGE_FORMATS),
+                        max_pixels=MAX_IMAGE_PIXELS, pillow=PIL.__version__)
+        key = folder_cache.folder_key(root, files, settings)
+    decoded = folder_cache.load(folder_cache_dir(), key) if key else None
+    if decoded is None:
+        decoded = _decode_folder(root, files, image_size, channels, resize)
+        if key:
+            folder_cache.store(folder_cache_dir(), key, decoded)
+    return RawData(torch.from_numpy(decoded.images), torch.from_numpy(decoded.labels), None, None,
+                   source=f"{root} ({len(files)} files)", classes=decoded.classes)
 
 
 def _square(img, resize: str):
@@ -424,46 +421,3 @@ def load_raw(dataset: str, *, data_dir: str | None = None, download: bool = True
     if dataset in IDX_DATASETS:
         return load_idx_dataset(dataset, data_dir, download, log=log)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")
-
-
-@dataclass(frozen=True)
-class DatasetDescription:
-    name: str
-    available: bool
-    where: str
-    train: int | None
-    test: int | None
-    image_shape: tuple[int, ...] | None
-    note: str = ""
-
-
-def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
-    """What `vaelab datasets` shows: found or not, where, sizes (from headers, cheaply)."""
-    if dataset == "digits":
-        return DatasetDescription("digits", True, "scikit-learn (bundled)", 1797, None, (1, 8, 8),
-                                  "no test split: one is carved out (data.test_fraction)")
-    if dataset.startswith("folder:"):
-        try:
-            raw = load_folder(dataset[len("folder:"):], None, None, "resize", data_dir=data_dir)
-        except DataError as exc:
-            return DatasetDescription(dataset, False, str(exc), None, None, None)
-        return DatasetDescription(dataset, True, raw.source, len(raw.train_images), None,
-                                  tuple(raw.train_images.shape[1:]), "no test split: one is carved out")
-    if dataset not in IDX_DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")
-    spec = IDX_DATASETS[dataset]
-    found = find_idx_files(spec, data_dir)
-    if not found:
-        how = "offline (VAELAB_OFFLINE=1)" if dl.offline() else f"downloadable from {spec.mirrors[0]}"
-        return DatasetDescription(dataset, False, "not found", None, None, None, how)
-    files, where = found
-    _, train_shape = read_idx_header(files["train_images"])
-    test = None
-    if "test_images" in files:
-        test = read_idx_header(files["test_images"])[1][0]
-    note = "" if test is not None else "no test files: a test split is carved out (data.test_fraction)"
-    if len(train_shape) == 4:  # (N, H, W, C)
-        shape = (train_shape[3], train_shape[1], train_shape[2])
-    else:
-        shape = (1, *train_shape[1:])
-    return DatasetDescription(dataset, True, where, train_shape[0], test, shape, note)

@@ -48,10 +48,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from vaelab.log import say
 from vaelab.data import ImageSet, batches
 from vaelab.runs.checkpoint import read_format_json
 from vaelab.errors import CheckpointError
-from vaelab.evaluation.elbo import frechet_distance, gaussian_stats
+from vaelab.evaluation.frechet import frechet_distance, gaussian_stats
 from vaelab.fileio import atomic_write
 from vaelab.models import Model, eval_mode
 
@@ -128,7 +129,7 @@ def _device(module: nn.Module) -> torch.device:
 
 def train_classifier(train: ImageSet, n_classes: int, *, epochs: int = 2, batch_size: int = 128, lr: float = 3e-3,
                      seed: int = 0, device: torch.device | str = "cpu",
-                     log: Callable[[str], None] | None = print) -> FeatureClassifier:
+                     log: Callable[[str], None] | None = say) -> FeatureClassifier:
     """Train a `FeatureClassifier` on grey values in [0, 1] (uint8 / 255) with cross-entropy.
 
     Adam (Kingma & Ba 2015) with a cosine learning-rate decay to zero over the run (Loshchilov & Hutter
@@ -439,7 +440,7 @@ COMPARE_IMAGES = 10_000
 
 def compare_generators(models: dict[str, Model], splits, out_dir: str | Path, *, n: int = COMPARE_IMAGES,
                        seed: int = 0, classifier: str | Path | None = None,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = say) -> dict[str, Any]:
     """Score the samples of each model (and real training images, the floor) against the test images.
 
     A classifier is trained on the training split (or loaded from `classifier`) and saved in `out_dir`,

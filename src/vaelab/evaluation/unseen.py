@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vaelab.log import say
 from vaelab.config import RunConfig
 from vaelab.data import binarize_once, eval_view, load_raw, spread_index
 from vaelab.data.shifts import SHIFTS, make_shift
@@ -59,8 +60,7 @@ def llr_layers(cfg: RunConfig, model: Model | None = None) -> int | None:
     """How many of the lowest layers the LLR>k score takes from the prior (None: the model has no LLR score).
 
     `eval.llr_k` when the config has that key, else 1; at most the model's number of layers minus one."""
-    layers = getattr(model, "n_layers", None) if model is not None else (
-        len(cfg.model.hvae_latents) if cfg.model.kind == "hvae" else None)
+    layers = getattr(model, "n_layers", None) if model is not None else cfg.model.latent_layers
     if not layers or layers < 2:
         return None
     k = int(getattr(cfg.eval, "llr_k", DEFAULT_LLR_K))
@@ -190,7 +190,7 @@ def load_eval_sets(specs: list[str], cfg: RunConfig, splits: DatasetSplits) -> l
 
 
 def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
-                      device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+                      device: torch.device | str = "cpu", log: Callable[[str], None] = say) -> dict[str, Any]:
     """Likelihoods of the test split (sets[0]) and each other set, and OOD detection against the test split."""
     ec = cfg.eval
     binary = cfg.data.binarize != "none"
@@ -285,7 +285,7 @@ def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, device: torch.device | str = "cpu",
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = say) -> dict[str, Any]:
     """Inference gaps on a few test images and posterior collapse on the test split."""
     from vaelab.evaluation.posterior import collapse_report, inference_gaps
 
@@ -293,7 +293,7 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
     test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
     out: dict[str, Any] = {}
     collapse_images = test.images[spread_index(len(test), 10_000, ec.seed + 20)]
-    hierarchical = getattr(model, "n_layers", 1) > 1
+    hierarchical = model.n_layers > 1
     if len(collapse_images) >= 2:
         out["collapse"] = collapse_report(model, collapse_images, batch_size=cfg.train.eval_batch_size,
                                           device=device)
@@ -317,7 +317,7 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
         summary, est = estimate_nll(model, x8, likelihood=cfg.model.likelihood, binarize=dc.binarize,
                                     binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
                                     seed=ec.seed, device=device)
-        x = x8.float().div(255).to(device)
+        x = to_float(x8, device)
         gaps = inference_gaps(model, x, est.log_px.to(device), steps=ec.refine_steps, lr=ec.refine_lr,
                               train_samples=1, eval_samples=100, discrete=True,
                               generator=torch.Generator().manual_seed(ec.seed + 22))
@@ -362,33 +362,3 @@ def format_inside(inside: dict[str, Any]) -> str:
                      f"log p(x) {g['log_px']:.2f}; amortization gap {g['amortization_gap']:.2f}, "
                      f"approximation gap {g['approximation_gap']:.2f}")
     return "\n".join(lines)
-
-
-def write_plots(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    """Histograms of the NLL per dataset, ROC curves per OOD dataset, KL per latent dimension."""
-    from vaelab.report import plots
-
-    written: dict[str, str] = {}
-    data = result.get("datasets_eval")
-    if data:
-        per = data["per_image"]
-        written["nll_histogram"] = plots.plot_histograms(
-            {name: v["bits/dim"] for name, v in per.items()}, out_dir / "nll_histogram.png",
-            xlabel="NLL (bits/dim; lower = more likely)", title=f"log-likelihood per dataset (k={data['k']})").name
-        written["score_histogram"] = plots.plot_histograms(
-            {name: v["complexity-corrected"] for name, v in per.items()}, out_dir / "complexity_score_histogram.png",
-            xlabel="-log2 p(x) - L(x) (bits; higher = more out-of-distribution)",
-            title="complexity-corrected score (Serra et al. 2020)").name
-        for name, scores in data["ood"].items():
-            curves = {s: (np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"]), m["auroc"])
-                      for s, m in scores.items() if "roc" in m}
-            if curves:
-                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-                written[f"roc_{name}"] = plots.plot_roc_curves(curves, out_dir / f"roc_{safe}.png",
-                                                               title=f"test split (in) vs {name} (out)").name
-    c = result.get("inside", {}).get("collapse")
-    if c:
-        written["kl_per_dimension"] = plots.plot_kl_per_dimension(
-            np.asarray(c["kl_per_dim"]), out_dir / "kl_per_dimension.png", active=np.asarray(c["variance"]) > c["threshold"],
-            threshold_note=f"active: Cov_x E[z|x] > {c['threshold']}").name
-    return written

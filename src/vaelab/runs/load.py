@@ -18,98 +18,24 @@ and image shape), so a run copied to another machine loads without the data.
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vaelab.models import generate
-from vaelab.runs.checkpoint import check_name, load_checkpoint
 from vaelab.config import RunConfig, from_dict
+from vaelab.data import load_dataset
 from vaelab.errors import CheckpointError, DataError
-from vaelab.fileio import atomic_write
-from vaelab.models import Model, build_model, eval_mode
+from vaelab.models import Model, build_model, check_model, eval_mode, generate
+from vaelab.runs.checkpoint import check_name, load_checkpoint
+from vaelab.runs.paths import RunPaths, resolve_device
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def info(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def images(self) -> Path:
-        return self.root / "images"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    def checkpoint(self, name: str) -> Path:
-        return self.checkpoints / name
-
-
-def json_safe(data: Any) -> Any:
-    """`data` with NaN and infinities replaced by None: strict JSON that every reader accepts."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_safe(v) for v in data]
-    return data
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write strict JSON atomically; NaN and infinities become null."""
-    text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write(path, text.encode("utf-8"), "the JSON output")
-
-
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """`auto`, `cpu`, `cuda` or `cuda:N` as a torch.device, checking that it exists."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", name):
-        raise DataError(f"{option}={name!r} is not a device vaelab knows; use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DataError(f"{option}={name} but no CUDA device is available; use {option}=cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise DataError(f"{option}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
-
-
-def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor],
-                          origin: str) -> tuple[Model, RunConfig]:
-    """Rebuild the model described by a checkpoint's meta and load its weights, checking every shape."""
+def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor], origin: str,
+                          model: torch.nn.Module | None = None) -> tuple[Model, RunConfig]:
+    """Rebuild the model described by a checkpoint's meta (or take `model`, a model of your own, freshly
+    built) and load its weights, checking every shape."""
     shape = meta.get("image_shape")
     if not (isinstance(meta.get("config"), dict) and isinstance(shape, list) and len(shape) == 3
             and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096 for s in shape)):
@@ -117,10 +43,17 @@ def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor]
                               "(three positive integers C, H, W)")
     config = from_dict(meta["config"], origin=f"{origin} meta.json")
     image_shape = tuple(shape)
-    try:
-        model = build_model(config.model, image_shape)
-    except (ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {origin}: its config does not describe a buildable model ({exc})") from None
+    if model is not None:
+        check_model(model)
+    elif meta.get("model_class"):
+        raise CheckpointError(f"checkpoint {origin} holds a model of your own ({meta['model_class']}); pass one "
+                              "to load its weights into: load_run(path, model=YourModel(...))")
+    else:
+        try:
+            model = build_model(config.model, image_shape)
+        except (ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {origin}: its config does not describe a buildable model "
+                                  f"({exc})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -216,18 +149,19 @@ def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
     return candidate
 
 
-def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Run:
+def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
+             model: torch.nn.Module | None = None) -> Run:
     """Load a trained run for inference: one call, from its directory, no dataset needed.
 
     `checkpoint` is "best" (lowest validation loss; the last epoch's weights
     when the run had no validation split) or "last". With train.ema, both give
-    the averaged weights.
+    the averaged weights. A run of a model of your own: pass a freshly built one as `model`.
     """
     ckpt_path = find_checkpoint(path, checkpoint)
     loaded = load_checkpoint(ckpt_path)
     # a `last` checkpoint of a run with train.ema holds the average beside the trained weights: use it
     weights = loaded.tensors.get("ema", loaded.tensors["model"])
-    model, config = model_from_checkpoint(loaded.meta, weights, str(ckpt_path))
+    model, config = model_from_checkpoint(loaded.meta, weights, str(ckpt_path), model)
     root = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path
     dev = resolve_device(device, "device") if isinstance(device, str) else device
     return Run(root, model, config, loaded.meta, dev)
@@ -241,10 +175,6 @@ def load_run_data(run: Run, data_dir: str | Path | None = None, *, download: boo
     `download=False` never fetches anything (a report should not wait on a download). DataError when
     the data is missing or its images differ in shape from the run's.
     """
-    from dataclasses import replace
-
-    from vaelab.data import load_dataset
-
     dc = run.config.data if download else replace(run.config.data, download=False)
     if data_dir is not None:
         dc = replace(dc, data_dir=str(data_dir))

@@ -1,4 +1,4 @@
-"""The latent explorer's single web page (HTML, CSS and vanilla JavaScript), served by `vaelab.serve.app`.
+"""The latent explorer's single web page (HTML, CSS and vanilla JavaScript), served by `vaelab.serve.http`.
 
 A Python string, so it ships inside the package with no package-data configuration. No external
 resources: no CDN, no fonts, no frameworks; it talks to the JSON API under /api/ with `fetch`. Every

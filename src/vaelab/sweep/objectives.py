@@ -155,7 +155,7 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
             evaluate_images(model, train, beta=tc.beta, batch_size=tc.eval_batch_size, device=device),
             evaluate_images(model, val_n, beta=tc.beta, batch_size=tc.eval_batch_size, device=device))
     elif objective == "val_fd":
-        from vaelab.evaluation.elbo import sample_fidelity
+        from vaelab.evaluation.frechet import sample_fidelity
 
         # the sample-fidelity score of the final evaluation, with the validation images in the test images' place
         fidelity = sample_fidelity(model, replace(splits, test=splits.val), seed=cfg.eval.seed,

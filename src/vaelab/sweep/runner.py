@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vaelab.log import say
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.fileio import atomic_write
 from vaelab.sweep.objectives import check_objective
@@ -97,7 +98,7 @@ def _check_no_workers_left(out_dir: Path) -> None:
                               "them to finish (or stop them), then run the command again") from None
 
 
-def work(ctx: WorkerContext, splits=None, log: Callable[[str], None] = print,
+def work(ctx: WorkerContext, splits=None, log: Callable[[str], None] = say,
          ready: Callable[[], None] | None = None) -> int:
     """Run trials until the study holds `ctx.target` finished ones; returns how many this worker ran.
 
@@ -221,7 +222,7 @@ def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     from vaelab.data import load_dataset
-    from vaelab.training.guard import lock_run_dir
+    from vaelab.runs.lifecycle import lock_run_dir
 
     splits = load_dataset(sweep.base.data)  # a missing dataset fails here, once, not in every trial
     if not len(splits.val):

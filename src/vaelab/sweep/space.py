@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from vaelab.config import (SECTIONS, RunConfig, _check_types, _closest, _show, apply_mapping, load_toml, parse_override,
-                      to_dict)
+from vaelab.config import (SECTIONS, RunConfig, apply_mapping, check_types, closest_name, load_toml, parse_override,
+                           short_repr, to_dict)
 from vaelab.errors import ConfigError
 from vaelab.sweep.objectives import OBJECTIVES
 
@@ -137,10 +137,10 @@ class SweepSettings:
     pruner_warmup_epochs: int = 1
 
     def __post_init__(self) -> None:
-        _check_types(self, "sweep")
+        check_types(self, "sweep")
         if self.objective not in OBJECTIVES:
-            hint = _closest(self.objective, set(OBJECTIVES))
-            raise ConfigError(f"unknown sweep.objective {_show(self.objective)}"
+            hint = closest_name(self.objective, set(OBJECTIVES))
+            raise ConfigError(f"unknown sweep.objective {short_repr(self.objective)}"
                               + (f"; did you mean {hint}?" if hint else "")
                               + f" (choose from {', '.join(OBJECTIVES)})")
         if self.direction == "auto":
@@ -229,7 +229,7 @@ def _key_type(section: str, key: str) -> Any:
 def _check_key(dotted: Any) -> tuple[str, str]:
     """`section.key` of the run config, or a ConfigError naming the valid ones."""
     if not isinstance(dotted, str) or dotted.count(".") != 1:
-        raise ConfigError(f"[sweep.space] key {_show(dotted)} must be section.key of the run config "
+        raise ConfigError(f"[sweep.space] key {short_repr(dotted)} must be section.key of the run config "
                           f"(sections: {', '.join(SECTIONS)}), e.g. \"train.lr\"")
     section, key = dotted.split(".")
     if section not in SECTIONS:
@@ -237,7 +237,7 @@ def _check_key(dotted: Any) -> tuple[str, str]:
                           f"{', '.join(SECTIONS)}")
     names = {f.name for f in dataclasses.fields(SECTIONS[section])}
     if key not in names:
-        hint = _closest(key, names)
+        hint = closest_name(key, names)
         raise ConfigError(f"unknown config key {dotted} in [sweep.space]"
                           + (f"; did you mean {section}.{hint}?" if hint else
                              f"; valid keys of [{section}]: {', '.join(sorted(names))}"))
@@ -268,16 +268,16 @@ def parse_param(base: RunConfig, dotted: Any, spec: Any) -> Param:
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"[sweep.space] {dotted}: the list of choices is empty")
-        values = tuple(_check_value(base, dotted, v, f"choice {_show(v)}") for v in spec)
+        values = tuple(_check_value(base, dotted, v, f"choice {short_repr(v)}") for v in spec)
         if len(set(map(repr, values))) != len(values):
-            raise ConfigError(f"[sweep.space] {dotted}: the choices {_show(spec)} repeat a value")
+            raise ConfigError(f"[sweep.space] {dotted}: the choices {short_repr(spec)} repeat a value")
         return Choice(dotted, values)
     if not isinstance(spec, Mapping):
         raise ConfigError(f"[sweep.space] {dotted} must be a list of choices or a {{ low, high }} range, got "
-                          f"{_show(spec)} (a fixed value belongs in the [{section}] table of the base config)")
+                          f"{short_repr(spec)} (a fixed value belongs in the [{section}] table of the base config)")
     unknown = [k for k in spec if k not in RANGE_KEYS]
     if unknown:
-        raise ConfigError(f"[sweep.space] {dotted}: unknown range key {_show(unknown[0])}; a range takes "
+        raise ConfigError(f"[sweep.space] {dotted}: unknown range key {short_repr(unknown[0])}; a range takes "
                           f"{', '.join(RANGE_KEYS)}")
     if tp not in (int, float):
         raise ConfigError(f"[sweep.space] {dotted} is not a number; give a list of choices, e.g. "
@@ -286,14 +286,14 @@ def parse_param(base: RunConfig, dotted: Any, spec: Any) -> Param:
         raise ConfigError(f"[sweep.space] {dotted}: a range needs both low and high")
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
     if not isinstance(log, bool):
-        raise ConfigError(f"[sweep.space] {dotted}: log must be true or false, got {_show(log)}")
+        raise ConfigError(f"[sweep.space] {dotted}: log must be true or false, got {short_repr(log)}")
     kind = "an integer" if tp is int else "a number"
     for name, v in (("low", low), ("high", high), ("step", step)):
         if v is None:
             continue
         if not _is_number(v) or (tp is int and not isinstance(v, int)) or not math.isfinite(v):
             raise ConfigError(f"[sweep.space] {dotted}: {name} must be {kind} ({dotted} is "
-                              f"{'an integer' if tp is int else 'a float'} key), got {_show(v)}")
+                              f"{'an integer' if tp is int else 'a float'} key), got {short_repr(v)}")
     if not low < high:
         raise ConfigError(f"[sweep.space] {dotted}: low must be below high, got low = {low}, high = {high}")
     if log and low <= 0:
@@ -330,7 +330,7 @@ def _choice_example(tp: Any) -> str:
 def _flatten_space(space: Any) -> dict[str, Any]:
     """`"train.lr" = ...`, `train.lr = ...` (TOML nests the dotted key) and `[sweep.space.train]` alike."""
     if not isinstance(space, Mapping):
-        raise ConfigError(f"[sweep.space] must be a table of \"section.key\" = distribution, got {_show(space)}")
+        raise ConfigError(f"[sweep.space] must be a table of \"section.key\" = distribution, got {short_repr(space)}")
     flat: dict[str, Any] = {}
     for name, value in space.items():
         if name in SECTIONS and isinstance(value, Mapping):
@@ -348,7 +348,7 @@ def parse_sweep(table: Any, base: RunConfig, source: str = "the sweep config") -
     names = {f.name for f in dataclasses.fields(SweepSettings)} | {"space"}
     for key in table:
         if key not in names:
-            hint = _closest(str(key), names)
+            hint = closest_name(str(key), names)
             raise ConfigError(f"unknown key sweep.{key} in {source}"
                               + (f"; did you mean sweep.{hint}?" if hint
                                  else f"; valid keys: {', '.join(sorted(names))}"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from vaelab.log import say
 from vaelab.config import DataConfig, RunConfig, apply_mapping
 from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import VaelabError
@@ -77,9 +78,9 @@ def _best_value(study) -> float | None:
 
 
 def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: SplitsCache,
-              log: Callable[[str], None] = print) -> str:
+              log: Callable[[str], None] = say) -> str:
     """Train one asked trial and tell the study how it ended; returns its state (complete, pruned, failed)."""
-    from vaelab.runs.load import load_run, resolve_device
+    from vaelab.runs import load_run, resolve_device
     from vaelab.training.loop import Trainer
 
     optuna = require_optuna()

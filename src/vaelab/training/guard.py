@@ -1,5 +1,5 @@
-"""What keeps a training process safe: the run-directory lock, orderly stops on signals, and the
-policy for bad steps (a NaN or infinite loss or gradient).
+"""What keeps a training process safe: orderly stops on signals, and the policy for bad steps (a NaN
+or infinite loss or gradient). The run directory's lock is in vaelab.runs.lifecycle.
 
 The trainer owns the loop; these pieces only decide. `StopSignals` turns SIGTERM and SIGINT into a
 request that the loop honours after the current step (it then writes a checkpoint), and into an
@@ -9,39 +9,17 @@ and says when the run must act: restore the last good state with a lower learnin
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from vaelab.errors import ConfigError, VaelabError
+from vaelab.errors import VaelabError
 
 
 class TrainingDiverged(VaelabError):
     """The loss or gradient stayed NaN/inf for too many steps, or too many restores did not help."""
-
-
-def lock_run_dir(root: Path):
-    """An exclusive lock on RUN/.lock for the life of a training process; a second one is refused."""
-    import fcntl
-
-    handle = open(root / ".lock", "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(f"run directory {root} is in use by {holder}; wait for it to finish, or choose "
-                          "another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"vaelab process {os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 class StopSignals:

@@ -32,8 +32,17 @@ class Callback:
     def on_train_start(self, trainer: Any) -> None:
         """Before the first epoch (of this process: after a resume, before the next epoch)."""
 
+    def on_epoch_start(self, trainer: Any, batch: int, of: int) -> None:
+        """Before the epoch's first step; `batch` batches of `of` are done already (a resumed epoch)."""
+
     def on_step_end(self, trainer: Any, batch: int, of: int, stats: StepStats | None) -> None:
         """After batch `batch` (1-based) of `of` in the epoch; `stats` is None when the step was skipped."""
+
+    def on_validation_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        """The epoch's record is complete (validation done); its checkpoints are not written yet."""
+
+    def on_checkpoint(self, trainer: Any, name: str) -> None:
+        """After the checkpoint `name` ("last", "best", "epoch-0010") was written."""
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> bool | None:
         """After an epoch's validation and checkpoints; `record` is its line of metrics.jsonl.
@@ -56,9 +65,21 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.on_train_start(trainer)
 
+    def on_epoch_start(self, trainer: Any, batch: int, of: int) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_start(trainer, batch, of)
+
     def on_step_end(self, trainer: Any, batch: int, of: int, stats: StepStats | None) -> None:
         for cb in self.callbacks:
             cb.on_step_end(trainer, batch, of, stats)
+
+    def on_validation_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_validation_end(trainer, record)
+
+    def on_checkpoint(self, trainer: Any, name: str) -> None:
+        for cb in self.callbacks:
+            cb.on_checkpoint(trainer, name)
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> bool:
         stop = False

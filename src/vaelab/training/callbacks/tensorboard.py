@@ -1,4 +1,4 @@
-"""TensorBoard event files for a training run (`train.tensorboard = true`).
+"""TensorBoard event files for a training run (`train.tensorboard = true`): `TensorBoardCallback`.
 
 A `TensorBoardLog` owns one `torch.utils.tensorboard.SummaryWriter` writing into RUN/tensorboard/, so
 `tensorboard --logdir runs/` lists every run under its directory name. Only the process that writes the run
@@ -33,7 +33,11 @@ from typing import Any, Callable
 import numpy as np
 
 from vaelab.errors import ConfigError
-from vaelab.runs.load import RunPaths
+from vaelab.log import say
+from vaelab.config import to_dict, to_toml
+from vaelab.report.figures import reconstruction_grid, shown_images
+from vaelab.runs import RunPaths
+from vaelab.training.callbacks.base import Callback
 
 EVENT_PREFIX = "events.out.tfevents."
 # scalars of a metrics.jsonl record: tag -> path into the record
@@ -140,7 +144,7 @@ def _wait_for_a_later_name(files: list[Path]) -> None:
 class TensorBoardLog:
     """The run's SummaryWriter, with the tags above; every write is flushed at once and never raises OSError."""
 
-    def __init__(self, run_dir: str | Path, *, first_step: int, note: Callable[[str], None] = print) -> None:
+    def __init__(self, run_dir: str | Path, *, first_step: int, note: Callable[[str], None] = say) -> None:
         """Open a writer in RUN/tensorboard/. `first_step` is the first epoch this process will log: events
         that earlier files of the folder hold at that step or later (a resumed run) are purged on reading."""
         from torch.utils.tensorboard import SummaryWriter
@@ -218,3 +222,49 @@ class TensorBoardLog:
         writer, self._writer = self._writer, None
         if writer is not None:
             self._guard("closing", writer.close)
+
+
+class TensorBoardCallback(Callback):
+    """Writes the run's TensorBoard events (on the main process): the config at the start, each epoch's
+    scalars, sample grid and validation reconstructions once its record is complete (before its
+    checkpoints, so an epoch logged and then killed is logged again, and purged once, on resume), and
+    the final evaluation at the end."""
+
+    def __init__(self) -> None:
+        require_tensorboard()  # a missing package is a start-up error, never one after training
+        self.log: TensorBoardLog | None = None
+
+    def on_train_start(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
+        self.log = TensorBoardLog(trainer.paths.root, first_step=trainer.epoch + 1, note=trainer.log)
+        self.log.start(trainer.epoch, to_toml(trainer.config), to_dict(trainer.config))
+        if self.log.active:
+            trainer.log(f"TensorBoard events in {self.log.dir} (step = epoch): tensorboard --logdir "
+                        f"{trainer.paths.root.parent}")
+
+    def on_validation_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log_epoch(trainer, record)
+
+    def log_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+        """The epoch's scalars, its sample grid and the reconstructions of fixed validation images."""
+        images = {"samples": trainer.epoch_samples()}
+        if len(trainer.splits.val):
+            with trainer.eval_weights():
+                x = shown_images(trainer.splits.val, trainer.config, trainer.device)  # the test images' pick
+                images["reconstructions/val"] = reconstruction_grid(trainer.model, x)
+        self.log.epoch(trainer.epoch, epoch_scalars(record), images)
+
+    def on_train_end(self, trainer: Any, evaluation: dict[str, Any] | None) -> None:
+        if self.log is not None and evaluation is not None:
+            self.log.final(trainer.epoch, final_scalars(evaluation))
+        self.close()
+
+    def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
