@@ -20,7 +20,8 @@ from vaelab.report.html import (latent_map, map_images, markdown_to_html, run_la
                                write_html_report)
 from vaelab.report.plots import COLORS, plot_latent_map
 
-DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "train.epochs=1",
+# train.grid_size=16: the page shows the run's own grids (16 samples, 8 test images), each over 50 pixels
+DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=16", "train.epochs=1",
           "eval.nll_images=0"]
 SECTIONS = ["summary", "config", "curves", "evaluation", "samples", "reconstructions", "interpolations",
             "traversals", "latent-map", "evaluate"]

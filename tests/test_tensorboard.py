@@ -187,19 +187,21 @@ def test_a_failing_disk_stops_logging_not_the_run(tmp_path, splits, monkeypatch)
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     full = {"disk": False}
-    write, log_epoch = RecordWriter.write, Trainer._log_epoch_to_tensorboard
+    from vaelab.training.callbacks.tensorboard import TensorBoardCallback
+
+    write, log_epoch = RecordWriter.write, TensorBoardCallback.log_epoch
 
     def write_or_fail(self, data):
         if full["disk"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return write(self, data)
 
-    def epoch_hook(self, record, samples):
-        full["disk"] = self.epoch >= 2
-        return log_epoch(self, record, samples)
+    def epoch_hook(self, trainer, record):
+        full["disk"] = trainer.epoch >= 2
+        return log_epoch(self, trainer, record)
 
     monkeypatch.setattr(RecordWriter, "write", write_or_fail)
-    monkeypatch.setattr(Trainer, "_log_epoch_to_tensorboard", epoch_hook)
+    monkeypatch.setattr(TensorBoardCallback, "log_epoch", epoch_hook)
     messages: list[str] = []
     cfg = load_config(overrides=[*DIGITS, "train.epochs=2", "eval.nll_images=0", "train.tensorboard=true"])
     train(cfg, tmp_path / "run", splits=splits, log=messages.append)

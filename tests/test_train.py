@@ -245,7 +245,7 @@ def test_autoencoder_code_fit_and_final_grids_see_every_class(tmp_path, monkeypa
         return original_write_images(self)
 
     monkeypatch.setattr(Autoencoder, "code", spy)
-    monkeypatch.setattr(trainer_module, "CODE_FIT_IMAGES", 40)
+    monkeypatch.setattr(sys.modules["vaelab.training.setup"], "CODE_FIT_IMAGES", 40)
     monkeypatch.setattr(trainer_module.Trainer, "write_images", write_images)
     cfg = load_config(overrides=["data.dataset=digits", "model.kind=ae", "data.binarize=none", "train.epochs=1",
                                  "train.grid_every=0", "train.grid_size=16", "train.monitor_images=0"])

@@ -52,7 +52,7 @@ def test_three_layouts_and_value_types_give_the_same_images():
     assert as_uint8_images(HWC).dtype == torch.uint8 and as_uint8_images(HWC).is_contiguous()
     # both layouts fit (images 3 pixels wide): numpy follows PIL (channels last), torch torchvision
     tie = RNG.integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
-    assert as_uint8_images(tie).shape == (2, 3, 3, 4) and as_uint8_images(torch.from_numpy(tie)).shape == (2, 3, 3, 4)
+    assert as_uint8_images(tie).shape == (2, 3, 3, 4) and as_uint8_images(torch.from_numpy(tie)).shape == (2, 3, 4, 3)
     assert torch.equal(as_uint8_images(tie), torch.from_numpy(tie).permute(0, 3, 1, 2))
     assert torch.equal(as_uint8_images(torch.from_numpy(tie)), torch.from_numpy(tie))
 
@@ -76,10 +76,11 @@ def test_splits_match_the_builtin_idx_path(tmp_path):
 
 def test_torch_dataset_of_pil_images_matches_the_folder_path(tmp_path):
     """PIL images converted as folder images are: grey 16-bit rescaled, alpha over black, grey + RGB = RGB."""
-    pictures = [Image.fromarray(RNG.integers(0, 256, (7, 9), dtype=np.uint8), "L"),
-                Image.fromarray(RNG.integers(0, 256, (7, 9, 4), dtype=np.uint8), "RGBA"),
-                Image.fromarray((RNG.integers(0, 65536, (7, 9))).astype(np.uint16), "I;16")]
-    pictures += [Image.fromarray(RNG.integers(0, 256, (7, 9, 3), dtype=np.uint8), "RGB") for _ in range(17)]
+    pictures = [Image.fromarray(RNG.integers(0, 256, (7, 9), dtype=np.uint8)),  # the modes follow the dtypes:
+                Image.fromarray(RNG.integers(0, 256, (7, 9, 4), dtype=np.uint8)),  # RGBA
+                Image.fromarray(RNG.integers(0, 65536, (7, 9)).astype(np.uint16))]  # I;16
+    assert [p.mode for p in pictures] == ["L", "RGBA", "I;16"]
+    pictures += [Image.fromarray(RNG.integers(0, 256, (7, 9, 3), dtype=np.uint8)) for _ in range(17)]
     for i, picture in enumerate(pictures):
         picture.save(tmp_path / f"{i:02d}.png")
     cfg = DataConfig(dataset=f"folder:{tmp_path}", val_size=2)

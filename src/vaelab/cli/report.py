@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vaelab.cli import _add_run_args, _formatter, _seed
+from vaelab.report.html import write_html_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE.html", help="output file (default: RUN/report.html)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
-    p.add_argument("--seed", type=int, default=0, help="which samples and test images are shown (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="which samples and test images are shown: 0 (the default), those of the run's images/ "
+                        "folder; another value, other prior draws and test images")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vaelab.report.html import write_html_report
-
     _seed(args.seed)
     write_html_report(args.run, args.out, checkpoint=args.checkpoint, data_dir=args.data_dir, seed=args.seed,
                       device=args.device)

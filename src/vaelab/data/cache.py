@@ -118,7 +118,9 @@ def load(directory: Path, key: FolderKey) -> DecodedFolder | None:
             return None
         labels = np.asarray(record["labels"], dtype=np.int64)
         classes = tuple(str(c) for c in record["classes"])
-        if labels.shape != (shape[0],) or (len(labels) and not 0 <= labels.min() <= labels.max() < max(1, len(classes))):
+        if labels.shape != (shape[0],):
+            return None
+        if len(labels) and not 0 <= labels.min() <= labels.max() < max(1, len(classes)):  # as decoding gives them
             return None
     except Exception:  # noqa: BLE001 - whatever is wrong with an entry (truncated, garbage, wrong types) is a miss
         return None

@@ -48,7 +48,9 @@ def _as_tensor(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
             raise _dtype_error(what, str(x.dtype))
         if x.dtype == np.float16 or x.dtype.itemsize > 8:  # half and long double: not torch-friendly
             x = x.astype(np.float64)
-        return torch.from_numpy(np.ascontiguousarray(x))  # from_numpy refuses negative strides (x[:, ::-1])
+        x = np.ascontiguousarray(x)  # from_numpy refuses negative strides (x[:, ::-1])
+        # a read-only array (np.asarray of a PIL image, a memory map) would give a tensor torch warns about
+        return torch.from_numpy(x if x.flags.writeable else x.copy())
     if not (x.dtype in (torch.uint8, torch.bool) or x.dtype.is_floating_point):
         raise _dtype_error(what, str(x.dtype).removeprefix("torch."))
     return x

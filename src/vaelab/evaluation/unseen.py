@@ -32,7 +32,7 @@ import torch
 
 from vaelab.log import say
 from vaelab.config import RunConfig
-from vaelab.data import binarize_once, eval_view, load_raw, spread_index
+from vaelab.data import binarize_once, eval_view, load_raw, spread_index, to_float
 from vaelab.data.shifts import SHIFTS, make_shift
 from vaelab.data.splits import DatasetSplits, to_channels, to_size
 from vaelab.errors import ConfigError, DataError

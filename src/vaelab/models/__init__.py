@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -59,12 +59,14 @@ def use_channels_last(model: torch.nn.Module) -> bool:
 @contextmanager
 def eval_mode(model: Model) -> Iterator[Model]:
     """Put `model` in eval mode, disable gradients and hold its prior fixed; restore its mode afterwards.
-    (A scorer that is not an nn.Module, `ForeignScorer`, only gets the no-grad part.)"""
+    (A scorer that is not an nn.Module, `ForeignScorer`, gets no eval(); a module that is not a Model, a
+    feature classifier, no fixed prior.)"""
     was_training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
-        with torch.no_grad(), model.fixed_prior():
+        # a vaelab model (or yours) holds its prior fixed; any other module (a classifier) only needs no_grad
+        with torch.no_grad(), (model.fixed_prior() if isinstance(model, Model) else nullcontext()):
             yield model
     finally:
         if isinstance(model, torch.nn.Module):

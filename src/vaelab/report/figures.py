@@ -107,8 +107,10 @@ class Interpolations:
         (images/interpolations.png)."""
         if method is None:
             rows = [row for pair in zip(self.lerp, self.slerp) for row in pair]
-        else:
+        elif method in INTERPOLATION_METHODS:
             rows = list(getattr(self, method))
+        else:
+            raise ValueError(f"interpolation method must be one of {', '.join(INTERPOLATION_METHODS)}, got {method!r}")
         return make_grid(torch.cat(rows), nrow=INTERPOLATION_STEPS)
 
 

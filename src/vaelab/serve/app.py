@@ -24,7 +24,7 @@ from vaelab.errors import DataError
 from vaelab.evaluation.unseen import has_likelihood
 from vaelab.models import eval_mode
 from vaelab.models.generate import latent_frame, lerp, slerp
-from vaelab.runs.load import Run
+from vaelab.runs import Run
 from vaelab.serve.images import decode_upload, png_data_uri
 from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAMPLES, MAX_SEED, MAX_STEPS,
                                  MAX_TEMPERATURE, MAX_THUMBNAILS, RequestError, TRAVERSE_RANGE, check_limits,

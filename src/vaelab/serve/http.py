@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from vaelab.data import DatasetSplits
 from vaelab.errors import VaelabError
-from vaelab.runs.load import Run, json_safe, load_run, load_run_data
+from vaelab.runs import Run, json_safe, load_run, load_run_data
 from vaelab.serve.app import ExplorerApp
 from vaelab.serve.limits import DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE, MAX_BODY, RequestError, shown
 from vaelab.serve.page import PAGE

@@ -49,15 +49,11 @@ def grid_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def plot_png(name: str, *args: Any, **kwargs: Any) -> bytes:
-    """Run the plot function `vaelab.report.plots.<name>` into a temporary file and return its PNG bytes.
-
-    matplotlib is imported here, on first use, not with this module: `import vaelab` loads the report (for
-    `vaelab.write_html_report`) and would otherwise pay a second or more for a library most uses never need."""
-    from vaelab.report import plots
-
+def plot_png(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> bytes:
+    """Run one of `vaelab.report.plots`' functions (which write a file) into a temporary file and return
+    its PNG bytes, for inlining."""
     with tempfile.TemporaryDirectory(prefix="vaelab-report-") as tmp:
-        path = getattr(plots, name)(*args, Path(tmp) / "plot.png", **kwargs)
+        path = plot(*args, Path(tmp) / "plot.png", **kwargs)
         return Path(path).read_bytes()
 
 
@@ -145,21 +141,22 @@ def markdown_to_html(text: str, image: Callable[[str, str], str], heading_offset
         s = line.strip()
         heading = re.fullmatch(r"(#{1,6})\s+(.*)", s)
         picture = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", s)
-        kind = ("blank" if not s else "heading" if heading else "image" if picture else
-                "row" if s.startswith("|") else "item" if s.startswith("- ") else "text")
+        block = (  # what kind of Markdown line this is
+            "blank" if not s else "heading" if heading else "image" if picture else
+            "row" if s.startswith("|") else "item" if s.startswith("- ") else "text")
         current = "row" if rows else "item" if items else "text" if para else None
-        if current is not None and kind != current:
+        if current is not None and block != current:
             flush()
         if heading:
             level = min(6, len(heading.group(1)) + heading_offset)
             out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
         elif picture:
             out.append(image(picture.group(1), picture.group(2)))
-        elif kind == "row":
+        elif block == "row":
             rows.append([c.strip() for c in s.strip("|").split("|")])
-        elif kind == "item":
+        elif block == "item":
             items.append(s[2:])
-        elif kind == "text":
+        elif block == "text":
             para.append(s)
     flush()
     return "\n".join(out)

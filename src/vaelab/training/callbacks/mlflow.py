@@ -5,11 +5,11 @@ does, when it is built, so `import vaelab` stays cheap and a missing package is 
 training starts.
 
 Where it logs: `tracking_uri` when given; else, for a resumed run, the store its first process used (kept in
-RUN/mlflow.json, so `vaelab train --resume` continues the same MLflow run from any directory); else MLflow's
+RUN/mlflow.json, so a resume continues the same MLflow run from any working directory); else MLflow's
 own choice, `mlflow.get_tracking_uri()`: $MLFLOW_TRACKING_URI, or what the program set with
-`mlflow.set_tracking_uri`, or MLflow's default (MLflow 3: `sqlite:///mlflow.db` in the working directory).
-vaelab does not invent a store of its own: runs of one experiment should sit side by side in one MLflow UI.
-A local `file:` store works too; MLflow >= 3.7 accepts it only with MLFLOW_ALLOW_FILE_STORE=true.
+`mlflow.set_tracking_uri`, or MLflow's default (in MLflow 3.17: `sqlite:///mlflow.db` in the working
+directory). vaelab does not invent a store of its own: runs of one experiment should sit side by side in one
+MLflow UI. A local `file:` store works too, though MLflow 3.17 refuses it unless MLFLOW_ALLOW_FILE_STORE=true.
 
 All calls go through an `MlflowClient` for that URI and the run's id, never through `mlflow.start_run` and
 the process-wide active run: a caller's own MLflow run (a notebook, a sweep script) is left alone, and two

@@ -14,12 +14,14 @@ What is logged, on the process that writes the run (rank 0 under torchrun):
   summary, then the W&B run is finished (exit code 0); a run stopped by an error or an interruption is
   finished with exit code 1, so W&B marks it failed.
 
-Resuming: the W&B run id is kept in RUN/wandb.json. A resumed vaelab run (`vaelab train --resume RUN`) reads
-it and calls `wandb.init(id=..., resume="allow")`, so its epochs continue the same W&B run (offline: a second
-`offline-run-*` folder with the same id; `wandb sync` merges them into that run).
+Resuming: the W&B run id is kept in RUN/wandb.json. A resumed vaelab run (`vaelab.resume(RUN, callbacks=
+[WandbCallback()])`) reads it and calls `wandb.init(id=..., resume="allow")`, so its epochs continue the same
+W&B run (offline: a second `offline-run-*` folder carrying the same run id).
 
 The default mode is "offline": files under RUN/wandb/ and nothing sent until `wandb sync RUN/wandb/offline-run-*`.
-Pass mode="online" to stream to the W&B server (after `wandb login`), "disabled" to turn it off.
+Pass mode="online" to stream to the W&B server (after `wandb login`), "disabled" to turn it off. `run.finish()`
+returns before wandb's service process has written all of the offline file: it is complete when the Python
+process ends, or after `wandb.teardown()` for a caller that reads or syncs it from the same process.
 """
 
 from __future__ import annotations
