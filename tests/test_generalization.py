@@ -143,7 +143,7 @@ def test_constant_shift_stays_constant_on_binarized_runs():
 
 
 def test_bad_specs_fail_fast_before_any_long_computation(fm_run, tmp_path, capsys, monkeypatch):
-    import vaelab.evaluation.elbo as ev
+    import vaelab.evaluation.suite as ev
 
     def boom(*a, **k):
         raise AssertionError("the NLL started before the datasets were checked")

@@ -8,6 +8,7 @@ from torch import nn
 from vaelab import objectives as obj
 from vaelab.evaluation import posterior as post
 from vaelab.config import ModelConfig
+from vaelab.models import ModelBase
 from vaelab.models import DiagonalGaussian, build_model, eval_mode
 
 SHAPE = (1, 4, 4)
@@ -56,7 +57,7 @@ class IdentityGaussianLikelihood:
         return obj.gaussian_log_likelihood(x, params, self.std)
 
 
-class LinearGaussian(nn.Module):
+class LinearGaussian(ModelBase):  # a model of our own: ModelBase gives the optional protocol methods
     """p(z) = N(0, I), p(x|z) = N(W z + b, std^2 I), with a (deliberately bad) linear encoder.
 
     W has orthogonal columns, so the exact posterior N(S W^T (x - b) / std^2, S), with
