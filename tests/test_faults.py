@@ -29,7 +29,8 @@ import pytest
 import torch
 
 from vaelab.runs.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-from vaelab.cli import _default_run_name, main
+from vaelab.cli import main
+from vaelab.cli.train import _default_run_name
 from vaelab.errors import CheckpointError
 from vaelab.runs import find_checkpoint, load_run
 

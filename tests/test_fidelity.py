@@ -65,7 +65,7 @@ def _halves(n: int, size: int, seed: int) -> ImageSet:
 
 
 def test_train_classifier_learns_a_toy_task_deterministically():
-    from vaelab.evaluation.generators import FEATURE_DIM, classifier_accuracy, image_features, train_classifier
+    from vaelab.evaluation.classifier import FEATURE_DIM, classifier_accuracy, image_features, train_classifier
 
     train, test = _halves(256, 16, 0), _halves(256, 16, 1)
     logs = []
@@ -83,7 +83,7 @@ def test_train_classifier_learns_a_toy_task_deterministically():
 
 
 def test_save_and_load_round_trip_and_damage(tmp_path):
-    from vaelab.evaluation.generators import FeatureClassifier, image_features, load_classifier, save_classifier
+    from vaelab.evaluation.classifier import FeatureClassifier, image_features, load_classifier, save_classifier
 
     torch.manual_seed(1)
     clf = FeatureClassifier((1, 16, 16), 3)
@@ -124,7 +124,8 @@ def test_save_and_load_round_trip_and_damage(tmp_path):
 
 
 def test_score_samples_real_against_itself_beats_noise():
-    from vaelab.evaluation.generators import FEATURE_SPACE_NOTE, format_scores, score_samples, train_classifier
+    from vaelab.evaluation.classifier import train_classifier
+    from vaelab.evaluation.generators import FEATURE_SPACE_NOTE, format_scores, score_samples
 
     data = _halves(600, 16, 2)
     clf = train_classifier(data.subset(slice(0, 300)), 2, epochs=1, batch_size=64, log=None)
@@ -170,7 +171,7 @@ def test_generator_samples_for_a_vae_and_an_autoencoder():
 def test_classifier_on_fashion_mnist(fashion_mnist_dir):
     from vaelab.config import DataConfig
     from vaelab.data import load_dataset
-    from vaelab.evaluation.generators import classifier_accuracy, train_classifier
+    from vaelab.evaluation.classifier import classifier_accuracy, train_classifier
 
     splits = load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(fashion_mnist_dir), download=False,
                                      max_train=4000, max_eval=1000))

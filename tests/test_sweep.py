@@ -165,7 +165,7 @@ def test_objective_is_the_validation_nll_of_the_best_checkpoint(tpe):
     # ... which is `vaelab evaluate`'s validation row, also when the test split is the smallest (the subsets
     # of evaluate are equal in size across the splits: here 359 test images, 400 validation images)
     from vaelab.evaluation.suite import nll_on_splits
-    from vaelab.sweep.objectives import validation_nll
+    from vaelab.sweep.validation import validation_nll
 
     big = cfg.replace(data={"val_size": 400}, eval={"nll_images": 500, "nll_k": 5})
     splits_big = load_dataset(big.data)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vaelab.cli import CONVENTIONS, _add_run_args, _formatter, _load, _run_data
+from vaelab.cli.common import CONVENTIONS, _add_run_args, _formatter, _load, _run_data
 from vaelab.config import apply_mapping, describe_keys, parse_override
 from vaelab.data import BUILTIN
 from vaelab.data.shifts import SHIFTS

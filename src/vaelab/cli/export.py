@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from vaelab.cli import _formatter
+from vaelab.cli.common import _formatter
 
 
 def _list_of(known: tuple[str, ...], what: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vaelab.cli import _add_run_args, _formatter, _seed
+from vaelab.cli.common import _add_run_args, _formatter, _seed
 from vaelab.report.html import write_html_report
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from vaelab.cli import _add_run_args, _formatter, _load, _run_data
+from vaelab.cli.common import _add_run_args, _formatter, _load, _run_data
 from vaelab.serve import (DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE, MAX_K, MAX_REFERENCE,
                           check_limits, make_server, serve)
 

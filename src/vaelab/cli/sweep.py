@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from vaelab.cli import _formatter
+from vaelab.cli.common import _formatter
+from vaelab.sweep import OBJECTIVES, run_sweep
 
 SWEEP_KEYS = """\
 a sweep file is a run config ([data] [model] [train] [eval]: the base of every trial) plus:
@@ -40,8 +41,6 @@ sweep; it refuses when the space, the objective or the base config changed."""
 
 
 def _objectives_help() -> str:
-    from vaelab.sweep.objectives import OBJECTIVES
-
     return "\n".join(f"  {o.name:<20} {o.help}" for o in OBJECTIVES.values())
 
 
@@ -67,8 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from vaelab.sweep import run_sweep
-
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")

@@ -82,6 +82,45 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _stream(url: str, tmp: Path, timeout: float, min_rate: float) -> str:
+    """One request: stream `url` into `tmp` (flushed and fsynced), hashing on the way; the SHA-256 hex digest.
+
+    DownloadError when the server stalls (fewer than `min_rate` bytes/s over a `timeout` window) or closes
+    the connection before its Content-Length; urllib's and the socket's errors propagate as they are."""
+    digest = hashlib.sha256()
+    with _open(url, timeout) as response, open(tmp, "wb") as out:
+        expected_len = response.headers.get("Content-Length")
+        received = 0
+        window_start, window_bytes = time.monotonic(), 0
+        # read1: return what one socket read brings, so a trickling server is noticed between reads
+        for chunk in iter(lambda: response.read1(_CHUNK), b""):
+            digest.update(chunk)
+            out.write(chunk)
+            received += len(chunk)
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= timeout:
+                if window_bytes < min_rate * elapsed:
+                    raise DownloadError(f"the server stalled: {window_bytes} bytes in {elapsed:.1f} s "
+                                        f"after {received} bytes")
+                window_start, window_bytes = time.monotonic(), 0
+        if expected_len is not None and received != int(expected_len):
+            raise DownloadError(f"connection to {url} closed after {received} of {expected_len} bytes")
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def _failure_reason(last_error: Exception | None, timeout: float) -> object:
+    """What the last failed attempt says, for the final error message."""
+    reason = getattr(last_error, "reason", last_error)
+    if isinstance(last_error, urllib.error.HTTPError):
+        reason = f"HTTP {last_error.code} {last_error.reason}"
+    elif isinstance(last_error, TimeoutError) or isinstance(reason, TimeoutError):
+        reason = f"no data for {timeout:g} s: the server stalled"
+    return reason
+
+
 def download_file(
     url: str,
     dest: str | Path,
@@ -114,28 +153,7 @@ def download_file(
         try:
             if log:
                 log(f"downloading {url}")
-            digest = hashlib.sha256()
-            with _open(url, timeout) as response, open(tmp, "wb") as out:
-                expected_len = response.headers.get("Content-Length")
-                received = 0
-                window_start, window_bytes = time.monotonic(), 0
-                # read1: return what one socket read brings, so a trickling server is noticed between reads
-                for chunk in iter(lambda: response.read1(_CHUNK), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    received += len(chunk)
-                    window_bytes += len(chunk)
-                    elapsed = time.monotonic() - window_start
-                    if elapsed >= timeout:
-                        if window_bytes < min_rate * elapsed:
-                            raise DownloadError(f"the server stalled: {window_bytes} bytes in {elapsed:.1f} s "
-                                                f"after {received} bytes")
-                        window_start, window_bytes = time.monotonic(), 0
-                if expected_len is not None and received != int(expected_len):
-                    raise DownloadError(f"connection to {url} closed after {received} of {expected_len} bytes")
-                out.flush()
-                os.fsync(out.fileno())
-            got = digest.hexdigest()
+            got = _stream(url, tmp, timeout, min_rate)
             if got != sha256:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(
@@ -159,12 +177,7 @@ def download_file(
         except (DownloadError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
             last_error = exc
-    reason = getattr(last_error, "reason", last_error)
-    if isinstance(last_error, urllib.error.HTTPError):
-        reason = f"HTTP {last_error.code} {last_error.reason}"
-    elif isinstance(last_error, TimeoutError) or isinstance(reason, TimeoutError):
-        reason = f"no data for {timeout:g} s: the server stalled"
     raise DownloadError(
-        f"could not download {url} after {retries + 1} attempts ({reason}); "
+        f"could not download {url} after {retries + 1} attempts ({_failure_reason(last_error, timeout)}); "
         "check the network, or put the file in the dataset directory by hand"
     )

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from vaelab import objectives as obj
-from vaelab.data import batches
+from vaelab.data import as_uint8_images, batches
 from vaelab.errors import ConfigError
 from vaelab.models import Model, as_scorer, eval_mode, use_channels_last
 
@@ -118,6 +118,8 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     if prior_mode and not prior_layers:
         raise ConfigError("prior_mode applies to the layers taken from the prior: set prior_layers >= 1")
     model = as_scorer(model)  # vaelab's models, yours, or any object with log_weights(x, k, generator)
+    if not isinstance(images, torch.Tensor):  # a numpy array, a torch Dataset of images, PIL images
+        images = as_uint8_images(images)
     _check_scorable(model)
     _check_prior_layers(model, prior_layers)
     if not 1 <= k <= MAX_K:

@@ -36,9 +36,10 @@ from vaelab.data import binarize_once, eval_view, load_raw, spread_index, to_flo
 from vaelab.data.shifts import SHIFTS, make_shift
 from vaelab.data.splits import DatasetSplits, to_channels, to_size
 from vaelab.errors import ConfigError, DataError
+from vaelab.evaluation.detect import scores_from_estimate
 from vaelab.evaluation.likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
 from vaelab.models import Model
-from vaelab.evaluation.ood import (PUBLISHED_AUROC, balanced_index, complexity_corrected_score, detection_metrics,
+from vaelab.evaluation.ood import (PUBLISHED_AUROC, balanced_index, detection_metrics,
                   png_code_length_bits, roc_points)
 
 OWN_SPLITS = ("test", "train", "val")
@@ -205,11 +206,8 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         summary, est = estimate_nll(model, s.images, likelihood=cfg.model.likelihood, binarize=cfg.data.binarize,
                                     binarize_seed=cfg.data.binarize_seed, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                     seed=ec.seed, device=device)
-        nll = (-est.log_px).numpy()
         bits = png_code_length_bits(s.images, binary=binary and s.images.shape[1] == 1)
-        per_image[s.name] = {"-log p(x)": nll, "-ELBO": (-est.elbo).numpy(),
-                             "complexity-corrected": complexity_corrected_score(nll, bits),
-                             "bits/dim": nll / (math.prod(s.images.shape[1:]) * math.log(2))}
+        per_image[s.name] = scores_from_estimate(est, s.images, binary, bits)
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
         if j:

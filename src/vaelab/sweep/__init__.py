@@ -7,7 +7,7 @@ directories under DIR/trials/; the Optuna study lives in DIR/study.db, so runnin
 command again resumes the sweep. The modules, in the order data flows:
 
 - `space`: reading and checking the sweep file;
-- `objectives`: the validation metrics a sweep can optimize, and the sealed test split;
+- `validation`: the validation metrics a sweep can optimize, and the sealed test split;
 - `study`: the Optuna study (storage, samplers, pruner, resuming);
 - `trial`: one trial, from its config to its objective;
 - `runner`: `run_sweep`, the worker processes;
@@ -16,7 +16,7 @@ command again resumes the sweep. The modules, in the order data flows:
 
 from __future__ import annotations
 
-from vaelab.sweep.objectives import OBJECTIVES, SealedSplit, SealedTestSplitError, seal_test, validation_metrics
+from vaelab.sweep.validation import OBJECTIVES, SealedSplit, SealedTestSplitError, seal_test, validation_metrics
 from vaelab.sweep.runner import SweepResult, run_sweep
 from vaelab.sweep.space import SweepConfig, SweepSettings, load_sweep
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from vaelab.config import load_config, to_toml
 from vaelab.fileio import atomic_write
+from vaelab.report.plots import plot_sweep_history, plot_sweep_parameter
 from vaelab.sweep.space import Choice, FloatRange, IntRange, SweepConfig, show_value
 from vaelab.sweep.study import decoded_params, state_of
 
@@ -120,8 +121,6 @@ def table_markdown(rows: list[TrialRow], sweep: SweepConfig, best: TrialRow | No
 
 def write_plots(rows: list[TrialRow], sweep: SweepConfig, best: TrialRow | None, plots_dir: Path) -> list[Path]:
     """One plot per parameter and the history; trials still running or interrupted are left out."""
-    from vaelab.report.plots import plot_sweep_history, plot_sweep_parameter
-
     shown = [r for r in rows if r.state in ("complete", "pruned", "failed")]
     if not shown:
         return []

@@ -9,24 +9,29 @@ is shared but the study), and each trial gets max(1, cores // jobs) torch thread
 
 from __future__ import annotations
 
+import fcntl
 import json
+import multiprocessing
 import os
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vaelab.log import say
+from vaelab.data import load_dataset
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.fileio import atomic_write
-from vaelab.sweep.objectives import check_objective
+from vaelab.log import say
+from vaelab.runs.lifecycle import lock_run_dir
 from vaelab.sweep.outputs import write_outputs
 from vaelab.sweep.space import MAX_JOBS, MAX_TRIALS, SweepConfig, load_sweep, show_value
 from vaelab.sweep.study import (STUDY_NAME, counted, make_pruner, make_sampler, make_storage, open_study, recover,
-                    require_optuna, state_of, suggest)
+                                require_optuna, state_of, suggest)
 from vaelab.sweep.trial import SplitsCache, WorkerContext, run_trial
+from vaelab.sweep.validation import check_objective
 
-# keys that decide whether an objective can be computed at all (see objectives.check_objective)
+# keys that decide whether an objective can be computed at all (see validation.check_objective)
 _OBJECTIVE_KEYS = {"model.kind", "model.likelihood", "data.binarize", "eval.nll_images", "data.val_size"}
 
 
@@ -63,8 +68,6 @@ class _AskLock:
         self.handle = None
 
     def __enter__(self) -> "_AskLock":
-        import fcntl
-
         self.handle = open(self.path, "a+", encoding="utf-8")
         fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
         return self
@@ -78,8 +81,6 @@ WORKERS_LOCK = ".workers.lock"  # each spawned worker holds a shared lock on it 
 
 def _hold_worker_lock(out_dir: Path):
     """A shared lock on DIR/.workers.lock, held by a spawned worker until it exits (the handle keeps it)."""
-    import fcntl
-
     handle = open(out_dir / WORKERS_LOCK, "a+", encoding="utf-8")
     fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
     return handle
@@ -88,8 +89,6 @@ def _hold_worker_lock(out_dir: Path):
 def _check_no_workers_left(out_dir: Path) -> None:
     """Refuse to start while workers of an earlier sweep still run here (their parent was killed): their
     trials are RUNNING, and marking them interrupted would be wrong."""
-    import fcntl
-
     with open(out_dir / WORKERS_LOCK, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,8 +132,6 @@ def _worker_main(ctx: WorkerContext, start) -> None:
     """Entry point of a spawned worker process. `start`: a barrier every worker reaches with its data loaded,
     so all begin their first trial together (a worker that fails before it breaks the barrier: the others
     go on without waiting)."""
-    import threading
-
     def ready() -> None:
         try:
             start.wait(timeout=600)
@@ -158,8 +155,6 @@ def _worker_main(ctx: WorkerContext, start) -> None:
 
 def _run_workers(ctx: WorkerContext, log: Callable[[str], None]) -> None:
     """`ctx.jobs` spawned processes; waits for all of them."""
-    import multiprocessing
-
     spawn = multiprocessing.get_context("spawn")
     start = spawn.Barrier(ctx.jobs)
     workers = [spawn.Process(target=_worker_main, args=(ctx, start), name=f"vaelab-sweep-{i}")
@@ -221,9 +216,6 @@ def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides
     _check_base(sweep)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    from vaelab.data import load_dataset
-    from vaelab.runs.lifecycle import lock_run_dir
-
     splits = load_dataset(sweep.base.data)  # a missing dataset fails here, once, not in every trial
     if not len(splits.val):
         raise ConfigError("the validation split is empty, and a sweep chooses on it; raise data.val_size")
@@ -268,8 +260,6 @@ def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides
 
 def _write_record(sweep: SweepConfig, out_dir: Path, target: int) -> None:
     """DIR/sweep.json: what the sweep searches, with which settings, from which file."""
-    from dataclasses import asdict
-
     record = {"source": sweep.source, "target_trials": target, "settings": asdict(sweep.settings),
               **sweep.identity()}
     atomic_write(out_dir / "sweep.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"), "the sweep record")

@@ -10,7 +10,7 @@
     [sweep]
     sampler = "tpe"             # tpe | random | grid
     trials = 30                 # trials to finish in all (resumed sweeps count the earlier ones)
-    objective = "val_nll"       # see vaelab.sweep.objectives
+    objective = "val_nll"       # see vaelab.sweep.validation
     [sweep.space]
     "train.lr" = { low = 1e-4, high = 3e-3, log = true }   # a float range (the key is a float)
     "model.latent_dim" = { low = 8, high = 64, step = 8 }  # an int range (the key is an int)
@@ -38,7 +38,7 @@ from typing import Any, Literal, Mapping
 from vaelab.config import (SECTIONS, RunConfig, apply_mapping, check_types, closest_name, load_toml, parse_override,
                            short_repr, to_dict)
 from vaelab.errors import ConfigError
-from vaelab.sweep.objectives import OBJECTIVES
+from vaelab.sweep.validation import OBJECTIVES
 
 MAX_TRIALS = 100_000
 MAX_JOBS = 256

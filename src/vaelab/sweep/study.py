@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from vaelab.config import RunConfig, to_dict
 from vaelab.errors import ConfigError
 from vaelab.sweep.space import Choice, IntRange, SweepConfig
 
@@ -74,8 +75,6 @@ def _normal(data: Any) -> Any:
 def _with_defaults(base: dict[str, Any]) -> dict[str, Any]:
     """A stored base config with the keys a newer vaelab added filled with their defaults, so an upgrade
     alone never blocks a resume."""
-    from vaelab.config import RunConfig, to_dict
-
     defaults = _normal(to_dict(RunConfig()))
     return {section: {**values, **base.get(section, {})}
             for section, values in defaults.items()} | {s: v for s, v in base.items() if s not in defaults}

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from vaelab.log import say
 from vaelab.config import DataConfig, RunConfig, apply_mapping
 from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import VaelabError
-from vaelab.sweep.objectives import check_objective, intermediate_value, seal_test, validation_metrics
+from vaelab.log import say
+from vaelab.runs import load_run, resolve_device
 from vaelab.sweep.space import SweepConfig, show_value, trial_mapping
 from vaelab.sweep.study import INTERRUPTED, require_optuna, requeue
+from vaelab.sweep.validation import check_objective, intermediate_value, seal_test, validation_metrics
+from vaelab.training import loop  # loop.Trainer is looked up at each trial (tests replace it)
 
 
 @dataclass(frozen=True)
@@ -77,35 +79,68 @@ def _best_value(study) -> float | None:
         return None
 
 
-def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: SplitsCache,
-              log: Callable[[str], None] = say) -> str:
-    """Train one asked trial and tell the study how it ended; returns its state (complete, pruned, failed)."""
-    from vaelab.runs import load_run, resolve_device
-    from vaelab.training.loop import Trainer
+class _TrialRecord:
+    """What one trial has done so far (its epochs, whether it was pruned), and how its end is told to the
+    study: the user attributes (epochs, seconds, failure, metrics) and the state or the objective's value."""
 
-    optuna = require_optuna()
-    sweep, number = ctx.sweep, trial.number
-    objective = sweep.settings.objective
-    run_dir = ctx.out_dir / "trials" / trial_dir_name(number)
-    trial.set_user_attr("run_dir", str(Path("trials") / trial_dir_name(number)))
-    t0 = time.perf_counter()
-    epochs: list[dict[str, Any]] = []  # the metrics record of every epoch trained
-    seconds: list[float] = []
+    def __init__(self, study, trial, objective: str, trial_state) -> None:
+        self.study, self.trial, self.objective, self.trial_state = study, trial, objective, trial_state
+        self.t0 = time.perf_counter()
+        self.epochs: list[dict[str, Any]] = []  # the metrics record of every epoch trained
+        self.pruned: list[int] = []  # the epoch after which the pruner stopped the trial
+        self.seconds: float | None = None  # set by the first `finish`
 
-    def finish(state: str, reason: str | None = None, metrics: dict[str, Any] | None = None) -> str:
-        seconds.append(round(time.perf_counter() - t0, 2))
-        trial.set_user_attr("epochs", len(epochs))
-        trial.set_user_attr("seconds", seconds[0])
+    def on_epoch(self, trainer, record: dict[str, Any]) -> bool:
+        """The trainer's per-epoch hook: report the validation value; True stops the trial (pruned)."""
+        self.epochs.append(record)
+        value = intermediate_value(record)
+        if value is None:
+            return False
+        self.trial.report(value, record["epoch"])
+        # after the last epoch there is nothing left to save: the trial completes and gets its objective
+        if record["epoch"] < trainer.cfg.train.epochs and self.trial.should_prune():
+            self.pruned.append(record["epoch"])
+            return True
+        return False
+
+    def finish(self, state: str, reason: str | None = None, metrics: dict[str, Any] | None = None) -> str:
+        if self.seconds is None:
+            self.seconds = round(time.perf_counter() - self.t0, 2)
+        trial = self.trial
+        trial.set_user_attr("epochs", len(self.epochs))
+        trial.set_user_attr("seconds", self.seconds)
         if reason is not None:
             trial.set_user_attr("failure", reason)
         if metrics is not None:
             trial.set_user_attr("metrics", metrics)
         if state == "complete":
-            study.tell(trial, metrics[objective])
+            self.study.tell(trial, metrics[self.objective])
         else:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED if state == "pruned"
-                       else optuna.trial.TrialState.FAIL)
+            self.study.tell(trial, state=self.trial_state.PRUNED if state == "pruned" else self.trial_state.FAIL)
         return state
+
+
+def _train_and_measure(cfg: RunConfig, run_dir: Path, splits: DatasetSplits, record: _TrialRecord):
+    """Train the trial's run (pruned or to its end); the validation metrics of its best checkpoint, or None
+    when the pruner stopped it."""
+    loop.Trainer(cfg, run_dir, splits=splits, log=lambda message: None,
+                 progress=False).run(on_epoch=record.on_epoch, evaluate=False)
+    if record.pruned:
+        return None
+    run = load_run(run_dir, checkpoint="best", device=resolve_device(cfg.train.device))
+    return validation_metrics(run.model, cfg, splits, record.objective, device=run.device)
+
+
+def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: SplitsCache,
+              log: Callable[[str], None] = say) -> str:
+    """Train one asked trial and tell the study how it ended; returns its state (complete, pruned, failed)."""
+    optuna = require_optuna()
+    sweep, number = ctx.sweep, trial.number
+    objective = sweep.settings.objective
+    run_dir = ctx.out_dir / "trials" / trial_dir_name(number)
+    trial.set_user_attr("run_dir", str(Path("trials") / trial_dir_name(number)))
+    record = _TrialRecord(study, trial, objective, optuna.trial.TrialState)
+    finish, epochs = record.finish, record.epochs
 
     try:
         cfg = trial_config(sweep, params, number, ctx.threads)
@@ -117,32 +152,15 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
         log(f"trial {number} failed before training: {exc}  [{format_params(params)}]")
         return "failed"
 
-    pruned: list[int] = []
-
-    def on_epoch(trainer, record: dict[str, Any]) -> bool:
-        epochs.append(record)
-        value = intermediate_value(record)
-        if value is None:
-            return False
-        trial.report(value, record["epoch"])
-        # after the last epoch there is nothing left to save: the trial completes and gets its objective
-        if record["epoch"] < trainer.cfg.train.epochs and trial.should_prune():
-            pruned.append(record["epoch"])
-            return True
-        return False
-
     try:
-        Trainer(cfg, run_dir, splits=splits, log=lambda message: None,
-                progress=False).run(on_epoch=on_epoch, evaluate=False)
-        if pruned:
+        metrics = _train_and_measure(cfg, run_dir, splits, record)
+        if metrics is None:
             last = intermediate_value(epochs[-1])
             finish("pruned", metrics={"val_at_stop": last})
             measure = "-ELBO" if epochs[-1]["val"].get("nelbo") is not None else "loss"
-            log(f"trial {number} pruned after epoch {pruned[0]} (validation {measure} {last:.2f})  "
-                f"[{format_params(params)}]  {seconds[0]:.1f} s")
+            log(f"trial {number} pruned after epoch {record.pruned[0]} (validation {measure} {last:.2f})  "
+                f"[{format_params(params)}]  {record.seconds:.1f} s")
             return "pruned"
-        run = load_run(run_dir, checkpoint="best", device=resolve_device(cfg.train.device))
-        metrics = validation_metrics(run.model, cfg, splits, objective, device=run.device)
     except KeyboardInterrupt:
         trial.set_user_attr("failure", INTERRUPTED)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -164,7 +182,7 @@ def run_trial(ctx: WorkerContext, study, trial, params: dict[str, Any], cache: S
     value, best = metrics[objective], _best_value(study)
     mark = "  *best so far" if best is not None and math.isclose(value, best) else ""
     log(f"trial {number} complete: {objective} {value:.4g}  [{format_params(params)}]  {len(epochs)} epoch(s), "
-        f"{seconds[0]:.1f} s{mark}")
+        f"{record.seconds:.1f} s{mark}")
     return "complete"
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from vaelab.config import RunConfig, from_dict, load_config
-from vaelab.data import DatasetSplits
+from vaelab.data import DatasetSplits, splits_from_images
 from vaelab.errors import ConfigError
 from vaelab.log import say
 from vaelab.runs import RunPaths
@@ -21,13 +21,19 @@ from vaelab.training.loop import Trainer, TrainResult
 
 def train(config: RunConfig, run_dir: str | Path, *, splits: DatasetSplits | None = None,
           log: Callable[[str], None] = say, progress: bool | None = None, model: torch.nn.Module | None = None,
-          callbacks: Iterable[Callback] = ()) -> TrainResult:
+          callbacks: Iterable[Callback] = (), data: Any = None) -> TrainResult:
     """Train a model as `config` says, writing everything into `run_dir` (which must be new).
 
-    `splits`: data already loaded (`vaelab.data.load_dataset`, or your own images through
+    `data`: images of your own in place of config.data.dataset (a uint8 array or tensor (N, H, W),
+    (N, H, W, C) or (N, C, H, W), or a torch Dataset of images or (image, label) pairs), split into train /
+    validation / test by config.data's rules. `splits`: data already split (`vaelab.data.load_dataset`,
     `vaelab.data.splits_from_images`). `model`: a model of your own implementing `vaelab.models.Model`
     (config.model is then not used to build one). `callbacks`: yours (`vaelab.training.callbacks.Callback`).
     """
+    if data is not None:
+        if splits is not None:
+            raise ConfigError("pass either data= (images to split) or splits= (already split), not both")
+        splits = splits_from_images(data, config.data)
     return Trainer(config, run_dir, splits=splits, log=log, progress=progress, model=model,
                    callbacks=callbacks).run()
 

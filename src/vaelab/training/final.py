@@ -7,6 +7,7 @@ from typing import Any
 
 from vaelab.evaluation.suite import evaluate_run, format_nll, format_samples, format_splits
 from vaelab.report.plots import plot_training_curves
+from vaelab.errors import VaelabError
 from vaelab.runs import write_json
 from vaelab.runs.checkpoint import load_checkpoint
 
@@ -46,3 +47,27 @@ def plot_curves(trainer: Any) -> None:
                                    f"{t.splits.name}")
     except ValueError as exc:
         t.log(f"note: no training-curve plot ({exc})")
+
+
+def report_failure(trainer: Any, exc: BaseException) -> None:
+    """Say what is saved and how to continue; run.json says how the run ended."""
+    trainer.callbacks.on_exception(trainer, exc)
+    tc = trainer.cfg.train
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    where = (f"during epoch {trainer.state.saved_epoch + 1}"
+             if trainer.state.saved_epoch < tc.epochs and not trainer.stopped_early else "after the last epoch")
+    if trainer.paths.checkpoint("last").exists():
+        message = (f"{status} {where}; {trainer.saved_at} is saved in {trainer.paths.checkpoint('last')}; "
+                   f"continue with: vaelab train --resume {trainer.paths.root}")
+    else:
+        message = f"{status} {where}; no checkpoint was written yet, nothing was saved"
+    # on a full disk these writes may fail too: the error that stopped the run is the one to report
+    try:
+        write_json(trainer.paths.info, trainer.info(status=status, epochs=trainer.state.saved_epoch,
+                                                    error=str(exc) or type(exc).__name__))
+    except (OSError, VaelabError):
+        pass
+    try:
+        trainer.log(message)
+    except OSError:
+        pass

@@ -33,8 +33,7 @@ import torch
 
 from vaelab.config import RunConfig, to_toml
 from vaelab.data import DatasetSplits, batches, load_dataset
-from vaelab.errors import ConfigError, VaelabError
-from vaelab.evaluation.elbo import evaluate_images, gap_stderr, generalization_gap
+from vaelab.errors import ConfigError
 from vaelab.fileio import atomic_write
 from vaelab.log import say
 from vaelab.models import Model
@@ -52,12 +51,13 @@ from vaelab.training.callbacks.metrics import MetricsFile
 from vaelab.training.callbacks.progress import ProgressBar
 from vaelab.training.ema import EMA
 from vaelab.training.epoch import EpochRunner
-from vaelab.training.final import final_evaluation
+from vaelab.training.final import final_evaluation, report_failure
 from vaelab.training.guard import BadSteps, StopSignals, TrainingDiverged
 from vaelab.training.schedules import kl_weight
 from vaelab.training.setup import data_views, fit_codes, make_model, make_optimizer
 from vaelab.training.state import (GoodState, TrainState, check_resumable, checkpoint_tensors, restore_counters,
                                    rng_state)
+from vaelab.training.validation import epoch_line, epoch_record, validate
 from vaelab.training.step import (Outcome, StepStats, apply_update, backward, backward_distributed,
                                   learning_rate)
 
@@ -216,7 +216,7 @@ class Trainer:
         lines = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.state.history)
         atomic_write(self.paths.metrics, lines.encode("utf-8"), "the metrics")
 
-    def _info(self, status: str, **extra: Any) -> dict[str, Any]:
+    def info(self, status: str, **extra: Any) -> dict[str, Any]:
         if self.own_model:
             extra = {"model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}", **extra}
         return run_info(self.cfg, self.splits, self.model, self.device, self.group.world, status, **extra)
@@ -318,32 +318,14 @@ class Trainer:
         st.train_time += epoch_time
         st.epoch += 1
         fit_codes(self.model, self.train_images, self.dynamic, self.cfg, self.device)
-        val = None
         with self.eval_weights():
-            if self.val_images is not None:
-                val = evaluate_images(self.model, self.val_images, beta=tc.beta, batch_size=tc.eval_batch_size,
-                                      device=self.device)
-            monitor = self._monitor_record(val)
-        if val is not None and not math.isfinite(val.loss):
-            raise TrainingDiverged(
-                f"the validation loss after epoch {self.epoch} is {val.loss} (NaN or infinite): the weights "
-                "diverged; lower train.lr or check the data"
-            )
+            val, monitor = validate(self.model, self.val_images, self.monitor, tc, self.device, self.epoch)
         # without a validation split, the latest epoch counts as the best
         val_score = val.loss if val is not None else -float(self.epoch)
         improved = val_score < st.best_val - (tc.min_delta if val is not None else 0.0)
         if improved:
             st.best_val, st.best_epoch = val_score, self.epoch
-        record = {
-            "epoch": self.epoch, "step": self.step, "epoch_time_s": round(epoch_time, 3),
-            "train_time_s": round(st.train_time, 3),
-            "images_per_s": round(train_terms["images"] / max(epoch_time, 1e-9), 1),
-            "lr": self.optimizer.param_groups[0]["lr"], "beta": st.beta, "skipped_steps": self.bad.total,
-            "restores": self.bad.restores, "clipped_steps": st.clipped, "skipped_large": st.skipped_large,
-            "train": {k: v for k, v in train_terms.items() if k != "images"},
-            "val": val.as_dict() if val is not None else None, "best": improved,
-            "monitor": monitor,
-        }
+        record = epoch_record(self, train_terms, epoch_time, val, monitor, improved)
         st.history.append(record)
         self.callbacks.on_validation_end(self, record)  # before the checkpoints: a killed epoch is redone
         if improved:  # `best` first: a kill between the two writes leaves `last` one epoch behind, never
@@ -351,33 +333,8 @@ class Trainer:
         self.save("last", with_optimizer=True)
         if tc.snapshot_every and self.epoch % tc.snapshot_every == 0:
             self.save(snapshot_name(self.epoch), with_optimizer=False)
-        val_text = (f"val loss {val.loss:.2f} (recon {val.recon:.2f}, KL {val.kl:.2f})"
-                    if val is not None else "no validation split")
-        if monitor is not None:
-            val_text += f"  gap {monitor['gap']:+.2f}"
-        self.log(
-            f"epoch {self.epoch}/{tc.epochs}  train loss {train_terms['loss']:.2f} "
-            f"(recon {train_terms['recon']:.2f}, KL {train_terms['kl']:.2f})  {val_text}"
-            f"{'  *best' if improved else ''}  {record['images_per_s']:.0f} img/s"
-        )
+        self.log(epoch_line(record, tc.epochs))
         return record
-
-    def _monitor_record(self, val) -> dict[str, Any] | None:
-        """-ELBO (reconstruction loss for the AE) of the fixed train and validation subsets, and their gap."""
-        if self.monitor is None:
-            return None
-        tc = self.cfg.train
-        scores = {}
-        for name in ("train", "val"):
-            images = self.monitor[name]
-            if name == "val" and val is not None and images is self.val_images:
-                scores[name] = val  # the same images, weights and seed: the same numbers
-            else:
-                scores[name] = evaluate_images(self.model, images, beta=tc.beta, batch_size=tc.eval_batch_size,
-                                               device=self.device)
-        return {"images": self.monitor["images"], "train": scores["train"].as_dict(),
-                "val": scores["val"].as_dict(), "gap": generalization_gap(scores["train"], scores["val"]),
-                "gap_stderr": gap_stderr(scores["train"], scores["val"])}
 
     # ------------------------------------------------------------------ the end
 
@@ -386,23 +343,20 @@ class Trainer:
 
     def finish(self) -> TrainResult:
         """Reload the best weights, write the final images and the evaluation."""
-        evaluation = final_evaluation(self)
-        self.callbacks.on_train_end(self, evaluation)
-        write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.state.train_time, 2),
-                                               epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
-                                               stopped_early=self.stopped_early))
-        self.log(f"run written to {self.paths.root}")
-        self.close()
-        return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history, evaluation)
+        return self._end(final_evaluation(self))
 
-    def _finish_unevaluated(self) -> TrainResult:
-        self.callbacks.on_train_end(self, None)
-        write_json(self.paths.info, self._info(status="finished", train_time_s=round(self.state.train_time, 2),
-                                               epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
-                                               stopped_early=self.stopped_early, evaluated=False))
-        self.log(f"run written to {self.paths.root} (no final evaluation)")
+    def _end(self, evaluation: dict[str, Any] | None) -> TrainResult:
+        """The callbacks' end, run.json's final status, the last line; `evaluation` None: not evaluated."""
+        self.callbacks.on_train_end(self, evaluation)
+        st = self.state
+        write_json(self.paths.info, self.info(status="finished", train_time_s=round(st.train_time, 2),
+                                              epochs=self.epoch, steps=self.step, best_epoch=self.best_epoch,
+                                              stopped_early=self.stopped_early,
+                                              **({} if evaluation is not None else {"evaluated": False})))
+        self.log(f"run written to {self.paths.root}" + (" (no final evaluation)" if evaluation is None else ""))
         self.close()
-        return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history)
+        return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history,
+                           evaluation if evaluation is not None else {})
 
     def run(self, on_epoch: Callable[["Trainer", dict[str, Any]], bool | None] | None = None,
             evaluate: bool = True) -> TrainResult:
@@ -417,7 +371,7 @@ class Trainer:
         if on_epoch is not None:
             self.callbacks.callbacks.append(_EpochFunction(on_epoch))
         atomic_write(self.paths.config, to_toml(self.cfg).encode("utf-8"), "the run config")
-        write_json(self.paths.info, self._info(status="running", **({"resumed_at_epoch": self.epoch}
+        write_json(self.paths.info, self.info(status="running", **({"resumed_at_epoch": self.epoch}
                                                                    if self.resumed else {})))
         announce(self)
         try:
@@ -427,9 +381,9 @@ class Trainer:
             if not self.group.main:  # rank 0 evaluates and writes the results
                 self.callbacks.on_train_end(self, None)
                 return TrainResult(self.paths.root, self.model, self.splits, self.best_epoch, self.history)
-            return self.finish() if evaluate else self._finish_unevaluated()
+            return self.finish() if evaluate else self._end(None)
         except BaseException as exc:
-            self._failed(exc)
+            report_failure(self, exc)
             raise
         finally:
             self.close()
@@ -452,29 +406,6 @@ class Trainer:
                 self.log(f"early stopping after epoch {self.epoch}: no better validation loss for "
                          f"{tc.patience} epoch(s) (train.patience); the best epoch is {self.best_epoch}")
                 return
-
-    def _failed(self, exc: BaseException) -> None:
-        """Say what is saved and how to continue; run.json says how the run ended."""
-        self.callbacks.on_exception(self, exc)
-        tc = self.cfg.train
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        where = (f"during epoch {self.state.saved_epoch + 1}"
-                 if self.state.saved_epoch < tc.epochs and not self.stopped_early else "after the last epoch")
-        if self.paths.checkpoint("last").exists():
-            message = (f"{status} {where}; {self.saved_at} is saved in {self.paths.checkpoint('last')}; "
-                       f"continue with: vaelab train --resume {self.paths.root}")
-        else:
-            message = f"{status} {where}; no checkpoint was written yet, nothing was saved"
-        # on a full disk these writes may fail too: the error that stopped the run is the one to report
-        try:
-            write_json(self.paths.info, self._info(status=status, epochs=self.state.saved_epoch,
-                                                   error=str(exc) or type(exc).__name__))
-        except (OSError, VaelabError):
-            pass
-        try:
-            self.log(message)
-        except OSError:
-            pass
 
 
 __all__ = ["Trainer", "TrainResult", "default_callbacks"]

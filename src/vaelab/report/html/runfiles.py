@@ -104,13 +104,14 @@ def config_dict(files: RunFiles, run: Run | None) -> dict[str, Any]:
     return to_dict(run.config) if run is not None else {}
 
 
-def load_model(files: RunFiles, checkpoint: str, device: str | torch.device) -> tuple[Run | None, str | None]:
+def load_model(files: RunFiles, checkpoint: str, device: str | torch.device,
+               model: torch.nn.Module | None = None) -> tuple[Run | None, str | None]:
     """The run's model, or (None, why) for a run that has written no checkpoint yet.
 
     A checkpoint that exists but cannot be loaded, or a name that is not among those present, is an
     error (CheckpointError), as in every other command."""
     try:
-        return load_run(files.root, checkpoint=checkpoint, device=device), None
+        return load_run(files.root, checkpoint=checkpoint, device=device, model=model), None
     except CheckpointError:
         root = RunPaths(files.root).checkpoints
         written = root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from vaelab._version import __version__
+from vaelab.data import DatasetSplits
 from vaelab.errors import ConfigError
 from vaelab.fileio import atomic_write, output_file
 from vaelab.log import say
@@ -22,20 +23,24 @@ MAX_SEED = 2**63 - 1
 
 def write_html_report(run_path: str | Path, out: str | Path | None = None, *, checkpoint: str = "best",
                       data_dir: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                      log: Callable[[str], None] = say) -> Path:
+                      log: Callable[[str], None] = say, model: torch.nn.Module | None = None,
+                      splits: DatasetSplits | None = None) -> Path:
     """Write one self-contained HTML page of a run (default RUN/report.html) and return its path.
 
     `seed` 0 shows the samples and test images of the run's images/ folder; another seed, other ones.
     Sections that need what is not there (the dataset, a checkpoint, the final evaluation) are
     replaced by a note saying why, and `log` reports them. CheckpointError when `run_path` is not a
-    run directory or the checkpoint cannot be loaded.
+    run directory or the checkpoint cannot be loaded. A run of a model of your own: pass a freshly built
+    one as `model`; data of your own: its `splits` (vaelab.data.splits_from_images).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed must be an integer between 0 and 2**63-1, got {seed!r}")
     files = read_run_files(run_path, checkpoint)
     target = output_file(Path(out) if out is not None else files.root / "report.html", "the HTML report")
-    run, problem = load_model(files, checkpoint, device)
-    splits, data_problem = load_data(run, data_dir) if run is not None else (None, None)
+    run, problem = load_model(files, checkpoint, device, model)
+    data_problem = None
+    if splits is None:
+        splits, data_problem = load_data(run, data_dir) if run is not None else (None, None)
     sections = [summary_section(files, run, checkpoint), config_section(files, run), curves_section(files, run),
                 evaluation_section(files), *model_sections(run, problem, splits, data_problem, seed),
                 evaluate_section(files, checkpoint)]

@@ -1,4 +1,5 @@
-"""What a sweep optimizes: metrics of a trained model computed on the validation split only.
+"""What a sweep optimizes: metrics of a trained model computed on the validation split only, and the
+sealed test split (not to be confused with `vaelab.objectives`, the loss math of the models).
 
 The test split chooses nothing: it is sealed for the whole sweep (`seal_test`), and every
 objective below reads the validation split (val_gap also the training split). Numbers follow
@@ -27,6 +28,11 @@ import torch
 from vaelab.config import RunConfig
 from vaelab.data import SPLITS, DatasetSplits, ImageSet, eval_view, spread_index
 from vaelab.errors import ConfigError
+from vaelab.evaluation.elbo import evaluate_images, generalization_gap
+from vaelab.evaluation.frechet import sample_fidelity
+from vaelab.evaluation.likelihood import estimate_nll
+from vaelab.evaluation.posterior import collapse_report
+from vaelab.evaluation.unseen import has_likelihood
 
 
 class SealedTestSplitError(RuntimeError):
@@ -95,8 +101,6 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
 
 def check_objective(cfg: RunConfig, name: str) -> None:
     """Raise ConfigError when `cfg` cannot have the objective (checked before a trial trains)."""
-    from vaelab.evaluation.unseen import has_likelihood
-
     objective = OBJECTIVES[name]
     if objective.variational and cfg.model.kind == "ae":
         raise ConfigError(f"objective {name} needs a VAE, and model.kind = 'ae' is a plain autoencoder")
@@ -113,8 +117,6 @@ def check_objective(cfg: RunConfig, name: str) -> None:
 
 def validation_nll(model, cfg: RunConfig, splits: DatasetSplits, device: torch.device | str = "cpu"):
     """The NllSummary of eval.nll_images validation images: the subset and seed of `vaelab evaluate`'s val row."""
-    from vaelab.evaluation.likelihood import estimate_nll
-
     ec, dc = cfg.eval, cfg.data
     view = eval_view(splits.val, "val", dc.binarize, dc.binarize_seed)  # binarized as a whole, then the subset
     # evaluate's rule (`nll_on_splits`): equal subsets of every non-empty split, seeded by the split's place
@@ -135,8 +137,6 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
 
     Returns {"val_nelbo", "val_loss", "val_recon", objective: value}; `val_nelbo` is None for an autoencoder.
     """
-    from vaelab.evaluation.elbo import evaluate_images, generalization_gap
-
     dc, tc = cfg.data, cfg.train
     if not len(splits.val):
         raise ConfigError("the validation split is empty; a sweep chooses on it (raise data.val_size)")
@@ -155,8 +155,6 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
             evaluate_images(model, train, beta=tc.beta, batch_size=tc.eval_batch_size, device=device),
             evaluate_images(model, val_n, beta=tc.beta, batch_size=tc.eval_batch_size, device=device))
     elif objective == "val_fd":
-        from vaelab.evaluation.frechet import sample_fidelity
-
         # the sample-fidelity score of the final evaluation, with the validation images in the test images' place
         fidelity = sample_fidelity(model, replace(splits, test=splits.val), seed=cfg.eval.seed,
                                    batch_size=tc.eval_batch_size)
@@ -164,8 +162,6 @@ def validation_metrics(model, cfg: RunConfig, splits: DatasetSplits, objective: 
             raise ConfigError("val_fd needs at least 80 validation and training images (raise data.val_size)")
         out["val_fd"] = fidelity["fd_samples_test"]
     elif objective == "val_active_units":
-        from vaelab.evaluation.posterior import collapse_report
-
         out["val_active_units"] = float(collapse_report(model, val.images, batch_size=tc.eval_batch_size,
                                                         device=device)["active_units"])
     value = out[objective]
