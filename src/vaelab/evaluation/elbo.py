@@ -20,7 +20,7 @@ import torch
 
 from vaelab.config import RunConfig
 from vaelab.data import SPLITS, DatasetSplits, ImageSet, batches, eval_view
-from vaelab.models import Model, eval_mode, use_channels_last
+from vaelab.models import Model, eval_mode
 from vaelab.objectives import beta_vae_loss, bits_per_dim
 
 EVAL_SEED = 2024

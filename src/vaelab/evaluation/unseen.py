@@ -21,10 +21,8 @@ test split.
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

@@ -9,7 +9,7 @@ zero for the autoencoder, so one objective serves both.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+
 from typing import Iterator
 
 import torch

@@ -17,7 +17,6 @@ the epoch's data order and position, so a resumed run continues from that very s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -32,15 +31,14 @@ import numpy as np
 import torch
 
 from vaelab.config import RunConfig, to_toml
-from vaelab.data import DatasetSplits, batches, load_dataset
+from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import ConfigError
 from vaelab.fileio import atomic_write
 from vaelab.log import say
 from vaelab.models import Model
 from vaelab.report.figures import sample_grid, write_run_images
-from vaelab.runs import RunPaths, json_safe, resolve_device, write_json
-from vaelab.runs.checkpoint import (LoadedCheckpoint, decode_rng, optimizer_state_from_tensors,
-                                    optimizer_state_to_tensors, save_checkpoint)
+from vaelab.runs import RunPaths, resolve_device, write_json
+from vaelab.runs.checkpoint import LoadedCheckpoint, optimizer_state_to_tensors, save_checkpoint
 from vaelab.runs.lifecycle import RunLog, absolute_paths, check_new_run_dir, create_run_dir, run_info, snapshot_name
 from vaelab.training import distributed
 from vaelab.training.announce import announce
@@ -55,8 +53,7 @@ from vaelab.training.final import final_evaluation, report_failure
 from vaelab.training.guard import BadSteps, StopSignals, TrainingDiverged
 from vaelab.training.schedules import kl_weight
 from vaelab.training.setup import data_views, fit_codes, make_model, make_optimizer
-from vaelab.training.state import (GoodState, TrainState, check_resumable, checkpoint_tensors, restore_counters,
-                                   rng_state)
+from vaelab.training.state import GoodState, TrainState, checkpoint_tensors, restore_from, rng_state
 from vaelab.training.validation import epoch_line, epoch_record, validate
 from vaelab.training.step import (Outcome, StepStats, apply_update, backward, backward_distributed,
                                   learning_rate)
@@ -198,23 +195,10 @@ class Trainer:
 
     def _restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue from a `last` checkpoint: weights, Adam, the RNGs, counters and the metrics so far."""
-        meta = ckpt.meta
-        check_resumable(ckpt, self.paths.root, self.ema)
-        self.model.load_state_dict(ckpt.tensors["model"])
-        self.optimizer.load_state_dict(optimizer_state_from_tensors(ckpt.tensors["optimizer"], meta["optimizer"]))
-        torch.set_rng_state(decode_rng(meta["rng"]["torch"]))
-        self.data_gen.set_state(decode_rng(meta["rng"]["data"]))
-        if self.device.type == "cuda" and "cuda" in meta["rng"]:
-            torch.cuda.set_rng_state(decode_rng(meta["rng"]["cuda"]), self.device)
-        self.state = TrainState.from_meta(meta, self.cfg.train.beta)
-        restore_counters(self.bad, meta)
-        if self.ema is not None:
-            self.ema.load(ckpt.tensors["ema"], int(meta.get("ema_updates", 0)))
-        self._resumed_processes = meta.get("processes", 1)
+        self.state = restore_from(ckpt, self.paths, self.model, self.optimizer, self.ema, self.bad, self.data_gen,
+                                  self.device, self.cfg.train.beta)
+        self._resumed_processes = ckpt.meta.get("processes", 1)
         self.saved_at = self.state.describe_save()
-        # the metrics of the epochs the checkpoint holds, and no others (a kill may have come in between)
-        lines = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.state.history)
-        atomic_write(self.paths.metrics, lines.encode("utf-8"), "the metrics")
 
     def info(self, status: str, **extra: Any) -> dict[str, Any]:
         if self.own_model:

@@ -50,7 +50,7 @@ class DataViews:
 
 
 def data_views(splits: DatasetSplits, config: RunConfig) -> DataViews:
-    dc, tc = config.data, config.train
+    dc = config.data
     train, dynamic = train_view(splits.train, dc.binarize, dc.binarize_seed)
     val = eval_view(splits.val, "val", dc.binarize, dc.binarize_seed) if len(splits.val) else None
     return DataViews(train, dynamic, val, monitor_sets(splits, val, config) if val is not None else None)

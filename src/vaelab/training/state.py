@@ -9,6 +9,7 @@ bit-identically on the same machine.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,10 @@ import torch
 
 from vaelab._version import __version__
 from vaelab.config import RunConfig, to_dict
-from vaelab.runs.checkpoint import LoadedCheckpoint, encode_rng
+from vaelab.errors import ConfigError
+from vaelab.fileio import atomic_write
+from vaelab.runs import RunPaths, json_safe
+from vaelab.runs.checkpoint import LoadedCheckpoint, decode_rng, encode_rng, optimizer_state_from_tensors
 from vaelab.training.ema import EMA
 from vaelab.training.guard import BadSteps
 
@@ -114,8 +118,6 @@ def checkpoint_tensors(name: str, model: torch.nn.Module, ema: EMA | None) -> di
 
 def check_resumable(ckpt: LoadedCheckpoint, root: Any, ema: EMA | None) -> None:
     """A `last` checkpoint must hold what an exact resume needs."""
-    from vaelab.errors import ConfigError
-
     meta = ckpt.meta
     if "optimizer" not in ckpt.tensors or "optimizer" not in meta or "history" not in meta:
         raise ConfigError(f"the last checkpoint of {root} has no optimizer state or history "
@@ -147,4 +149,26 @@ class GoodState:
             ema.load(*self.ema)
 
 
-__all__ = ["GoodState", "TrainState", "check_resumable", "checkpoint_tensors", "restore_counters", "rng_state"]
+def restore_from(ckpt: LoadedCheckpoint, paths: RunPaths, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 ema: EMA | None, bad: BadSteps, data_gen: torch.Generator, device: torch.device,
+                 beta: float) -> TrainState:
+    """Put a `last` checkpoint back: weights, optimizer, average, the generators and the bad-step counters;
+    rewrite metrics.jsonl with the epochs it holds and no others (a kill may have come in between)."""
+    meta = ckpt.meta
+    check_resumable(ckpt, paths.root, ema)
+    model.load_state_dict(ckpt.tensors["model"])
+    optimizer.load_state_dict(optimizer_state_from_tensors(ckpt.tensors["optimizer"], meta["optimizer"]))
+    torch.set_rng_state(decode_rng(meta["rng"]["torch"]))
+    data_gen.set_state(decode_rng(meta["rng"]["data"]))
+    if device.type == "cuda" and "cuda" in meta["rng"]:
+        torch.cuda.set_rng_state(decode_rng(meta["rng"]["cuda"]), device)
+    state = TrainState.from_meta(meta, beta)
+    restore_counters(bad, meta)
+    if ema is not None:
+        ema.load(ckpt.tensors["ema"], int(meta.get("ema_updates", 0)))
+    lines = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in state.history)
+    atomic_write(paths.metrics, lines.encode("utf-8"), "the metrics")
+    return state
+
+
+__all__ = ["restore_from", "GoodState", "TrainState", "check_resumable", "checkpoint_tensors", "restore_counters", "rng_state"]
