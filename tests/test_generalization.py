@@ -211,7 +211,7 @@ def test_compare_refuses_a_classifier_of_another_dataset(fm_run, tmp_path, capsy
     import torch
 
     from vaelab.data import ImageSet
-    from vaelab.evaluation.generators import save_classifier, train_classifier
+    from vaelab.evaluation.classifier import save_classifier, train_classifier
 
     images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
     clf = train_classifier(ImageSet(images, torch.arange(40) % 2), 2, epochs=1, log=lambda m: None)
