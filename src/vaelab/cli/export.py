@@ -6,6 +6,7 @@ import argparse
 import textwrap
 
 from vaelab.cli.common import _formatter
+from vaelab.export import FORMATS, PARTS, export_run
 
 
 def _list_of(known: tuple[str, ...], what: str):
@@ -27,8 +28,6 @@ def _list_of(known: tuple[str, ...], what: str):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `export` command to the parser."""
-    from vaelab.export import PARTS
-
     p = sub.add_parser(
         "export", help="write the decoder and encoder as ONNX and TorchScript files, usable without vaelab",
         formatter_class=_formatter,
@@ -57,8 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vaelab.export import FORMATS, export_run
-
     formats = list(FORMATS) if args.format == "both" else [args.format]
     export_run(args.run, checkpoint=args.checkpoint, out=args.out, formats=formats, parts=args.parts,
                opset=args.opset)

@@ -30,13 +30,14 @@ import torch
 
 from vaelab.log import say
 from vaelab.config import RunConfig
-from vaelab.data import binarize_once, eval_view, load_raw, spread_index, to_float
+from vaelab.data import batches, binarize_once, eval_view, load_raw, spread_index, to_float
 from vaelab.data.shifts import SHIFTS, make_shift
 from vaelab.data.splits import DatasetSplits, to_channels, to_size
 from vaelab.errors import ConfigError, DataError
 from vaelab.evaluation.detect import scores_from_estimate
 from vaelab.evaluation.likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
-from vaelab.models import Model
+from vaelab.evaluation.posterior import collapse_report, inference_gaps
+from vaelab.models import Model, eval_mode
 from vaelab.evaluation.ood import (PUBLISHED_AUROC, balanced_index, detection_metrics,
                   png_code_length_bits, roc_points)
 
@@ -283,8 +284,6 @@ def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
 def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, device: torch.device | str = "cpu",
                      log: Callable[[str], None] = say) -> dict[str, Any]:
     """Inference gaps on a few test images and posterior collapse on the test split."""
-    from vaelab.evaluation.posterior import collapse_report, inference_gaps
-
     ec, dc = cfg.eval, cfg.data
     test = eval_view(splits.test, "test", dc.binarize, dc.binarize_seed)
     out: dict[str, Any] = {}
@@ -326,9 +325,6 @@ def kl_per_layer(model: Model, images: torch.Tensor, batch_size: int, device: to
                  seed: int) -> list[float]:
     """Mean KL(q(z_l | x, z_>l) || p(z_l | z_>l)) of each stochastic layer of a hierarchical VAE (nats per image,
     bottom to top), one posterior sample per image from a seeded generator."""
-    from vaelab.data import batches
-    from vaelab.models import eval_mode
-
     gen = torch.Generator().manual_seed(seed)
     total, n = None, 0
     with eval_mode(model):
