@@ -488,7 +488,8 @@ def test_cli_serves_until_interrupted(runs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(runs["vae"]), "--port", "0", "--quiet",
                              "--host", "127.0.0.1", "--checkpoint", "last", "--reference-images", "30", "--k", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)  # SIGINT as at a terminal, however the suite was started
     try:
         lines = []
         while not any(line.startswith("open http://") for line in lines):
@@ -508,6 +509,36 @@ def test_cli_serves_until_interrupted(runs):
         proc.kill()
     assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
     assert "/api/info" not in err  # --quiet: no line per request
+
+
+def test_ctrl_c_while_a_handler_thread_starts_stops_the_server(monkeypatch):
+    """A Ctrl-C that lands while the server's main thread waits in Thread.start() for a handler thread (on a busy
+    machine the handler can have answered by then) must reach serve() as KeyboardInterrupt, and the connection
+    slot must come back once. It used to be released twice: the ValueError replaced the KeyboardInterrupt,
+    socketserver swallowed it, and `vaelab serve` ignored the Ctrl-C (test_cli_serves_until_interrupted hung)."""
+    server = ExplorerServer(("127.0.0.1", 0), None, max_connections=2)
+    ours, theirs = socket.socketpair()
+    real_start = threading.Thread.start
+
+    def start_then_interrupted(self):
+        real_start(self)
+        raise KeyboardInterrupt  # the signal, arriving in start()'s wait
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.process_request(ours, ("127.0.0.1", 1))
+    finally:
+        monkeypatch.undo()
+        theirs.close()  # the handler reads end-of-file and finishes
+    assert server.slots.acquire(timeout=10) and server.slots.acquire(timeout=10)  # both slots, back once each
+    assert not server.slots.acquire(blocking=False)
+    server.server_close()
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default disposition (a parent started in the background ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("args,words", [(["--port", "70000"], "port must lie between"),

@@ -69,20 +69,47 @@ class ExplorerServer(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        # the slot is released exactly once, by whichever side gets there first: a Ctrl-C that lands while the main
+        # thread waits in Thread.start() for the handler thread to begin would otherwise release it twice, and the
+        # resulting ValueError (an Exception, which socketserver swallows) would replace the KeyboardInterrupt and
+        # keep the server running
+        release = _ReleaseOnce(self.slots)
+        thread = threading.Thread(target=self._handle_in_thread, args=(request, client_address, release),
+                                  daemon=self.daemon_threads)
         try:
-            super().process_request(request, client_address)
+            thread.start()
         except BaseException:
-            self.slots.release()
+            release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+    def _handle_in_thread(self, request, client_address, release: "_ReleaseOnce") -> None:
+        """What ThreadingMixIn's thread does (handle, report errors, close), then give the slot back."""
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self.slots.release()
+            self.shutdown_request(request)
+            release()
 
     def handle_error(self, request, client_address) -> None:  # type: ignore[override]
         self.log(f"error on a connection from {client_address[0]}:\n{traceback.format_exc()}")
+
+
+class _ReleaseOnce:
+    """Releases a semaphore on the first call only (thread-safe)."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore) -> None:
+        self._semaphore = semaphore
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._semaphore.release()
 
 
 def _is_loopback(host: str) -> bool:
