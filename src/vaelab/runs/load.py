@@ -1,21 +1,8 @@
-"""Run directories, and loading a trained run for inference (`load_run`).
-
-A run directory holds everything one `vaelab train` produced::
-
-    config.toml          the full resolved config (re-run with --config)
-    run.json             versions, dataset, image shape, status, timings
-    metrics.jsonl        one JSON object per epoch
-    train.log            the log lines printed during training
-    checkpoints/best/    weights with the lowest validation loss
-    checkpoints/last/    weights, optimizer and RNG state after the last epoch
-    images/              sample grids per epoch, final samples,
-                         reconstructions and interpolations
-    evaluation.json      loss terms on train / val / test and the gap
+"""Loading a trained run for inference (`load_run`); the run directory's layout is in `vaelab.runs.paths`.
 
 `load_run(path)` needs only the checkpoint (its meta.json carries the config
 and image shape), so a run copied to another machine loads without the data.
 """
-
 from __future__ import annotations
 
 from dataclasses import replace
