@@ -3,6 +3,7 @@
 `load_run(path)` needs only the checkpoint (its meta.json carries the config
 and image shape), so a run copied to another machine loads without the data.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
