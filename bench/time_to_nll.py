@@ -84,15 +84,14 @@ def run_vaelab(splits, test, epochs: int, k: int, overrides: list[str], target: 
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", splits=splits, log=lambda m: None, progress=False)
-        trainer._write_start_files()
         try:
             for _ in range(epochs):
                 terms = trainer.train_epoch()
                 trainer.end_epoch(terms, terms.pop("time_s"))  # validation, checkpoints: not on its clock
                 with trainer.eval_weights() as model:
                     nll = score(model, test, k)
-                curve.append({"epoch": trainer.epoch, "train_s": trainer.train_time, "nll": nll})
-                print(f"  {label:<6} epoch {trainer.epoch:3d}  {trainer.train_time:7.1f} s  test NLL {nll:.2f}",
+                curve.append({"epoch": trainer.epoch, "train_s": trainer.state.train_time, "nll": nll})
+                print(f"  {label:<6} epoch {trainer.epoch:3d}  {trainer.state.train_time:7.1f} s  test NLL {nll:.2f}",
                       flush=True)
                 if target is not None and nll <= target:
                     break

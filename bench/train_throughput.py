@@ -127,7 +127,7 @@ def throughput(splits, n_images: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             n = trainer.train_epoch()["images"]
             times["vaelab"].append(n / (time.perf_counter() - t0))
-        trainer._log_file.close()
+        trainer.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     # each vaelab epoch against the plain epoch just before it: robust to slow drifts of the machine's load
     pair_ratios = [v / p for p, v in zip(times["plain"], times["vaelab"])]

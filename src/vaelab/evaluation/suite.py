@@ -106,38 +106,30 @@ def evaluate_run(model: Model, cfg: RunConfig, splits: DatasetSplits, device: to
     `inside`: also the inference gaps and posterior collapse (variational models). `eval_sets`: unseen
     datasets (`unseen.load_eval_sets`, the test split first) to score and to detect as out-of-distribution.
     `on_stage(name, result)` is called as each part is done ("splits", "nll", "samples", "inside",
-    "datasets"), so a caller can show it at once; `log` gets the progress lines of the long parts.
+    "datasets"; "inside:start" and "datasets:start" before those two begin), so a caller can show each part
+    at once; `log` gets the progress lines of the long parts.
     """
+    stage = on_stage or (lambda name, result: None)
     summaries = evaluate_splits(model, splits, cfg, device)
     result = RunEvaluation(protocol=evaluation_protocol(cfg), splits=summaries,
                            gap=generalization_gap(summaries["train"], summaries["test"]),
                            gap_stderr=gap_stderr(summaries["train"], summaries["test"]))
-    stages = [("nll", lambda: setattr(result, "nll", nll_on_splits(model, cfg, splits, device, log))),
-              ("samples", lambda: setattr(result, "samples",
-                                          sample_fidelity(model, splits, batch_size=cfg.train.eval_batch_size)))]
+    stage("splits", result)
+    result.nll = nll_on_splits(model, cfg, splits, device, log)
+    stage("nll", result)
+    result.samples = sample_fidelity(model, splits, batch_size=cfg.train.eval_batch_size)
+    stage("samples", result)
     if inside and model.variational:
-        stages.append(("inside", lambda: setattr(result, "inside",
-                                                 unseen.inside_the_model(model, cfg, splits, device=device, log=log))))
+        stage("inside:start", result)
+        result.inside = unseen.inside_the_model(model, cfg, splits, device=device, log=log)
+        stage("inside", result)
     if eval_sets:
-        stages.append(("datasets", lambda: _score_datasets(result, model, cfg, eval_sets, device, log)))
-    if on_stage is not None:
-        on_stage("splits", result)
-    for name, run_stage in stages:
-        if name == "inside" and on_stage is not None:
-            on_stage("inside:start", result)
-        if name == "datasets" and on_stage is not None:
-            on_stage("datasets:start", result)
-        run_stage()
-        if on_stage is not None:
-            on_stage(name, result)
+        stage("datasets:start", result)
+        data = unseen.evaluate_datasets(model, cfg, eval_sets, device=device, log=log)
+        result.per_image = data.pop("per_image")
+        result.datasets = data
+        stage("datasets", result)
     return result
-
-
-def _score_datasets(result: RunEvaluation, model: Model, cfg: RunConfig, eval_sets: list[unseen.EvalSet],
-                    device: torch.device | str, log: Log) -> None:
-    data = unseen.evaluate_datasets(model, cfg, eval_sets, device=device, log=log)
-    result.per_image = data.pop("per_image")
-    result.datasets = data
 
 
 # --------------------------------------------------------------------------- the text callers print

@@ -22,7 +22,7 @@ from typing import Any
 
 from vaelab.config import load_config, to_toml
 from vaelab.fileio import atomic_write
-from vaelab.report.plots import plot_sweep_history, plot_sweep_parameter
+from vaelab.report import plots
 from vaelab.sweep.space import Choice, FloatRange, IntRange, SweepConfig, show_value
 from vaelab.sweep.study import decoded_params, state_of
 
@@ -136,14 +136,14 @@ def write_plots(rows: list[TrialRow], sweep: SweepConfig, best: TrialRow | None,
         raw = [shown[i].params[p.key] for i in have]
         categorical = isinstance(p, Choice) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                        for v in raw + list(p.values))
-        written.append(plot_sweep_parameter(
+        written.append(plots.plot_sweep_parameter(
             [show_value(v) for v in raw] if categorical else raw, [values[i] for i in have],
             [states[i] for i in have], plots_dir / f"{p.key}.png", param=p.key, objective=s.objective,
             log_x=isinstance(p, (FloatRange, IntRange)) and p.log,
             categories=[show_value(v) for v in p.values] if categorical else None,
             bounds=(p.low, p.high) if isinstance(p, (FloatRange, IntRange)) else None,
             best=have.index(best_index) if best_index in have else None, direction=s.direction))
-    written.append(plot_sweep_history([r.number for r in shown], values, states, plots_dir / "history.png",
+    written.append(plots.plot_sweep_history([r.number for r in shown], values, states, plots_dir / "history.png",
                                       objective=s.objective, direction=s.direction))
     return written
 

@@ -41,6 +41,6 @@ def announce(trainer: Any) -> None:
             f"{torch.distributed.get_backend()}): each takes its share of every batch of {tc.batch_size}")
     if trainer.resumed:
         log(f"resuming from {trainer.saved_at}, written to {trainer.paths.checkpoint('last')}")
-        if trainer._resumed_processes not in (None, trainer.group.world):
-            log(f"note: the checkpoint was written by {trainer._resumed_processes} process(es) and this run "
+        if trainer.resumed_processes not in (None, trainer.group.world):
+            log(f"note: the checkpoint was written by {trainer.resumed_processes} process(es) and this run "
                 f"has {trainer.group.world}; the batches and the steps stay the same")

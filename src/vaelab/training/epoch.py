@@ -19,7 +19,6 @@ class EpochRunner:
 
     def __init__(self, trainer: Any) -> None:
         self.t = trainer
-        self.batch_index = 0  # 1-based, inside the epoch
 
     def _order(self) -> None:
         """The epoch's permutation: fresh from the data generator, or the resumed epoch's own (its generator
@@ -62,7 +61,7 @@ class EpochRunner:
 
     def _one_batch(self, x: torch.Tensor, n_batches: int) -> None:
         t = self.t
-        self.batch_index = self.done + 1
+        t.batch_index = self.done + 1
         if t.group.active:  # rank 0's clock decides for everyone, with the step's gradients
             stats = t._step(x, checkpoint_due=t.clock.due(self.done + 1))
         else:

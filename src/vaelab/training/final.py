@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vaelab.evaluation.suite import evaluate_run, format_nll, format_samples, format_splits
-from vaelab.report.plots import plot_training_curves
+from vaelab.report import plots
 from vaelab.errors import VaelabError
 from vaelab.runs import write_json
 from vaelab.runs.checkpoint import load_checkpoint
@@ -41,7 +41,7 @@ def plot_curves(trainer: Any) -> None:
     if not t.history:
         return
     try:
-        plot_training_curves(t.history, t.paths.images / "curves.png", best_epoch=t.best_epoch,
+        plots.plot_training_curves(t.history, t.paths.images / "curves.png", best_epoch=t.best_epoch,
                              stopped_epoch=t.epoch if t.stopped_early else None,
                              title=f"{type(t.model).__name__ if t.own_model else t.cfg.model.kind.upper()} on "
                                    f"{t.splits.name}")

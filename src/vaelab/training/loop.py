@@ -114,7 +114,7 @@ class Trainer:
         if resume_from is None and not _restart:
             check_new_run_dir(Path(run_dir))
         self.resumed = resume_from is not None
-        self._resumed_processes: int | None = None
+        self.resumed_processes: int | None = None
         # several processes (torchrun): each takes its share of every batch; only rank 0 writes the run,
         # the others write their copies into a temporary directory, deleted at the end
         self.group, self.device = distributed.setup(resolve_device(tc.device))
@@ -141,6 +141,7 @@ class Trainer:
         self.state = TrainState(beta=tc.beta)
         self.bad = BadSteps(tc.nan_patience, tc.on_nan, tc.max_restores)
         self.saved_at = "the start of training"
+        self.batch_index = 0  # 1-based, inside the current epoch (EpochRunner keeps it; messages name it)
         self.signals = StopSignals()
         self.clock = CheckpointClock(tc.checkpoint_steps, tc.checkpoint_minutes)
         self.callbacks = CallbackList([*own, self.clock, *callbacks])
@@ -197,20 +198,23 @@ class Trainer:
         """Continue from a `last` checkpoint: weights, Adam, the RNGs, counters and the metrics so far."""
         self.state = restore_from(ckpt, self.paths, self.model, self.optimizer, self.ema, self.bad, self.data_gen,
                                   self.device, self.cfg.train.beta)
-        self._resumed_processes = ckpt.meta.get("processes", 1)
+        self.resumed_processes = ckpt.meta.get("processes", 1)
         self.saved_at = self.state.describe_save()
 
+    @property
+    def model_class(self) -> dict[str, str]:
+        """{"model_class": "module.Class"} for a model of the user's (run.json and checkpoints record it), else {}."""
+        kind = type(self.model)
+        return {"model_class": f"{kind.__module__}.{kind.__qualname__}"} if self.own_model else {}
+
     def info(self, status: str, **extra: Any) -> dict[str, Any]:
-        if self.own_model:
-            extra = {"model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}", **extra}
+        extra = {**self.model_class, **extra}
         return run_info(self.cfg, self.splits, self.model, self.device, self.group.world, status, **extra)
 
     def save(self, name: str, with_optimizer: bool) -> None:
         """Write checkpoint `name`: `best` the weights evaluation uses, `last` everything a resume needs."""
         meta = self.state.meta(self.cfg, self.splits.image_shape, self.bad, self.ema, self.group.world,
-                               rng_state(self.device, self.data_gen))
-        if self.own_model:
-            meta["model_class"] = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
+                               rng_state(self.device, self.data_gen)) | self.model_class
         tensors = checkpoint_tensors(name, self.model, self.ema)
         if with_optimizer:
             opt_tensors, opt_info = optimizer_state_to_tensors(self.optimizer.state_dict())
@@ -288,13 +292,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
 
-    batch_index = property(lambda self: self._epoch_runner.batch_index if self._epoch_runner else 0)
-    _epoch_runner: EpochRunner | None = None
-
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split, from where a mid-epoch checkpoint left off if it did."""
-        self._epoch_runner = EpochRunner(self)
-        return self._epoch_runner.run()
+        return EpochRunner(self).run()
 
     def end_epoch(self, train_terms: dict[str, float], epoch_time: float) -> dict[str, Any]:
         """Validate, checkpoint and log; returns the metrics record (the callbacks have seen it)."""

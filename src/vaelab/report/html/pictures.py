@@ -18,7 +18,7 @@ from vaelab.report.figures import (Interpolations, LatentMap, Traversal, base_se
                                    latent_map, map_index, reconstruction_grid, sample_grid, shown_images,
                                    traversal)
 from vaelab.report.html.page import Picture, Section, figure, grid_png, plot_png
-from vaelab.report.plots import plot_latent_map, plot_traversals
+from vaelab.report import plots
 from vaelab.runs import Run
 
 SAMPLE_TEMPERATURES = (1.0, 0.7)  # the same prior draws at both: the second grid shows them shrunk
@@ -95,7 +95,7 @@ def traversal_picture(run: Run, t: Traversal) -> Picture:
     """The traversal of the first shown test image, drawn with labelled rows and columns."""
     labels = [f"z[{d}] (var {t.variance[d]:.2g})" for d in t.dims]
     n_dims = len(t.variance)
-    png = plot_png(plot_traversals, t.images, row_labels=labels, values=t.values,
+    png = plot_png(plots.plot_traversals, t.images, row_labels=labels, values=t.values,
                    xlabel="k: the dimension set to centre + k × scale",
                    title=f"latent traversals of one test image ({len(t.dims)} of {n_dims} dimensions)")
     return Picture(png, f"The {_what_code(run)} of one test image (the first of the reconstructions), decoded "
@@ -113,7 +113,7 @@ def latent_map_picture(run: Run, m: LatentMap, labels: torch.Tensor, classes: Se
            "pca": f"the top two principal components of the {_what_code(run, True)} ({n} codes of "
                   f"{run.model.latent_dim} dimensions; together {100 * sum(m.explained or (0, 0)):.0f}% of their "
                   "variance): a linear projection, distances are shrunk"}[m.method]
-    png = plot_png(plot_latent_map, m.xy, labels.numpy(), class_names=tuple(classes), xlabel=m.axis_labels[0],
+    png = plot_png(plots.plot_latent_map, m.xy, labels.numpy(), class_names=tuple(classes), xlabel=m.axis_labels[0],
                    ylabel=m.axis_labels[1],
                    title=f"{n} test images in the latent space" + (" (PCA)" if m.method == "pca" else ""))
     return Picture(png, f"{n} test images, coloured by label; coordinates: {how}.", "latent map")

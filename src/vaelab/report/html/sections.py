@@ -13,7 +13,7 @@ from vaelab.config import to_toml
 from vaelab.report.html.page import Picture, Section, esc, figure, fmt, markdown_to_html, note, plot_png, table
 from vaelab.report.html.runfiles import RunFiles, best_epoch, config_dict
 from vaelab.report.markdown import markdown
-from vaelab.report.plots import plot_training_curves
+from vaelab.report import plots
 from vaelab.runs import Run
 
 
@@ -87,7 +87,7 @@ def curves_section(files: RunFiles, run: Run | None) -> Section:
     cfg = config_dict(files, run)
     title = f"{str(cfg.get('model', {}).get('kind', '')).upper()} on {cfg.get('data', {}).get('dataset', '?')}"
     try:
-        png = plot_png(plot_training_curves, files.history, best_epoch=best_epoch(files), stopped_epoch=stopped,
+        png = plot_png(plots.plot_training_curves, files.history, best_epoch=best_epoch(files), stopped_epoch=stopped,
                        title=title)
     except ValueError as exc:
         return Section("curves", "Training curves", missing=f"nothing to plot ({exc})")

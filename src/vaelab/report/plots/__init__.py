@@ -13,18 +13,35 @@ The PNG carries no software or date metadata: the same inputs give the same
 bytes. Files are written with `fileio.atomic_write` (missing directories are
 created, no temporary file is left behind).
 
-Import the functions from here (`from vaelab.report.plots import plot_training_curves`).
+Import the functions from here (`from vaelab.report.plots import plot_training_curves`). The submodules,
+and matplotlib with them (about a second on the 2-core machine), load on first use: modules that only
+sometimes draw (training, the HTML report, evaluate, sweeps) hold the package and call `plots.plot_...`, so
+`import vaelab` and `vaelab --help` do not pay for it.
 """
 
-from vaelab.report.plots.curves import plot_training_curves
-from vaelab.report.plots.evaluation import (DEFAULT_ACTIVE_KL, HIST_QUANTILES, plot_histograms,
-                                            plot_kl_per_dimension, plot_nll_vs_k, plot_roc_curves)
-from vaelab.report.plots.latent import MAP_MARKERS, plot_latent_map, plot_traversals
-from vaelab.report.plots.style import COLORS, DPI, INACTIVE, LINESTYLES, MINUS, WIDTH
-from vaelab.report.plots.sweep import plot_sweep_history, plot_sweep_parameter
+from __future__ import annotations
 
-__all__ = [
-    "COLORS", "DEFAULT_ACTIVE_KL", "DPI", "HIST_QUANTILES", "INACTIVE", "LINESTYLES", "MAP_MARKERS", "MINUS",
-    "WIDTH", "plot_histograms", "plot_kl_per_dimension", "plot_latent_map", "plot_nll_vs_k", "plot_roc_curves",
-    "plot_sweep_history", "plot_sweep_parameter", "plot_training_curves", "plot_traversals",
-]
+import importlib
+from typing import Any
+
+_WHERE = {  # name -> the submodule that defines it
+    "plot_training_curves": "curves",
+    **dict.fromkeys(("DEFAULT_ACTIVE_KL", "HIST_QUANTILES", "plot_histograms", "plot_kl_per_dimension",
+                     "plot_nll_vs_k", "plot_roc_curves"), "evaluation"),
+    **dict.fromkeys(("MAP_MARKERS", "plot_latent_map", "plot_traversals"), "latent"),
+    **dict.fromkeys(("COLORS", "DPI", "INACTIVE", "LINESTYLES", "MINUS", "WIDTH"), "style"),
+    **dict.fromkeys(("plot_sweep_history", "plot_sweep_parameter"), "sweep"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the submodule is imported when one of its names is first used
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -19,8 +19,12 @@ Under torchrun every process calls its callbacks; write only where `trainer.is_m
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from vaelab.fileio import atomic_write
 
 if TYPE_CHECKING:  # annotations only: callbacks sit below the loop that calls them
     from vaelab.training.step import StepStats
@@ -97,6 +101,22 @@ class CallbackList(Callback):
                 cb.on_exception(trainer, exc)
             except Exception:  # noqa: BLE001 - the error that stopped training is the one to report
                 pass
+
+
+def read_state(run_dir: Path, name: str) -> dict[str, str]:
+    """The string entries of RUN/`name`, a small JSON file a callback keeps for the run's next process (a
+    logging service's run id, ...); empty when missing or damaged: the worst outcome is a new run on that
+    service, never a failed training."""
+    try:
+        data = json.loads((Path(run_dir) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str) and v} if isinstance(data, dict) else {}
+
+
+def write_state(run_dir: Path, name: str, data: dict[str, str], what: str) -> None:
+    """Write RUN/`name` atomically (see `read_state`)."""
+    atomic_write(Path(run_dir) / name, (json.dumps(data, indent=2) + "\n").encode("utf-8"), what)
 
 
 def flat_metrics(record: dict[str, Any], prefix: str = "", sep: str = "/") -> dict[str, float]:

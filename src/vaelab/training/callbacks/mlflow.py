@@ -37,15 +37,13 @@ logging stops, training goes on, and metrics.jsonl keeps every number.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from vaelab.config import to_dict
 from vaelab.errors import ConfigError
-from vaelab.fileio import atomic_write
-from vaelab.training.callbacks.base import Callback, flat_metrics
+from vaelab.training.callbacks.base import Callback, flat_metrics, read_state, write_state
 from vaelab.training.callbacks.tensorboard import final_scalars, hparam_values
 
 STATE_FILE = "mlflow.json"  # in the run directory: the tracking URI and run id a resumed vaelab run continues
@@ -61,18 +59,6 @@ def import_mlflow() -> Any:
         raise ConfigError("MlflowCallback needs the mlflow package, which is not installed: "
                           "pip install 'vaelab[mlflow]'") from None
     return mlflow
-
-
-def stored_state(run_dir: Path) -> dict[str, str]:
-    """What an earlier process of this vaelab run kept in RUN/mlflow.json (empty when none or damaged: the
-    worst outcome is a new MLflow run, never a failed training)."""
-    try:
-        data = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -99,7 +85,7 @@ class MlflowCallback(Callback):
 
         root = Path(trainer.paths.root)
         self._note = trainer.log
-        state = stored_state(root)
+        state = read_state(root, STATE_FILE)
         uri = self.tracking_uri or state.get("tracking_uri") or mlflow.get_tracking_uri()
         client = MlflowClient(tracking_uri=uri)
         run = None
@@ -114,9 +100,8 @@ class MlflowCallback(Callback):
         if run is None:
             run = client.create_run(self._experiment_id(client), run_name=self.run_name or root.name,
                                     tags={"vaelab.run_dir": str(root.resolve())})
-            text = json.dumps({"tracking_uri": uri, "run_id": run.info.run_id,
-                               "experiment_id": run.info.experiment_id}, indent=2) + "\n"
-            atomic_write(root / STATE_FILE, text.encode("utf-8"), "the MLflow run id")
+            write_state(root, STATE_FILE, {"tracking_uri": uri, "run_id": run.info.run_id,
+                                           "experiment_id": run.info.experiment_id}, "the MLflow run id")
         else:
             client.update_run(run.info.run_id, status="RUNNING")  # a resumed run: FAILED / KILLED until now
         self.client, self.run_id = client, run.info.run_id

@@ -26,14 +26,12 @@ process ends, or after `wandb.teardown()` for a caller that reads or syncs it fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from vaelab.config import to_dict
 from vaelab.errors import ConfigError
-from vaelab.fileio import atomic_write
-from vaelab.training.callbacks.base import Callback, flat_metrics
+from vaelab.training.callbacks.base import Callback, flat_metrics, read_state, write_state
 from vaelab.training.callbacks.tensorboard import final_scalars
 
 MODES = ("offline", "online", "disabled")
@@ -48,17 +46,6 @@ def import_wandb() -> Any:
         raise ConfigError("WandbCallback needs the wandb package, which is not installed: "
                           "pip install 'vaelab[wandb]'") from None
     return wandb
-
-
-def stored_id(run_dir: Path) -> str | None:
-    """The W&B run id an earlier process of this vaelab run used, if any (a damaged file counts as none:
-    the worst outcome is a new W&B run, never a failed training)."""
-    try:
-        data = json.loads((run_dir / ID_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    run_id = data.get("id") if isinstance(data, dict) else None
-    return run_id if isinstance(run_id, str) and run_id else None
 
 
 class WandbCallback(Callback):
@@ -83,7 +70,7 @@ class WandbCallback(Callback):
             return
         wandb = import_wandb()
         root = Path(trainer.paths.root)
-        run_id = self.init_kwargs.get("id") or stored_id(root)  # None the first time: wandb picks one
+        run_id = self.init_kwargs.get("id") or read_state(root, ID_FILE).get("id")  # None the first time: wandb picks one
         folder = self.dir or root
         folder.mkdir(parents=True, exist_ok=True)  # wandb.init refuses a dir that does not exist
         kwargs: dict[str, Any] = dict(
@@ -96,8 +83,7 @@ class WandbCallback(Callback):
         kwargs.update(self.init_kwargs)
         self.run = wandb.init(**kwargs)
         if kwargs["mode"] != "disabled" and self.run.id != run_id:  # a disabled run's id is a dummy
-            text = json.dumps({"id": self.run.id, "project": kwargs["project"]}, indent=2) + "\n"
-            atomic_write(root / ID_FILE, text.encode("utf-8"), "the W&B run id")
+            write_state(root, ID_FILE, {"id": self.run.id, "project": kwargs["project"]}, "the W&B run id")
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if self.run is not None:
