@@ -96,8 +96,17 @@ class ModelConfig:
     pseudo_inputs: int = _opt(500, "vamp prior: the number of pseudo-inputs (mixture components)")
     hvae_latents: tuple[int, ...] = _opt(
         (8, 16, 8), "hvae: channels of each stochastic layer, bottom (nearest the data) to top; the number of "
-                    "entries is the number of layers (2 to 8); each layer halves the resolution down to 4x4 "
-                    "(28x28: 14x14, 7x7, 4x4)"
+                    "entries is the number of layers (2 to 64); without model.hvae_stages each layer halves the "
+                    "resolution down to 4x4 (28x28: 14x14, 7x7, 4x4)"
+    )
+    hvae_stages: tuple[int, ...] = _opt(
+        (), "hvae: stochastic layers at each resolution, bottom to top (e.g. [2, 4, 4]: 2 layers at 14x14, 4 at "
+            "7x7, 4 at 4x4 on 28x28 images; they must add up to len(hvae_latents)); layers of one resolution share "
+            "its bottom-up features (VDVAE-style skip connections); empty: one layer per resolution"
+    )
+    hvae_cell: Literal["plain", "bottleneck"] = _opt(
+        "plain", "hvae: residual cell: plain (two 3x3 convs) or bottleneck (1x1, 3x3, 3x3, 1x1 through a quarter "
+                 "of the channels, GELU, as VDVAE's; the prior and posterior nets are bottleneck cells too)"
     )
     hvae_channels: int = _opt(32, "hvae: channels of the deterministic residual networks (bottom-up and top-down)")
     hvae_blocks: int = _opt(1, "hvae: residual blocks per stochastic layer in each of the two passes (0 to 8)")
@@ -184,6 +193,30 @@ class TrainConfig:
     skip_grad_norm: float = _opt(
         0.0, "skip an update whose gradient norm exceeds this (counted as skipped_large; 0: off; vdvae-style)"
     )
+    device_data: Literal["auto", "on", "off"] = _opt(
+        "auto", "keep the training images on the training device as one uint8 tensor and draw the data order, "
+                "binarization and augmentation there, with no host synchronization inside a step (the guard's "
+                "counters are read every train.sync_steps); auto: on for CUDA and with train.compile or bf16, else off"
+    )
+    sync_steps: int = _opt(
+        100, "device-resident path: read the step counters and the bad-step guard every N steps (and at every "
+             "checkpoint and epoch end); a restore after train.nan_patience bad steps happens at that read"
+    )
+    compile: bool = _opt(
+        False, "torch.compile the model's training loss on the device-resident path (the first steps compile: "
+               "seconds on CUDA, about a minute on CPU); falls back to eager with a one-line note when "
+               "compilation fails"
+    )
+    precision: Literal["fp32", "bf16"] = _opt(
+        "fp32", "fp32, or bf16 autocast of the forward pass (CUDA: faster; the loss and the likelihoods stay "
+                "float32)"
+    )
+    tf32: bool = _opt(True, "CUDA: allow TF32 matmuls and convolutions (about 10 mantissa bits in their inputs)")
+    lr_scaling: Literal["none", "sqrt", "linear"] = _opt(
+        "none", "scale train.lr with the batch size relative to train.lr_base_batch: sqrt (Adam's usual rule, "
+                "Malladi et al. 2022), linear, or none"
+    )
+    lr_base_batch: int = _opt(128, "the batch size at which train.lr is meant (see train.lr_scaling)")
 
     def __post_init__(self) -> None:
         check_types(self, "train")
@@ -210,6 +243,16 @@ class EvalConfig:
     llr_mode: Literal["mode", "sample"] = _opt(
         "mode", "hvae: how LLR>k takes those k layers from their conditional prior: mode (set to its mean, as "
                 "Havtorn et al.'s published code does) or sample (drawn from it; far weaker, BENCHMARKS.md)"
+    )
+    dose_images: int = _opt(
+        2000, "validation images whose per-image statistics fit the DoSE density and the typicality test (a seeded "
+              "choice; never test or OOD images); at least 100"
+    )
+    ood_resamples: int = _opt(1000, "bootstrap resamples of the 95% intervals of AUROC, AUPRC and FPR at 95% TPR")
+    compile: bool = _opt(
+        False, "torch.compile the model's importance weights (log_weights) for the NLL; the same numbers within "
+               "float32 rounding, faster for large evaluations once compiled (a first call compiles: tens of "
+               "seconds); falls back to eager with a one-line note when compilation fails"
     )
 
     def __post_init__(self) -> None:

@@ -205,9 +205,13 @@ def check_model(m: ModelConfig) -> None:
     if not m.gaussian_std > 0:
         raise ConfigError(f"model.gaussian_std must be > 0, got {m.gaussian_std}")
     _positive(m, "model", "pseudo_inputs")
-    if not 2 <= len(m.hvae_latents) <= 8 or any(c <= 0 or c > 1024 for c in m.hvae_latents):
-        raise ConfigError(f"model.hvae_latents must list 2 to 8 layer sizes between 1 and 1,024 channels, "
+    if not 2 <= len(m.hvae_latents) <= 64 or any(c <= 0 or c > 1024 for c in m.hvae_latents):
+        raise ConfigError(f"model.hvae_latents must list 2 to 64 layer sizes between 1 and 1,024 channels, "
                           f"got {list(m.hvae_latents)}")
+    if m.hvae_stages and (any(n <= 0 for n in m.hvae_stages) or sum(m.hvae_stages) != len(m.hvae_latents)
+                          or len(m.hvae_stages) > 8):
+        raise ConfigError(f"model.hvae_stages must list at most 8 positive layer counts adding up to "
+                          f"len(model.hvae_latents) = {len(m.hvae_latents)}, got {list(m.hvae_stages)}")
     _positive(m, "model", "hvae_channels")
     if m.hvae_channels > 1024:
         raise ConfigError(f"model.hvae_channels must be at most 1,024, got {m.hvae_channels}")
@@ -237,6 +241,8 @@ def check_train(t: TrainConfig) -> None:
     _positive(t, "train", "nan_patience")
     for name in ("max_restores", "checkpoint_steps", "snapshot_every"):
         _non_negative(t, "train", name)
+    _positive(t, "train", "sync_steps")
+    _positive(t, "train", "lr_base_batch")
     if not 0 < t.nan_lr_factor <= 1:
         raise ConfigError(f"train.nan_lr_factor must lie in (0, 1], got {t.nan_lr_factor}")
     _positive(t, "train", "iwae_k")
@@ -267,6 +273,9 @@ def check_eval(e: EvalConfig) -> None:
     _positive(e, "eval", "nll_batch_size")
     _positive(e, "eval", "ood_images")
     _positive(e, "eval", "ood_k")
+    if e.dose_images < 100:
+        raise ConfigError(f"eval.dose_images must be at least 100 (the DoSE density needs them), got {e.dose_images}")
+    _positive(e, "eval", "ood_resamples")
     if e.ood_k > 100_000:
         raise ConfigError(f"eval.ood_k must be at most 100,000, got {e.ood_k}")
     for name in ("nll_images", "gap_images", "seed"):

@@ -268,15 +268,15 @@ def augment(images: torch.Tensor, *, shift: int = 0, hflip: bool = False,
     probability 1/2. The draws come from `generator` on the CPU, so a seeded run repeats exactly.
     """
     n, _, h, w = images.shape
-    out = images
+    out, dev = images, images.device  # on the device of the images (the device-resident path's) and generator
     if shift:
-        offsets = torch.randint(-shift, shift + 1, (2, n), generator=generator)
+        offsets = torch.randint(-shift, shift + 1, (2, n), generator=generator, device=dev)
         padded = torch.nn.functional.pad(out, (shift, shift, shift, shift))
-        rows = torch.arange(h)[None, :] + shift - offsets[0][:, None]  # (N, H): source row of each output row
-        cols = torch.arange(w)[None, :] + shift - offsets[1][:, None]
-        batch = torch.arange(n)[:, None, None]
+        rows = torch.arange(h, device=dev)[None, :] + shift - offsets[0][:, None]  # (N, H): source row of each
+        cols = torch.arange(w, device=dev)[None, :] + shift - offsets[1][:, None]  # output row; then columns
+        batch = torch.arange(n, device=dev)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = torch.rand(n, generator=generator, device=dev) < 0.5
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return out.contiguous()

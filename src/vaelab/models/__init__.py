@@ -22,7 +22,8 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> Model:
     if cfg.kind == "hvae":  # its own residual conv networks: model.arch, conv_channels, latent_dim do not apply
         return HVAE(image_shape, make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components),
                     latents=cfg.hvae_latents,
-                    channels=cfg.hvae_channels, blocks=cfg.hvae_blocks, dropout=cfg.dropout)
+                    channels=cfg.hvae_channels, blocks=cfg.hvae_blocks, dropout=cfg.dropout,
+                    stages=cfg.hvae_stages, cell=cfg.hvae_cell)
     code_dim = 2 * cfg.latent_dim if cfg.kind == "vae" else cfg.latent_dim  # (mean, logvar) or the code
     likelihood = make_likelihood(cfg.likelihood, cfg.gaussian_std, cfg.mixture_components)
     c, h, w = image_shape

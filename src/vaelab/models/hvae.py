@@ -42,6 +42,7 @@ in the same order whatever k is, so L and L>k computed with one seed share their
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ from vaelab import noise
 from vaelab import objectives as obj
 from vaelab.models.distributions import DiagonalGaussian
 from vaelab.models.base import ModelBase, ModelOutput
+from vaelab.models.cells import Bottleneck, Pool, Resize, bottleneck_stack
 
 MIN_SIZE = 4  # layers stop halving the resolution once it is at most this (per side)
 LOGVAR_BOUND = 8.0
@@ -141,29 +143,42 @@ class HVAE(ModelBase):
     prior = "standard"  # the top layer's prior: N(0, I)
 
     def __init__(self, image_shape: tuple[int, int, int], likelihood, latents: tuple[int, ...] = (8, 16, 8),
-                 channels: int = 32, blocks: int = 1, dropout: float = 0.0) -> None:
+                 channels: int = 32, blocks: int = 1, dropout: float = 0.0, stages: tuple[int, ...] = (),
+                 cell: str = "plain") -> None:
         super().__init__()
         if len(latents) < 2:
             raise ValueError("a hierarchical VAE needs at least 2 stochastic layers")
+        if stages and sum(stages) != len(latents):
+            raise ValueError(f"stages {list(stages)} must add up to the {len(latents)} stochastic layers")
         self.image_shape = tuple(int(s) for s in image_shape)
         self.likelihood = likelihood
         self.latents = tuple(int(c) for c in latents)
         self.n_layers = len(self.latents)
+        self.cell = cell
         c, h, w = self.image_shape
-        self.sizes = layer_sizes(h, w, self.n_layers)  # sizes[0]: data; sizes[l]: layer l (1-based)
+        stages = tuple(int(n) for n in stages) or (1,) * self.n_layers
+        stage_sizes = layer_sizes(h, w, len(stages))
+        self.layer_stage = [s for s, n in enumerate(stages) for _ in range(n)]  # layer (bottom first) -> stage
+        self.stages = stages
+        self.sizes = [stage_sizes[0]] + [stage_sizes[s + 1] for s in self.layer_stage]  # data, then each layer
         top = self.sizes[-1]
         self.latent_dim = self.latents[-1] * top[0] * top[1]  # the flattened top code
         out_channels = c * int(getattr(likelihood, "params_per_channel", 1))
-        ch = channels
-        # bottom-up
+        if cell == "bottleneck":
+            self._build_deep(c, out_channels, channels, blocks, dropout, stage_sizes)
+        else:
+            self._build_plain(c, out_channels, channels, blocks, dropout)
+
+    def _build_plain(self, c: int, out_channels: int, ch: int, blocks: int, dropout: float) -> None:
+        """Havtorn et al.'s cells: a conv down and `blocks` plain residual blocks per layer, both ways."""
         self.down = nn.ModuleList()
         self.bu_blocks = nn.ModuleList()
-        for i in range(self.n_layers):
-            halve = self.sizes[i + 1] != self.sizes[i]
+        for i in range(len(self.stages)):  # one bottom-up step per stage (per layer without stages)
+            size_in = self.sizes[0] if i == 0 else self.sizes[self.layer_stage.index(i - 1) + 1]
+            halve = self.sizes[self.layer_stage.index(i) + 1] != size_in
             self.down.append(_Down(c if i == 0 else ch, ch, halve))
             self.bu_blocks.append(_blocks(ch, blocks, dropout))
-        # top-down
-        self.h_top = nn.Parameter(torch.zeros(1, ch, *top))
+        self.h_top = nn.Parameter(torch.zeros(1, ch, *self.sizes[-1]))  # registered here: parameter order
         self.prior_net = nn.ModuleList()  # index l-1 for layer l < L
         self.post_net = nn.ModuleList()
         self.z_proj = nn.ModuleList()
@@ -180,15 +195,46 @@ class HVAE(ModelBase):
                 net.weight.mul_(0.1)
                 net.bias.zero_()
 
+    def _build_deep(self, c: int, out_channels: int, ch: int, blocks: int, dropout: float,
+                    stage_sizes: list[tuple[int, int]]) -> None:
+        """VDVAE-style cells: a bottom-up pass of `blocks` bottleneck cells per resolution whose output feeds
+        every layer of that resolution (the skip connections), and per stochastic layer bottleneck prior and
+        posterior heads and `blocks` residual bottleneck cells top-down; nearest-neighbour resizes between
+        resolutions, a transposed conv to the pixels' parameters."""
+        total = len(self.stages) * blocks + self.n_layers * blocks  # residual cells in all, for their init
+        mid = max(1, ch // 4)
+        self.down = nn.ModuleList([_Down(c, ch, stage_sizes[1] != stage_sizes[0])]
+                                  + [Pool(stage_sizes[s + 1]) for s in range(1, len(self.stages))])
+        self.bu_blocks = nn.ModuleList([bottleneck_stack(ch, blocks, total, dropout) for _ in self.stages])
+        self.h_top = nn.Parameter(torch.zeros(1, ch, *self.sizes[-1]))
+        self.prior_net = nn.ModuleList()
+        self.post_net = nn.ModuleList()
+        self.z_proj = nn.ModuleList()
+        self.td_blocks = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for i, zc in enumerate(self.latents):
+            top = i == self.n_layers - 1
+            self.prior_net.append(nn.Identity() if top else Bottleneck(ch, mid, 2 * zc, False, 0.1))
+            self.post_net.append(Bottleneck(2 * ch, mid, 2 * zc, False, 0.1))
+            proj = nn.Conv2d(zc, ch, 1)
+            with torch.no_grad():
+                proj.weight.mul_(1.0 / math.sqrt(self.n_layers))
+            self.z_proj.append(proj)
+            self.td_blocks.append(bottleneck_stack(ch, blocks, total, dropout))
+            if i == 0:
+                self.up.append(_Up(ch, out_channels, self.sizes[1], self.sizes[0]))
+            else:
+                self.up.append(Resize(self.sizes[i]) if self.sizes[i + 1] != self.sizes[i] else nn.Identity())
+
     # ------------------------------------------------------------------ passes
 
     def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Deterministic features d_l of x, one per layer (bottom to top)."""
+        """Deterministic features d_l of x, one per layer (bottom to top); layers of one stage share theirs."""
         feats, h = [], x
         for down, blocks in zip(self.down, self.bu_blocks):
             h = blocks(down(h))
             feats.append(h)
-        return feats
+        return [feats[s] for s in self.layer_stage]
 
     def _prior(self, i: int, h: torch.Tensor) -> DiagonalGaussian | None:
         if i == self.n_layers - 1:
@@ -341,7 +387,8 @@ class HVAE(ModelBase):
         """One line: layers, resolutions, latent sizes."""
         parts = [f"z_{i + 1} {c}x{h}x{w}" for i, (c, (h, w)) in enumerate(zip(self.latents, self.sizes[1:]))]
         dims = sum(c * h * w for c, (h, w) in zip(self.latents, self.sizes[1:]))
-        return f"HVAE, {self.n_layers} layers ({', '.join(parts)}; {dims:,} latent dims), " \
+        cells = ", bottleneck cells" if self.cell == "bottleneck" else ""
+        return f"HVAE{cells}, {self.n_layers} layers ({', '.join(parts)}; {dims:,} latent dims), " \
                f"{parameter_count(self):,} parameters"
 
     def prior_description(self) -> str:

@@ -23,11 +23,15 @@ class EMA:
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, ok: torch.Tensor | None = None) -> None:
+        """One update; `ok` (a 0-d bool tensor, the device-resident path) weights it on the device: 0 leaves
+        the average as it is (the step was skipped), with no read back to the host. The update count then
+        counts attempted steps."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        weight = 1.0 - d if ok is None else torch.tensor(1.0 - d, device=ok.device) * ok
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].lerp_(v.detach(), 1.0 - d)
+                self.shadow[k].lerp_(v.detach(), weight)
             else:
                 self.shadow[k].copy_(v)
         self.updates += 1

@@ -82,6 +82,10 @@ class BadSteps:
         if self.in_a_row < self.patience:
             return None
         self.in_a_row = 0
+        return self.act()
+
+    def act(self) -> str:
+        """train.nan_patience bad steps in a row were reached: "restore" while restores are left, else "stop"."""
         if self.policy == "restore" and self.restores < self.max_restores:
             self.restores += 1
             return "restore"

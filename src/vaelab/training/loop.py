@@ -47,6 +47,7 @@ from vaelab.training.callbacks.clock import CheckpointClock
 from vaelab.training.callbacks.grids import SampleGrids
 from vaelab.training.callbacks.metrics import MetricsFile
 from vaelab.training.callbacks.progress import ProgressBar
+from vaelab.training.device import device_path, wants_device_data
 from vaelab.training.ema import EMA
 from vaelab.training.epoch import EpochRunner
 from vaelab.training.final import final_evaluation, report_failure
@@ -132,10 +133,12 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model, self.memory_format = make_model(config, self.splits.image_shape, self.device, model)
         self.own_model = model is not None
-        self.optimizer = make_optimizer(self.model, tc)
+        self.on_device = wants_device_data(tc, self.device, self.group.active)  # train.device_data
+        self.optimizer = make_optimizer(self.model, tc, fused=self.on_device and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.data_gen = torch.Generator().manual_seed(tc.seed + 1)
         views = data_views(self.splits, config)
+        self.order_gen, self.train_data, self.device_steps = device_path(self, views.train.images)
         self.train_images, self.dynamic, self.val_images, self.monitor = (views.train, views.dynamic, views.val,
                                                                           views.monitor)
         self.state = TrainState(beta=tc.beta)
@@ -197,7 +200,7 @@ class Trainer:
     def _restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue from a `last` checkpoint: weights, Adam, the RNGs, counters and the metrics so far."""
         self.state = restore_from(ckpt, self.paths, self.model, self.optimizer, self.ema, self.bad, self.data_gen,
-                                  self.device, self.cfg.train.beta)
+                                  self.device, self.cfg.train.beta, self.order_gen)
         self.resumed_processes = ckpt.meta.get("processes", 1)
         self.saved_at = self.state.describe_save()
 
@@ -214,7 +217,7 @@ class Trainer:
     def save(self, name: str, with_optimizer: bool) -> None:
         """Write checkpoint `name`: `best` the weights evaluation uses, `last` everything a resume needs."""
         meta = self.state.meta(self.cfg, self.splits.image_shape, self.bad, self.ema, self.group.world,
-                               rng_state(self.device, self.data_gen)) | self.model_class
+                               rng_state(self.device, self.data_gen, self.order_gen)) | self.model_class
         tensors = checkpoint_tensors(name, self.model, self.ema)
         if with_optimizer:
             opt_tensors, opt_info = optimizer_state_to_tensors(self.optimizer.state_dict())
@@ -269,10 +272,11 @@ class Trainer:
             return StepStats(torch.zeros(()), torch.zeros(0), torch.zeros(0), norm, clipped)
         return StepStats(terms.loss.detach(), terms.recon.detach(), terms.kl.detach(), norm, clipped)
 
-    def _bad_step(self) -> None:
-        """A step whose loss or gradient was not finite: skipped; the policy may restore or stop."""
+    def _bad_step(self, action: str | None = None) -> None:
+        """A step whose loss or gradient was not finite: skipped; the policy may restore or stop (`action`:
+        what the device-resident path's counters decided)."""
         tc = self.cfg.train
-        action = self.bad.record_bad()
+        action = action or self.bad.record_bad()
         if action is None:
             return
         where = f"batch {self.batch_index} of epoch {self.epoch + 1}, after {self.step} applied steps"

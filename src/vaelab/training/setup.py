@@ -31,11 +31,13 @@ def make_model(config: RunConfig, image_shape: tuple[int, int, int], device: tor
     return model.to(device, memory_format=fmt), fmt
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, or AdamW with train.weight_decay."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam, or AdamW with train.weight_decay; `fused` (the device-resident path): one kernel for all
+    parameters, and the update skipped on the device when the optimizer's `found_inf` is set."""
+    extra = {"fused": True} if fused else {}
     if cfg.weight_decay:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, **extra)
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,16 @@ def restore_counters(bad: BadSteps, meta: dict[str, Any]) -> None:
     bad.restores = int(meta.get("restores", 0))
 
 
-def rng_state(device: torch.device, data_gen: torch.Generator) -> dict[str, str]:
-    """The global torch generator, the data generator and (on CUDA) the device's generator, encoded."""
+def rng_state(device: torch.device, data_gen: torch.Generator,
+              device_gen: torch.Generator | None = None) -> dict[str, str]:
+    """The global torch generator, the data generator, (on CUDA) the device's generator and the device-resident
+    path's data generator when it is not the data generator itself, encoded."""
     rng = {"torch": encode_rng(torch.get_rng_state()), "data": encode_rng(data_gen.get_state())}
     if device.type == "cuda":
         rng["cuda"] = encode_rng(torch.cuda.get_rng_state(device))
+    if device_gen is not None and device_gen is not data_gen:
+        rng["device_data"] = encode_rng(device_gen.get_state())
+        rng["device_data_on"] = device_gen.device.type
     return rng
 
 
@@ -151,7 +156,7 @@ class GoodState:
 
 def restore_from(ckpt: LoadedCheckpoint, paths: RunPaths, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  ema: EMA | None, bad: BadSteps, data_gen: torch.Generator, device: torch.device,
-                 beta: float) -> TrainState:
+                 beta: float, device_gen: torch.Generator | None = None) -> TrainState:
     """Put a `last` checkpoint back: weights, optimizer, average, the generators and the bad-step counters;
     rewrite metrics.jsonl with the epochs it holds and no others (a kill may have come in between)."""
     meta = ckpt.meta
@@ -162,6 +167,9 @@ def restore_from(ckpt: LoadedCheckpoint, paths: RunPaths, model: torch.nn.Module
     data_gen.set_state(decode_rng(meta["rng"]["data"]))
     if device.type == "cuda" and "cuda" in meta["rng"]:
         torch.cuda.set_rng_state(decode_rng(meta["rng"]["cuda"]), device)
+    rng = meta["rng"]
+    if device_gen is not None and device_gen is not data_gen and rng.get("device_data_on") == device_gen.device.type:
+        device_gen.set_state(decode_rng(rng["device_data"]))  # else (another kind of device): its fresh seed
     state = TrainState.from_meta(meta, beta)
     restore_counters(bad, meta)
     if ema is not None:

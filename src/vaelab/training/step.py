@@ -38,7 +38,7 @@ class StepStats:
     recon: torch.Tensor  # (B,) -log p(x|z) per image, detached
     kl: torch.Tensor  # (B,) KL per image, detached
     grad_norm: torch.Tensor  # 0-d
-    clipped: bool
+    clipped: bool | torch.Tensor  # a 0-d bool tensor on the device-resident path (read it only when needed)
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,18 @@ class Backward:
     flags: tuple[float, ...] = ()  # with several processes: the extra flags summed over processes
 
 
+def batch_lr_factor(cfg: TrainConfig) -> float:
+    """train.lr_scaling: (batch_size / lr_base_batch) ** 1/2 (sqrt, Adam's rule: Malladi et al. 2022), ** 1
+    (linear, Goyal et al. 2017's SGD rule) or 1 (none)."""
+    ratio = cfg.batch_size / cfg.lr_base_batch
+    return {"none": 1.0, "sqrt": ratio ** 0.5, "linear": ratio}[cfg.lr_scaling]
+
+
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, restores: int) -> float:
-    """Base rate x schedule at this step x train.nan_lr_factor per restore after bad steps."""
-    return cfg.lr * lr_factor(step, total_steps, cfg.lr_schedule, cfg.lr_warmup_steps) * cfg.nan_lr_factor ** restores
+    """Base rate (x the batch-size rule) x schedule at this step x train.nan_lr_factor per restore after bad
+    steps."""
+    base = cfg.lr if cfg.lr_scaling == "none" else cfg.lr * batch_lr_factor(cfg)
+    return base * lr_factor(step, total_steps, cfg.lr_schedule, cfg.lr_warmup_steps) * cfg.nan_lr_factor ** restores
 
 
 def backward(model, x: torch.Tensor, cfg: TrainConfig, beta: float) -> Backward:
@@ -102,4 +111,5 @@ def apply_update(model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: 
     return Outcome.APPLIED, norm, clipped
 
 
-__all__ = ["Backward", "Outcome", "StepStats", "apply_update", "backward", "backward_distributed", "learning_rate"]
+__all__ = ["Backward", "Outcome", "StepStats", "apply_update", "backward", "backward_distributed", "batch_lr_factor",
+           "learning_rate"]
