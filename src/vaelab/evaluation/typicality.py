@@ -1,0 +1,147 @@
+"""The typicality test for batches of images (Nalisnick, Matsukawa, Teh & Lakshminarayanan 2019,
+"Detecting out-of-distribution inputs to deep generative models using typicality").
+
+"Is this *set* of M images from my training distribution?" For a batch x_1..x_M the statistic is
+
+    eps(x_1..x_M) = | (1/M) sum_m -log p(x_m)  -  H |
+
+with H the mean negative log-likelihood of in-distribution images (an estimate of the entropy): a
+typical set of images has an average NLL close to H, whether the batch is too likely (MNIST under a
+Fashion-MNIST VAE) or too unlikely. The batch is flagged out-of-distribution when eps exceeds the
+threshold eps_M: the (1 - alpha) quantile of eps over `bootstrap` batches of M images drawn with
+replacement from in-distribution images (the test's false-positive rate is then about alpha).
+
+Everything is estimated from the validation split alone, split (seeded) in two halves so the batches
+that set the threshold are not the images that gave H: `fit_typicality` takes only validation
+statistics. Batches to be judged are cut from a set of images as disjoint, seeded batches of M
+(`batch_statistic`), so the AUROC over batches counts independent batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from vaelab.errors import ConfigError
+from vaelab.evaluation.intervals import detection_intervals
+from vaelab.evaluation.statistics import VALIDATION, ImageStatistics
+
+BATCH_SIZES = (1, 5, 10, 25)
+ALPHA = 0.01  # Nalisnick et al.: the 99% quantile of the bootstrapped statistic
+BOOTSTRAP = 5000
+TYPICALITY_SEED = 2025
+
+
+@dataclass(frozen=True)
+class TypicalityTest:
+    """A fitted typicality test for batches of `m` images (see the module docstring)."""
+
+    m: int
+    entropy: float  # H: mean NLL (of `column`) of the validation images set aside for it
+    threshold: float  # eps_M
+    alpha: float
+    column: str  # the statistic whose negative is the NLL (log_px; another column works the same way)
+    bootstrap: int
+    n_entropy: int
+    n_bootstrap: int
+    seed: int
+
+    def statistic(self, values: np.ndarray) -> np.ndarray:
+        """eps of each batch of `values` (B, M) of the column (log p(x): the NLL's sign does not matter)."""
+        values = np.asarray(values, dtype=np.float64)
+        return np.abs(-values.mean(axis=1) - self.entropy)
+
+    def batch_statistic(self, stats: ImageStatistics, seed: int | None = None) -> np.ndarray:
+        """eps of the len(stats) // m disjoint batches of a seeded shuffle of `stats`' images (B,)."""
+        index = disjoint_batches(len(stats), self.m, self.seed + 1 if seed is None else seed)
+        return self.statistic(stats.matrix([self.column])[:, 0][index])
+
+    def flags(self, stats: ImageStatistics, seed: int | None = None) -> np.ndarray:
+        """Whether each disjoint batch of M images is flagged out-of-distribution (eps > eps_M)."""
+        return self.batch_statistic(stats, seed) > self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def disjoint_batches(n: int, m: int, seed: int) -> np.ndarray:
+    """(n // m, m) indices: a seeded permutation of range(n) cut into batches of m (the rest left out)."""
+    if m < 1:
+        raise ConfigError(f"the batch size M must be >= 1, got {m}")
+    b = n // m
+    if b < 1:
+        raise ConfigError(f"a batch of {m} images needs at least {m} images, got {n}")
+    return np.random.default_rng(seed).permutation(n)[:b * m].reshape(b, m)
+
+
+def fit_typicality(validation: ImageStatistics, /, m: int, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+                   seed: int = TYPICALITY_SEED, column: str = "log_px") -> TypicalityTest:
+    """The test for batches of `m` images, from validation statistics only: H from one seeded half of
+    the images, eps_M from `bootstrap` batches of m drawn with replacement from the other half."""
+    if not isinstance(validation, ImageStatistics) or validation.split != VALIDATION:
+        raise ConfigError("the typicality test is fitted on statistics of the validation split only, got "
+                          f"{getattr(validation, 'split', type(validation).__name__)!r}")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
+    if m < 1 or bootstrap < 1:
+        raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
+    needed = max(20, 2 * m)
+    if len(validation) < needed:
+        raise ConfigError(f"the typicality test for batches of {m} needs at least {needed} validation images, "
+                          f"got {len(validation)}")
+    values = validation.matrix([column])[:, 0]
+    if not np.isfinite(values).all():
+        raise ValueError(f"the validation statistics hold non-finite values of {column}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(values))
+    half = len(values) // 2
+    entropy_part, boot_part = values[perm[:half]], values[perm[half:]]
+    entropy = float(-entropy_part.mean())
+    draws = boot_part[rng.integers(0, len(boot_part), (bootstrap, m))]
+    eps = np.abs(-draws.mean(axis=1) - entropy)
+    return TypicalityTest(m=m, entropy=entropy, threshold=float(np.quantile(eps, 1 - alpha)), alpha=alpha,
+                          column=column, bootstrap=bootstrap, n_entropy=len(entropy_part),
+                          n_bootstrap=len(boot_part), seed=seed)
+
+
+def typicality_table(validation: ImageStatistics, test: ImageStatistics, others: dict[str, ImageStatistics], *,
+                     sizes: Sequence[int] = BATCH_SIZES, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+                     seed: int = TYPICALITY_SEED, column: str = "log_px",
+                     resamples: int = 1000) -> dict[int, dict[str, Any]]:
+    """For each batch size M: the test fitted on `validation`, the fraction of disjoint test-split batches
+    it flags (its false-positive rate, near alpha when the test split is in-distribution), and for each
+    other set the fraction of its batches flagged (TPR) and the AUROC, AUPRC and FPR at 95% TPR of eps
+    over batches (test batches negative), with bootstrap intervals."""
+    out: dict[int, dict[str, Any]] = {}
+    for m in sizes:
+        t = fit_typicality(validation, m, alpha=alpha, bootstrap=bootstrap, seed=seed, column=column)
+        eps_in = t.batch_statistic(test)
+        row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in),
+                               "fpr_in": float((eps_in > t.threshold).mean()), "sets": {}}
+        for name, stats in others.items():
+            eps_out = t.batch_statistic(stats)
+            row["sets"][name] = {"batches": len(eps_out), "tpr": float((eps_out > t.threshold).mean()),
+                                 "metrics": detection_intervals(eps_in, eps_out, resamples=resamples, seed=seed)}
+        out[m] = row
+    return out
+
+
+def format_typicality_table(table: dict[int, dict[str, Any]], title: str = "") -> str:
+    """One line per (M, dataset): batches, the fraction flagged, AUROC [95% interval] over batches."""
+    lines = [title] if title else []
+    head = f"{'M':>3}  {'dataset':<12}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
+    lines += [head, "-" * len(head)]
+    for m, row in table.items():
+        lines.append(f"{m:>3}  {'test (in)':<12}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
+                     f"(alpha {row['test']['alpha']}, threshold {row['test']['threshold']:.2f} nats)")
+        for name, r in row["sets"].items():
+            met = r["metrics"]
+            lines.append(f"{'':>3}  {name:<12}{r['batches']:>8}{r['tpr']:9.3f}  {str(met.auroc):<22}"
+                         f"{str(met.fpr):<22}")
+    return "\n".join(lines)
+
+
+__all__ = ["ALPHA", "BATCH_SIZES", "TypicalityTest", "disjoint_batches", "fit_typicality",
+           "format_typicality_table", "typicality_table"]

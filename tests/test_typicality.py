@@ -1,0 +1,114 @@
+"""The typicality test for batches (vaelab.evaluation.typicality) and the bootstrap intervals of OOD metrics."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from vaelab.errors import ConfigError
+from vaelab.evaluation.intervals import detection_intervals, format_intervals_table
+from vaelab.evaluation.ood import detection_metrics, detection_values
+from vaelab.evaluation.statistics import ImageStatistics
+from vaelab.evaluation.typicality import (disjoint_batches, fit_typicality, format_typicality_table,
+                                          typicality_table)
+
+
+def _nll_stats(split, n, mean, seed, sd=20.0):
+    return ImageStatistics(split, {"log_px": -np.random.default_rng(seed).normal(mean, sd, n)})
+
+
+@pytest.mark.parametrize("m", [1, 5, 10, 25])
+def test_false_positive_rate_is_near_its_nominal_level(m):
+    val = _nll_stats("val", 4000, 250.0, 1)
+    test = fit_typicality(val, m, alpha=0.05, bootstrap=20_000, seed=3)
+    flagged = test.flags(_nll_stats("test", 4000 * m, 250.0, 2))
+    assert len(flagged) == 4000
+    # nominal 5%; H and the threshold come from 2,000 images each, so a little above it is expected
+    assert 0.03 < flagged.mean() < 0.08
+
+
+def test_ood_batches_are_flagged_more_with_larger_batches():
+    val = _nll_stats("val", 2000, 250.0, 1)
+    table = typicality_table(val, _nll_stats("test", 1000, 250.0, 2), {"mnist": _nll_stats("mnist", 1000, 235.0, 3)},
+                             resamples=100)
+    tprs = [table[m]["sets"]["mnist"]["tpr"] for m in (1, 5, 10, 25)]
+    assert tprs == sorted(tprs) and tprs[-1] > 0.7 and tprs[0] < 0.2  # a shift of 0.75 sd per image
+    assert table[25]["sets"]["mnist"]["metrics"].auroc.value > 0.99
+    assert all(table[m]["fpr_in"] < 0.1 for m in table)
+    text = format_typicality_table(table)
+    assert "mnist" in text and "test (in)" in text
+
+
+def test_too_likely_batches_are_flagged_too():
+    """The test is two-sided: batches far more likely than typical (MNIST under a Fashion-MNIST VAE) fail it."""
+    val = _nll_stats("val", 2000, 250.0, 1)
+    t = fit_typicality(val, 10, seed=0)
+    assert t.flags(_nll_stats("mnist", 500, 200.0, 4)).all()
+    assert t.flags(_nll_stats("noise", 500, 400.0, 5)).all()
+
+
+def test_typicality_fits_on_validation_only_and_needs_enough_images():
+    with pytest.raises(ConfigError, match="validation split only"):
+        fit_typicality(_nll_stats("test", 500, 250.0, 1), 5)
+    with pytest.raises(ConfigError, match="at least 50 validation images") as err:
+        fit_typicality(_nll_stats("val", 49, 250.0, 1), 25)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="at least 10 images"):
+        disjoint_batches(9, 10, 0)
+    idx = disjoint_batches(23, 5, 0)
+    assert idx.shape == (4, 5) and len(set(idx.ravel())) == 20
+
+
+# --------------------------------------------------------------------------- metrics with intervals
+
+
+def _cases():
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        n_in, n_out = rng.integers(2, 200, size=2)
+        yield rng.normal(0, 1, n_in), rng.normal(0.7, 1.3, n_out)
+        yield rng.integers(0, 4, n_in).astype(float), rng.integers(0, 5, n_out).astype(float)
+    yield np.array([0.3]), np.array([0.7])
+    yield np.arange(20.0), np.arange(20.0) + 0.5
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_detection_values_match_sklearn(case):
+    s_in, s_out = case
+    y = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
+    s = np.r_[s_in, s_out]
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    auroc, auprc, fpr95 = detection_values(s_in, s_out, 0.95)
+    assert auroc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert auprc == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert fpr95 == pytest.approx(fpr[tpr >= 0.95 - 1e-12].min(), abs=1e-12)
+    m = detection_metrics(s_in, s_out)
+    assert auroc == pytest.approx(m.auroc, abs=1e-12)
+    assert detection_values(s_in, s_out, 0.8)[2] == m.fpr_at_80_tpr
+
+
+def test_fpr_at_95_counts_exactly():
+    # 20 OOD scores: 95% of them is 19; the 19th highest OOD score sits above exactly one in-distribution score
+    s_out = np.arange(20.0) + 10
+    s_in = np.r_[11.5, np.zeros(19)]
+    assert detection_values(s_in, s_out, 0.95)[2] == 1 / 20
+
+
+def test_intervals_are_seeded_and_contain_the_estimate():
+    rng = np.random.default_rng(0)
+    s_in, s_out = rng.normal(0, 1, 400), rng.normal(1, 1, 300)
+    a = detection_intervals(s_in, s_out, resamples=300, seed=5)
+    b = detection_intervals(s_in, s_out, resamples=300, seed=5)
+    assert a == b
+    assert a.n_in == a.n_out == 300  # balanced
+    for iv in (a.auroc, a.auprc, a.fpr):
+        assert iv.low <= iv.value <= iv.high
+    assert 0.70 < a.auroc.value < 0.82 and a.auroc.high - a.auroc.low < 0.1
+    assert str(a.auroc).count(".") == 3 and len(str(a.auroc).split()[0]) == 5  # three decimals
+    d = a.as_dict()
+    assert set(d) >= {"auroc", "auprc", "fpr_at_95_tpr", "bootstrap"}
+    perfect = detection_intervals(np.zeros(50), np.ones(50), resamples=50)
+    assert (perfect.auroc.low, perfect.auroc.high, perfect.fpr.high) == (1.0, 1.0, 0.0)
+    table = format_intervals_table({"mnist": {"DoSE": a}}, published={("mnist", "DoSE"): 1.0})
+    assert "published AUROC 1.000" in table and "FPR@95" in table
+    with pytest.raises(ValueError, match="non-finite"):
+        detection_intervals(np.r_[np.nan, 1.0], np.ones(2))
