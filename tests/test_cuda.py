@@ -58,7 +58,7 @@ def test_importance_sampling_on_cuda_matches_the_cpu(arch):
     model = build_model(ModelConfig(arch=arch, latent_dim=8), (1, 28, 28)).eval()
     images = (torch.rand(12, 1, 28, 28) > 0.7).to(torch.uint8) * 255
     cpu = importance_sampled(model, images, k=300, batch_size=5, seed=3)
-    gpu = importance_sampled(model.cuda(), images, k=300, batch_size=5, seed=3, device="cuda")
+    gpu = importance_sampled(model.cuda(), images, k=300, batch_size=5, seed=3, device="cuda", noise="cpu")
     # the noise comes from one CPU generator: the two estimates use the same samples
     torch.testing.assert_close(gpu.log_px, cpu.log_px, atol=0.05, rtol=0)
     torch.testing.assert_close(gpu.elbo, cpu.elbo, atol=0.05, rtol=0)
@@ -91,3 +91,63 @@ def test_one_training_step_gives_the_cpu_gradients():
     for name, g in grads[0].items():
         scale = g.abs().max().item() + 1e-8
         assert (grads[1][name] - g).abs().max().item() / scale < 1e-3, name
+
+
+def _device_path_run(root, name, *extra, callbacks=()):
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=2", "train.device=cuda", "train.batch_size=100",
+                                 "eval.nll_images=0", "train.grid_every=0", "train.checkpoint_steps=3", *extra])
+    return train(cfg, root / name, log=lambda m: None, callbacks=callbacks)
+
+
+def _stop_after(n):
+    from vaelab.training import Callback
+
+    class Stop(Callback):
+        seen = 0
+
+        def on_step_end(self, trainer, batch, of, stats):
+            Stop.seen += 1
+            if Stop.seen == n:
+                raise KeyboardInterrupt("test")
+
+    return Stop()
+
+
+def test_the_device_resident_path_resumes_bit_identically_on_the_gpu(tmp_path):
+    """train.device_data is on by default on CUDA: order, binarization and guard on the device. Stopped inside
+    epoch 2 and resumed on the GPU, it ends with the weights of a straight run, bit for bit."""
+    from vaelab import resume
+
+    straight = _device_path_run(tmp_path, "straight")
+    steps = straight.history[0]["step"]
+    with pytest.raises(KeyboardInterrupt):
+        _device_path_run(tmp_path, "pieces", callbacks=[_stop_after(steps + 4)])
+    resume(tmp_path / "pieces", log=lambda m: None)
+    a = load_run(tmp_path / "straight", checkpoint="last", device="cpu").model.state_dict()
+    b = load_run(tmp_path / "pieces", checkpoint="last", device="cpu").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "pieces" / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["rng"]["device_data_on"] == "cuda"
+
+
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
+    from vaelab import resume
+
+    with pytest.raises(KeyboardInterrupt):
+        _device_path_run(tmp_path, "gpu", callbacks=[_stop_after(20)])
+    messages = []
+    result = resume(tmp_path / "gpu", log=messages.append, device="cpu")
+    assert result.history[-1]["epoch"] == 2 and math.isfinite(result.history[-1]["val"]["loss"])
+    assert any("drawn on cuda" in m for m in messages)  # the epoch's order could not be replayed on the CPU
+    info = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert info["device"] == "cpu" and info["status"] == "finished"
+
+
+def test_compiled_bf16_training_on_the_gpu_learns():
+    torch.manual_seed(0)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = _device_path_run(Path(tmp), "c", "train.compile=true", "train.precision=bf16")
+    assert result.history[-1]["train"]["loss"] < result.history[0]["train"]["loss"]

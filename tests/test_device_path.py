@@ -160,3 +160,29 @@ def test_fused_adams_found_inf_skips_the_whole_update():
     opt.found_inf = torch.zeros(())
     opt.step()
     assert not torch.equal(p.detach(), before) and int(opt.state[p]["step"]) == 2
+
+
+def test_a_compile_failure_trains_on_eagerly_with_one_note(tmp_path, splits, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found\nlong details")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    messages = []
+    cfg = load_config(overrides=[*DIGITS, "train.epochs=1", "train.compile=true"])
+    compiled = train(cfg, tmp_path / "c", splits=splits, log=messages.append)
+    notes = [m for m in messages if "train.compile failed" in m]
+    assert notes == ["note: train.compile failed (RuntimeError: no C++ compiler found); training eagerly"]
+    eager = train(load_config(overrides=[*DIGITS, "train.epochs=1", "train.device_data=on"]), tmp_path / "e",
+                  splits=splits, log=lambda m: None)
+    assert _losses(compiled.history) == _losses(eager.history)
+
+
+@pytest.mark.slow
+def test_compiled_training_on_cpu_gives_the_eager_losses_within_float_rounding(tmp_path, splits):
+    """torch.compile (inductor, C++ on the CPU) fuses kernels, so sums round differently: close, not equal."""
+    compiled = _run(tmp_path, splits, "compiled", "train.compile=true", "train.epochs=1")
+    eager = _run(tmp_path, splits, "eager", "train.device_data=on", "train.epochs=1")
+    assert compiled.history[0]["train"]["loss"] == pytest.approx(eager.history[0]["train"]["loss"], rel=1e-4)
+    assert compiled.history[0]["val"]["loss"] == pytest.approx(eager.history[0]["val"]["loss"], rel=1e-4)

@@ -209,3 +209,175 @@ def test_model_log_weights_keep_the_vae_numbers_bit_identical(prior):
                 parts.append(_reference_batch(model, x, k, gen, max_decode))
         for new, old in zip((est.log_px, est.elbo, est.ess), (torch.cat([p[i] for p in parts]) for i in range(3))):
             assert torch.equal(new, old)
+
+
+# --------------------------------------------------------------------------- the GPU path and eval.compile
+
+
+def _small(kind: str):
+    """The default VAE (28 x 28) or a small hierarchical VAE, seeded, and 4 binary images for it."""
+    torch.manual_seed(0)
+    cfg, shape = ((ModelConfig(), (1, 28, 28)) if kind == "vae" else
+                  (ModelConfig(kind="hvae", hvae_latents=(2, 3), hvae_channels=8), (1, 8, 8)))
+    images = (torch.rand(4, *shape, generator=torch.Generator().manual_seed(1)) > 0.6).to(torch.uint8) * 255
+    return build_model(cfg, shape).eval(), images
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: about 20 s each
+@pytest.mark.parametrize("kind", ["vae", "hvae"])
+def test_compiled_weights_give_the_eager_likelihood(kind, monkeypatch, one_thread):
+    """eval.compile: the same noise (the generator's draws survive compilation) and float32 rounding only."""
+    from vaelab.evaluation import compiled
+
+    said: list[str] = []
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    monkeypatch.setattr(compiled, "say", said.append)
+    model, images = _small(kind)
+    # 4 images in one batch, 3 calls of 10 samples: one shape, one compilation
+    eager = importance_sampled(model, images, k=30, batch_size=4, seed=5, max_decode=40)
+    fast = importance_sampled(model, images, k=30, batch_size=4, seed=5, max_decode=40, compile=True)
+    assert said == [] and compiled._FAILED == {}  # it compiled: no fallback
+    scale = eager.log_px.abs().max().item()
+    for a, b in ((fast.log_px, eager.log_px), (fast.elbo, eager.elbo)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(fast.ess, eager.ess, rtol=1e-3, atol=1e-3)
+    # the weights are inputs of the compiled graph, not constants: a model trained further is scored as it is now
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.9)
+    eager = importance_sampled(model, images, k=30, batch_size=4, seed=5, max_decode=40)
+    fast = importance_sampled(model, images, k=30, batch_size=4, seed=5, max_decode=40, compile=True)
+    torch.testing.assert_close(fast.log_px, eager.log_px, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_failed_compilation_says_one_line_and_gives_the_eager_numbers(monkeypatch, capsys):
+    from vaelab.evaluation import compiled
+
+    said: list[str] = []
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    monkeypatch.setattr(compiled, "say", said.append)
+
+    def broken_compile(fn, **options):
+        def run(model, x, s, generator, **kw):
+            torch.randn(7, generator=generator)  # part of the call ran: the noise moved on before the failure
+            raise RuntimeError("backend='inductor' raised:\nCppCompileError: no C++ compiler\n(long details)")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = _tiny_vae(2)
+    images = _all_binary_images()
+    eager = importance_sampled(model, images, k=50, seed=4, batch_size=8)
+    est = importance_sampled(model, images, k=50, seed=4, batch_size=8, compile=True)
+    for a, b in zip((est.log_px, est.elbo, est.ess), (eager.log_px, eager.elbo, eager.ess)):
+        assert torch.equal(a, b)  # the generator was put back: the eager numbers exactly
+    assert said == ["eval.compile: torch.compile failed (RuntimeError: backend='inductor' raised: CppCompileError: "
+                    "no C++ compiler); evaluating eagerly"]
+    # a later evaluation does not compile again: one line that says so, and the same numbers
+    again = importance_sampled(model, images, k=50, seed=4, batch_size=8, compile=True)
+    assert torch.equal(again.log_px, eager.log_px)
+    assert len(said) == 2 and said[1].startswith("eval.compile: evaluating eagerly (torch.compile failed earlier")
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+
+
+def test_an_error_of_the_model_is_not_taken_for_a_compiler_failure(monkeypatch):
+    from vaelab.evaluation import compiled
+
+    said: list[str] = []
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    monkeypatch.setattr(compiled, "say", said.append)
+    model = _tiny_vae(1)
+
+    def bad_weights(*args, **kwargs):
+        raise ValueError("the model's own mistake")
+
+    monkeypatch.setattr(model, "log_weights", bad_weights)
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: (lambda model, *a, **k: model.log_weights(*a, **k)))
+    with pytest.raises(ValueError, match="own mistake"):
+        importance_sampled(model, _all_binary_images(), k=5, compile=True)
+    assert said == [] and compiled._FAILED == {}
+
+
+def test_where_the_noise_is_drawn_and_how_k_is_split():
+    from vaelab.evaluation import likelihood
+    from vaelab.models.base import ForeignScorer
+
+    vae = _tiny_vae(1)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a plan only: no CUDA device needed
+    # on a GPU vaelab's models draw on the device, in equal calls of up to 16,384 decoder inputs
+    assert likelihood._plan(vae, cuda, "auto", None) == likelihood._Plan(cuda, likelihood.MAX_DECODE_CUDA, True)
+    # noise="cpu": the CPU's generator and chunks, so the CPU's numbers
+    assert likelihood._plan(vae, cuda, "cpu", None) == likelihood._Plan(cpu, likelihood.MAX_DECODE, False)
+    # a model of your own keeps its CPU generator (it may call torch.randn(generator=...) without a device)
+    foreign = ForeignScorer(type("Mine", (), {"log_weights": lambda self, x, k, generator=None: None})())
+    assert likelihood._plan(foreign, cuda, "auto", None) == likelihood._Plan(cpu, likelihood.MAX_DECODE_CUDA, False)
+    # on the CPU every choice is today's stream
+    for noise in likelihood.NOISE:
+        assert likelihood._plan(vae, cpu, noise, None) == likelihood._Plan(cpu, likelihood.MAX_DECODE, False)
+    with pytest.raises(ConfigError, match="noise must be one of"):
+        importance_sampled(vae, _all_binary_images(), k=5, noise="gpu")
+
+
+def test_the_gpu_chunking_estimates_the_same_likelihood(monkeypatch):
+    """The device path's split (equal calls, the last call's surplus samples dropped, the last batch padded to the
+    others' shape) is another draw of the same estimator: forced on the CPU, its means over replicates agree with
+    the CPU stream's within their standard errors and stay below the exact log p(x)."""
+    from vaelab.evaluation import likelihood
+
+    model = _tiny_vae(2)
+    images = _all_binary_images()
+    exact = exact_log_px(model, images, 2)
+    reps = 40
+    data = images.repeat(reps, 1, 1, 1)  # 640 images: 6 batches of 100 and one of 40
+    # k=100 in calls of 34 samples per image: 34, 34, 32 on the CPU; 3 x 34 with 2 dropped on the device path
+    cpu = importance_sampled(model, data, k=100, seed=9, batch_size=100, max_decode=3400)
+    monkeypatch.setattr(likelihood, "_plan", lambda m, device, noise, max_decode: likelihood._Plan(
+        torch.device("cpu"), max_decode, True))
+    dev = importance_sampled(model, data, k=100, seed=9, batch_size=100, max_decode=3400)
+    assert dev.log_px.shape == cpu.log_px.shape == (640,) and not torch.equal(dev.log_px, cpu.log_px)
+    assert (dev.ess >= 1 - 1e-9).all() and (dev.ess <= 100 + 1e-9).all() and (dev.elbo <= dev.log_px).all()
+    means, ses = [], []
+    for est in (cpu, dev):
+        per_image = est.log_px.view(reps, 16)
+        means.append(per_image.mean(0))
+        ses.append(per_image.std(0) / math.sqrt(reps))
+        assert (means[-1] < exact + 4 * ses[-1] + 1e-3).all()
+    assert ((means[0] - means[1]).abs() < 4 * (ses[0] ** 2 + ses[1] ** 2).sqrt() + 1e-3).all()
+    se_all = math.sqrt(float(cpu.log_px.var() + dev.log_px.var()) / 640)
+    assert abs(float(cpu.log_px.mean() - dev.log_px.mean())) < 4 * se_all
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_sampler_waits_for_the_host_once_and_gives_the_cpu_likelihood():
+    import copy
+    import warnings
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=8), (1, 28, 28)).eval()
+    images = (torch.rand(12, 1, 28, 28) > 0.7).to(torch.uint8) * 255
+    cpu = importance_sampled(model, images, k=300, batch_size=6, seed=3)
+    gpu_model = copy.deepcopy(model).cuda()
+    # noise="cpu": the same samples as the CPU (TF32 convolutions: test_cuda.py's tolerance)
+    same = importance_sampled(gpu_model, images, k=300, batch_size=6, seed=3, device="cuda", noise="cpu")
+    torch.testing.assert_close(same.log_px, cpu.log_px, atol=0.05, rtol=0)
+    # the default on a GPU: the device's generator, another draw of the same estimator
+    fast = importance_sampled(gpu_model, images, k=300, batch_size=6, seed=3, device="cuda")
+    se = math.sqrt(float(cpu.log_px.var() + fast.log_px.var()) / len(images))
+    assert abs(float(cpu.log_px.mean() - fast.log_px.mean())) < 4 * se
+    compiled = importance_sampled(gpu_model, images, k=300, batch_size=6, seed=3, device="cuda", compile=True)
+    torch.testing.assert_close(compiled.log_px, fast.log_px, atol=0.05, rtol=0)
+
+    def host_waits(max_decode: int) -> int:
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                importance_sampled(gpu_model, images, k=300, batch_size=6, seed=3, device="cuda",
+                                   max_decode=max_decode)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    # 300 calls per batch or one: the same synchronizations (the upload of the images, the results' download),
+    # none per call
+    assert host_waits(6) == host_waits(6 * 300)

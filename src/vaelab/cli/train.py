@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, exactly where it stopped "
-                                                   "(only --set train.epochs=N may change)")
+                                                   "(only --set train.epochs=N and train.device=D may change)")
     p.set_defaults(func=cmd_train)
 
 
@@ -34,23 +34,28 @@ def _default_run_name(dataset: str, kind: str, arch: str) -> str:
     return f"{name}-{_stamp()}"
 
 
-def _resume_epochs(args: argparse.Namespace) -> int | None:
-    """The new train.epochs of `--resume RUN --set train.epochs=N` (None: the run's own); nothing else may change."""
+def _resume_changes(args: argparse.Namespace) -> dict[str, object]:
+    """What `--resume RUN --set ...` may change: train.epochs=N (more epochs) and train.device (a GPU run
+    continued on a CPU, or the other way); nothing else."""
     if args.config or args.out or args.data_dir:
         raise VaelabError("--resume continues a run with its own config and directory; leave out --config, "
                           "--out and --data-dir")
-    epochs = None
+    changes: dict[str, object] = {}
     for text in args.overrides:
         section, key, value = parse_override(text)
-        if (section, key) != ("train", "epochs") or not isinstance(value, int) or isinstance(value, bool):
-            raise VaelabError(f"--resume takes only --set train.epochs=N (more epochs), got {text!r}")
-        epochs = value
-    return epochs
+        if (section, key) == ("train", "epochs") and isinstance(value, int) and not isinstance(value, bool):
+            changes["epochs"] = value
+        elif (section, key) == ("train", "device") and isinstance(value, str):
+            changes["device"] = value
+        else:
+            raise VaelabError(f"--resume takes only --set train.epochs=N (more epochs) and --set train.device=D, "
+                              f"got {text!r}")
+    return changes
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        resume(args.resume, epochs=_resume_epochs(args))
+        resume(args.resume, **_resume_changes(args))
         return 0
     cfg = _config_from_args(args)
     out = args.out or str(Path("runs") / _default_run_name(cfg.data.dataset, cfg.model.kind, cfg.model.arch))

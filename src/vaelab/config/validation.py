@@ -208,10 +208,8 @@ def check_model(m: ModelConfig) -> None:
     if not 2 <= len(m.hvae_latents) <= 64 or any(c <= 0 or c > 1024 for c in m.hvae_latents):
         raise ConfigError(f"model.hvae_latents must list 2 to 64 layer sizes between 1 and 1,024 channels, "
                           f"got {list(m.hvae_latents)}")
-    if m.hvae_stages and (any(n <= 0 for n in m.hvae_stages) or sum(m.hvae_stages) != len(m.hvae_latents)
-                          or len(m.hvae_stages) > 8):
-        raise ConfigError(f"model.hvae_stages must list at most 8 positive layer counts adding up to "
-                          f"len(model.hvae_latents) = {len(m.hvae_latents)}, got {list(m.hvae_stages)}")
+    if any(n <= 0 for n in m.hvae_stages) or len(m.hvae_stages) > 8:
+        raise ConfigError(f"model.hvae_stages must list at most 8 positive layer counts, got {list(m.hvae_stages)}")
     _positive(m, "model", "hvae_channels")
     if m.hvae_channels > 1024:
         raise ConfigError(f"model.hvae_channels must be at most 1,024, got {m.hvae_channels}")
@@ -276,6 +274,12 @@ def check_eval(e: EvalConfig) -> None:
     if e.dose_images < 100:
         raise ConfigError(f"eval.dose_images must be at least 100 (the DoSE density needs them), got {e.dose_images}")
     _positive(e, "eval", "ood_resamples")
+    _positive(e, "eval", "regret_images")
+    _positive(e, "eval", "regret_steps")
+    if e.regret_steps > 10_000:
+        raise ConfigError(f"eval.regret_steps must be at most 10,000, got {e.regret_steps}")
+    if not e.regret_lr > 0:
+        raise ConfigError(f"eval.regret_lr must be > 0, got {e.regret_lr}")
     if e.ood_k > 100_000:
         raise ConfigError(f"eval.ood_k must be at most 100,000, got {e.ood_k}")
     for name in ("nll_images", "gap_images", "seed"):
@@ -326,6 +330,9 @@ def check_combinations(cfg: RunConfig) -> None:
     if m.kind == "hvae" and cfg.eval.llr_k >= len(m.hvae_latents):
         raise ConfigError(f"eval.llr_k = {cfg.eval.llr_k} must be below the number of latent layers "
                           f"({len(m.hvae_latents)}, model.hvae_latents)")
+    if m.kind == "hvae" and m.hvae_stages and sum(m.hvae_stages) != len(m.hvae_latents):
+        raise ConfigError(f"model.hvae_stages {list(m.hvae_stages)} must add up to len(model.hvae_latents) = "
+                          f"{len(m.hvae_latents)} (one entry of hvae_latents per stochastic layer)")
     if m.kind == "ae" and t.ema:
         raise ConfigError("train.ema averages the weights of VAEs; set train.ema = 0 for the autoencoder")
     if m.kind == "ae" and (t.objective != "elbo" or t.free_bits or t.warmup):

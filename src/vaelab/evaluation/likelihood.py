@@ -15,8 +15,14 @@ The likelihood term is a probability of the data actually observed:
   values is not a probability): `importance_sampled` refuses grey images for it.
 
 Memory: the encoder runs once per image; the k latent samples are decoded in chunks
-of at most `max_decode` images, and the k log-weights are folded into running
-log-sum-exps, so memory does not grow with k.
+of at most `max_decode` images (512 on the CPU, 16,384 on a GPU), and the k log-weights
+are folded into running log-sum-exps, so memory does not grow with k.
+
+On a GPU the loop never waits for the host: the images cross to the device once, the
+noise comes from a seeded generator on the device (`noise="auto"`), the running sums stay
+there, and the results come back in one transfer at the end. `compile=True`
+(`eval.compile`) runs the model's `log_weights` through torch.compile
+(`vaelab.evaluation.compiled`, eager when compilation fails).
 
 Every variational model provides `log_weights(x, S, generator, discrete, prior_layers, context)`
 (S, B): the single-latent VAE and the hierarchical VAE, whose `prior_layers = j` gives the
@@ -36,14 +42,17 @@ import torch
 from vaelab import objectives as obj
 from vaelab.data import as_uint8_images, batches
 from vaelab.errors import ConfigError
+from vaelab.evaluation.compiled import log_weights_fn
 from vaelab.models import Model, as_scorer, eval_mode, use_channels_last
+from vaelab.models.base import ForeignScorer
 
 DEFAULT_K = 1000
 MAX_K = 100_000
 MAX_DECODE = 512  # decoder inputs per call on CPU: bounds memory whatever k and the batch are, and keeps the
 # decoder's activations in the caches (python bench/kernels.py compares it with 4096)
-MAX_DECODE_CUDA = 16384  # a GPU wants large batches
+MAX_DECODE_CUDA = 16384  # a GPU wants large batches: k=1000 at B=64 is 4 calls of 250 x 64 codes
 NLL_SEED = 2025
+NOISE = ("auto", "device", "cpu")  # where the importance samples' noise is drawn (see importance_sampled)
 
 
 @dataclass(frozen=True)
@@ -72,48 +81,117 @@ def _check_prior_layers(model: Model, prior_layers: int) -> None:
                           f"got {prior_layers}")
 
 
-@torch.no_grad()
-def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: torch.Generator,
-                             max_decode: int | None = None, discrete: bool = True,
-                             prior_layers: int = 0, prior_mode: bool = False) -> ImportanceEstimate:
-    """L_k (or L>k_k with `prior_layers`), the ELBO and the ESS of each image of one batch x (B, C, H, W).
+@dataclass(frozen=True)
+class _Plan:
+    """Where the noise of one evaluation is drawn and how the k samples are split into calls."""
 
-    The model's `log_weights` is called on chunks of at most max(1, max_decode // B) samples per image, so
-    at most max(B, max_decode) decoder inputs at once; the weights are folded into running log-sum-exps.
-    What does not depend on the samples (the encoder / bottom-up pass) runs once per batch
-    (`model.inference_context`)."""
+    generator_device: torch.device  # the device of the generator that the model draws its noise from
+    max_decode: int  # decoder inputs per call (S * B)
+    uniform: bool  # every call draws the same S (the last one's surplus dropped), the last image batch padded
+
+
+def _plan(model: Model, device: torch.device, noise: str, max_decode: int | None) -> _Plan:
+    """The noise and chunking of an evaluation on `device` (see `importance_sampled`'s `noise`).
+
+    On the CPU (and with noise="cpu" anywhere) the samples come from one CPU generator in calls of
+    max_decode // B samples, the last call taking the rest: the stream, and so every number, of vaelab's
+    CPU evaluation. With the noise on the device, nothing crosses to the host inside the loop, and every call
+    has one shape (S, B): a compiled `log_weights` is compiled once."""
+    if noise not in NOISE:
+        raise ConfigError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}")
+    cpu = torch.device("cpu")
+    fast = MAX_DECODE_CUDA if device.type == "cuda" else MAX_DECODE
+    # vaelab's models draw their noise on generator.device; a model of your own may call torch.randn with the
+    # generator and no device, which a CUDA generator would refuse: "auto" gives it the CPU generator it has always had
+    own = type(model).__module__.split(".")[0] == "vaelab" and not isinstance(model, ForeignScorer)
+    if device.type == "cpu" or noise == "cpu" or (noise == "auto" and not own):
+        cpu_numbers = noise == "cpu" and device.type != "cpu"  # the CPU's chunking too: the CPU's numbers
+        return _Plan(cpu, max_decode or (MAX_DECODE if cpu_numbers else fast), uniform=False)
+    return _Plan(device, max_decode or fast, uniform=True)
+
+
+def _batch_sums(weights: Callable[..., torch.Tensor], model: Model, x: torch.Tensor, k: int,
+                generator: torch.Generator, max_decode: int, uniform: bool,
+                options: dict[str, Any]) -> torch.Tensor:
+    """(3, B) float64 on x's device: L_k (or L>j), the ELBO and the ESS of each image of x (B, C, H, W).
+
+    `weights(x, S, generator, context=..., **options)` -> (S, B) log-weights is called on chunks of S = max(1,
+    max_decode // B) samples per image (uniform: k split into equal calls of at most that many), so at most
+    max(B, max_decode) decoder inputs at once; they are folded into running log-sum-exps that stay on the
+    device (no host synchronization in the loop). What does not depend on the samples (the encoder / the
+    bottom-up pass) runs once per batch (`model.inference_context`)."""
     b = x.shape[0]
-    if max_decode is None:
-        max_decode = MAX_DECODE_CUDA if x.device.type == "cuda" else MAX_DECODE
     context = model.inference_context(x)  # once per image, reused by all k samples
     chunk = max(1, max_decode // b)
+    if uniform:
+        calls = -(-k // chunk)
+        chunk = -(-k // calls)  # e.g. k=1000, 16 per call: 63 calls of 16 (the last 8 surplus samples dropped)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w
     lse2 = lse.clone()  # log sum w^2
     total = torch.zeros(b, dtype=torch.float64, device=x.device)  # sum log w
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
-        extra = {"prior_mode": True} if prior_mode else {}  # hierarchical VAEs only
-        lw = model.log_weights(x, s, generator, discrete=discrete, prior_layers=prior_layers, context=context,
-                               **extra)
+        lw = weights(x, chunk if uniform else s, generator, context=context, **options)[:s]  # (S, B)
         lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
         total += lw.sum(0)
-    return ImportanceEstimate(log_px=(lse - math.log(k)).cpu(), elbo=(total / k).cpu(),
-                              ess=torch.exp(2 * lse - lse2).cpu(), k=k, prior_layers=prior_layers)
+    return torch.stack([lse - math.log(k), total / k, torch.exp(2 * lse - lse2)])
+
+
+def _options(discrete: bool, prior_layers: int, prior_mode: bool) -> dict[str, Any]:
+    extra = {"prior_mode": True} if prior_mode else {}  # hierarchical VAEs only
+    return {"discrete": discrete, "prior_layers": prior_layers, **extra}
+
+
+def _estimate(sums: torch.Tensor, k: int, prior_layers: int) -> ImportanceEstimate:
+    """An `ImportanceEstimate` of (3, N) sums on the CPU: one transfer from the device for all of them."""
+    log_px, elbo, ess = sums.cpu()
+    return ImportanceEstimate(log_px=log_px, elbo=elbo, ess=ess, k=k, prior_layers=prior_layers)
+
+
+@torch.no_grad()
+def importance_sampled_batch(model: Model, x: torch.Tensor, k: int, generator: torch.Generator,
+                             max_decode: int | None = None, discrete: bool = True,
+                             prior_layers: int = 0, prior_mode: bool = False,
+                             compile: bool = False) -> ImportanceEstimate:
+    """L_k (or L>k_k with `prior_layers`), the ELBO and the ESS of each image of one batch x (B, C, H, W).
+
+    The model's `log_weights` draws its noise from `generator` (on the generator's device) in chunks of at most
+    max(1, max_decode // B) samples per image, so at most max(B, max_decode) decoder inputs at once; the weights
+    are folded into running log-sum-exps on x's device. With a generator on the CPU the chunks are those of
+    `importance_sampled` on the CPU; with one on the device they are equal-sized (see `_batch_sums`).
+    `compile`: `log_weights` through torch.compile (`vaelab.evaluation.compiled`)."""
+    if max_decode is None:
+        max_decode = MAX_DECODE_CUDA if x.device.type == "cuda" else MAX_DECODE
+    weights = log_weights_fn(model, compile, x.device.type)
+    sums = _batch_sums(weights, model, x, k, generator, max_decode, generator.device.type != "cpu",
+                       _options(discrete, prior_layers, prior_mode))
+    return _estimate(sums, k, prior_layers)
 
 
 def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K, batch_size: int = 64,
                        seed: int = NLL_SEED, device: torch.device | str = "cpu", discrete: bool = True,
                        max_decode: int | None = None, prior_layers: int = 0, prior_mode: bool = False,
-                       progress: Callable[[int, int], None] | None = None) -> ImportanceEstimate:
+                       progress: Callable[[int, int], None] | None = None, compile: bool = False,
+                       noise: str = "auto") -> ImportanceEstimate:
     """L_k for every image of a uint8 (or float in [0, 1]) tensor (N, C, H, W), in order.
 
-    Deterministic for a given seed (the noise comes from one CPU generator). `discrete=True`
-    scores the data with a probability (see the module docstring); False uses the training
-    likelihood as it is (a density for the Gaussian decoder). `prior_layers = j > 0` (hierarchical
-    VAEs only) gives Havtorn et al.'s L>j instead: the j lowest latent layers drawn from their
-    conditional prior, their terms left out of the weights; with `prior_mode` those layers are set to the
-    conditional prior's mean instead of drawn (the variant of Havtorn et al.'s published code).
+    Deterministic for a given seed, device and batch size. `discrete=True` scores the data with a probability
+    (see the module docstring); False uses the training likelihood as it is (a density for the Gaussian
+    decoder). `prior_layers = j > 0` (hierarchical VAEs only) gives Havtorn et al.'s L>j instead: the j lowest
+    latent layers drawn from their conditional prior, their terms left out of the weights; with `prior_mode`
+    those layers are set to the conditional prior's mean instead of drawn (the variant of Havtorn et al.'s code).
+
+    `noise`: where the samples' noise is drawn. "auto" (default): on the evaluation device for vaelab's models
+    (on a GPU: a seeded CUDA generator, chunks of up to 16,384 decoder inputs, no host synchronization until the
+    one transfer of the results at the end; the same distribution as the CPU's stream but other draws, so each
+    image's L_k differs from the CPU's by Monte-Carlo noise, the means by far less than their standard error),
+    on the CPU for models of your own; "device": on the device for any model; "cpu": from the CPU generator in
+    the CPU's chunks, so a GPU gives the CPU's numbers within float32 noise (slow: one host round trip per chunk).
+    On the CPU all three are today's stream, unchanged.
+
+    `compile` (`eval.compile`): the model's `log_weights` through torch.compile; the same numbers within
+    float32 rounding; when compilation fails, one line says why and the evaluation runs eagerly.
     """
     if prior_mode and not prior_layers:
         raise ConfigError("prior_mode applies to the layers taken from the prior: set prior_layers >= 1")
@@ -124,26 +202,33 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     _check_prior_layers(model, prior_layers)
     if not 1 <= k <= MAX_K:
         raise ConfigError(f"k (importance samples per image) must lie between 1 and {MAX_K:,}, got {k}")
-    gen = torch.Generator().manual_seed(seed)
-    parts: list[ImportanceEstimate] = []
-    done = 0
+    device = torch.device(device)
+    plan = _plan(model, device, noise, max_decode)
+    gen = torch.Generator(device=plan.generator_device).manual_seed(seed)
     data = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
     if discrete and model.likelihood is not None and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
         raise ConfigError("the Bernoulli likelihood is a probability of binary images only, and these hold grey "
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
-    # faster convolutions, the same numbers
-    memory_format = torch.channels_last if use_channels_last(model) else torch.contiguous_format
-    with eval_mode(model):
-        for x in batches(data, batch_size, device=device, memory_format=memory_format):
-            parts.append(importance_sampled_batch(model, x, k, gen, max_decode, discrete, prior_layers, prior_mode))
-            done += len(x)
-            if progress is not None:
-                progress(done, len(data))
-    if not parts:
+    if not len(data):
         empty = torch.zeros(0, dtype=torch.float64)
         return ImportanceEstimate(empty, empty, empty, k, prior_layers)
-    return ImportanceEstimate(log_px=torch.cat([p.log_px for p in parts]), elbo=torch.cat([p.elbo for p in parts]),
-                              ess=torch.cat([p.ess for p in parts]), k=k, prior_layers=prior_layers)
+    # faster convolutions, the same numbers
+    memory_format = torch.channels_last if use_channels_last(model) else torch.contiguous_format
+    weights = log_weights_fn(model, compile, device.type)
+    options = _options(discrete, prior_layers, prior_mode)
+    parts: list[torch.Tensor] = []  # (3, B) per batch, on the device until the end
+    done = 0
+    with eval_mode(model):
+        # the uint8 images cross to the device once, not batch by batch (each copy would wait for the device)
+        for x in batches(data.to(device), batch_size, device=device, memory_format=memory_format):
+            n = len(x)
+            if plan.uniform and n < min(batch_size, len(data)):  # the last batch: padded to the others' shape
+                x = torch.cat([x, x[:1].expand(batch_size - n, *x.shape[1:])]).contiguous(memory_format=memory_format)
+            parts.append(_batch_sums(weights, model, x, k, gen, plan.max_decode, plan.uniform, options)[:, :n])
+            done += n
+            if progress is not None:
+                progress(done, len(data))
+    return _estimate(torch.cat(parts, 1), k, prior_layers)
 
 
 @dataclass(frozen=True)
@@ -164,24 +249,26 @@ class LikelihoodRatio:
 def llr_scores(model: Model, images: torch.Tensor, *, prior_layers: int = 1, k: int = DEFAULT_K,
                batch_size: int = 64, seed: int = NLL_SEED, device: torch.device | str = "cpu",
                discrete: bool = True, max_decode: int | None = None,
-               log_px: ImportanceEstimate | None = None, prior_mode: bool = False) -> LikelihoodRatio:
+               log_px: ImportanceEstimate | None = None, prior_mode: bool = False, compile: bool = False,
+               noise: str = "auto") -> LikelihoodRatio:
     """LLR>j = L - L>j per image (Havtorn et al. 2021, "Hierarchical VAEs know what they don't know"), j =
     `prior_layers`, both bounds importance-sampled with the same k and seed (so they share their noise).
 
     `log_px`: the ordinary bound when the caller already has it, computed with the same k, seed and
     batch size (it is then not recomputed). `prior_mode`: the j layers are set to their conditional prior's
     mean instead of drawn from it (as in Havtorn et al.'s published code). Deterministic for a given seed.
+    `compile` and `noise`: as in `importance_sampled`.
     """
     if prior_layers < 1:
         raise ConfigError(f"LLR>k needs k >= 1 latent layers taken from the prior, got {prior_layers}")
     if log_px is None:
         log_px = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
-                                    discrete=discrete, max_decode=max_decode)
+                                    discrete=discrete, max_decode=max_decode, compile=compile, noise=noise)
     elif log_px.k != k or log_px.prior_layers != 0 or len(log_px.log_px) != len(images):
         raise ValueError("log_px must be the ordinary bound (prior_layers 0) of the same images with the same k")
     gt = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
                             discrete=discrete, max_decode=max_decode, prior_layers=prior_layers,
-                            prior_mode=prior_mode)
+                            prior_mode=prior_mode, compile=compile, noise=noise)
     return LikelihoodRatio(llr=log_px.log_px - gt.log_px, log_px=log_px.log_px, log_px_gt=gt.log_px, k=k,
                            prior_layers=prior_layers, seed=seed)
 
@@ -250,13 +337,14 @@ def likelihood_protocol(likelihood: str, binarize: str, binarize_seed: int, k: i
 
 def estimate_nll(model: Model, images: torch.Tensor, *, likelihood: str, binarize: str, binarize_seed: int,
                  k: int = DEFAULT_K, batch_size: int = 64, seed: int = NLL_SEED,
-                 device: torch.device | str = "cpu",
-                 progress: Callable[[int, int], None] | None = None) -> tuple[NllSummary, ImportanceEstimate]:
-    """Importance-sampled NLL of already prepared images (binarized as the protocol says), with its protocol."""
+                 device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None,
+                 compile: bool = False, noise: str = "auto") -> tuple[NllSummary, ImportanceEstimate]:
+    """Importance-sampled NLL of already prepared images (binarized as the protocol says), with its protocol.
+    `compile` (`eval.compile`) and `noise`: as in `importance_sampled`."""
     protocol = likelihood_protocol(likelihood, binarize, binarize_seed, k, len(images), seed, describe_prior(model))
     t0 = time.perf_counter()
     est = importance_sampled(model, images, k=k, batch_size=batch_size, seed=seed, device=device,
-                             progress=progress)
+                             progress=progress, compile=compile, noise=noise)
     return summarize(est, tuple(images.shape[1:]), time.perf_counter() - t0, protocol), est
 
 

@@ -52,11 +52,13 @@ def _more_epochs(config: RunConfig, meta: dict, epochs: int, log: Callable[[str]
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSplits | None = None,
            log: Callable[[str], None] = say, progress: bool | None = None, model: torch.nn.Module | None = None,
-           callbacks: Iterable[Callback] = ()) -> TrainResult:
+           callbacks: Iterable[Callback] = (), device: str | None = None) -> TrainResult:
     """Continue a run from its `last` checkpoint, exactly where it stopped.
 
     On CPU the weights at the end equal those of an uninterrupted run with the same config. `epochs`
-    raises train.epochs to train further than the run first asked for. A run of a model of your own needs
+    raises train.epochs to train further than the run first asked for. `device` replaces train.device (a GPU
+    run continued on a CPU: the same weights and optimizer; the device-resident path's data stream then
+    continues from the CPU data generator). A run of a model of your own needs
     that model again (`model=`, freshly built: its weights come from the checkpoint).
     """
     main = distributed.from_env().main
@@ -71,6 +73,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
             raise ConfigError(f"{root} holds no vaelab run to resume (no config.toml, no checkpoints/last)")
         # stopped before its first epoch ended: start it again, in place, with its own config
         config = load_config(paths.config)
+        if device is not None:
+            config = config.replace(train={"device": device})
         if epochs is not None:
             config = config.replace(train={"epochs": epochs})
         log(f"{root} stopped before its first epoch ended: starting it again from the beginning")
@@ -82,6 +86,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, splits: DatasetSpl
         raise ConfigError(f"{root} trained a model of your own ({ckpt.meta['model_class']}); pass it again: "
                           "resume(run_dir, model=YourModel(...))")
     config = from_dict(ckpt.meta["config"], origin=f"{ckpt_dir} meta.json")
+    if device is not None:
+        config = config.replace(train={"device": device})
     if epochs is not None:
         config = _more_epochs(config, ckpt.meta, epochs, log)
     done, best = int(ckpt.meta["epoch"]), int(ckpt.meta.get("best_epoch", 0))
