@@ -227,6 +227,97 @@ def test_upload_scores_are_repeatable_and_colour_becomes_grey(server, splits):
     assert jpeg[0] == 200 and _pixels(jpeg[1]["input"]).shape == (8, 8)
 
 
+# --------------------------------------------------------------------------- the verdict: DoSE, the worst of the numbers
+
+SHOWN = ("recon_error_percentile_train", "nll_percentile_train", "ood_percentile_test", "dose_percentile_val")
+
+
+def test_verdict_is_never_typical_while_a_shown_number_flags_the_image(server, splits):
+    uploads = [_test_png(splits, i) for i in range(0, 80, 4)]
+    uploads += [_png(255 - splits.test.images[i, 0].numpy()) for i in (1, 2)]  # inverted
+    uploads += [_png(np.flipud(splits.test.images[i, 0].numpy()).copy()) for i in (3, 5)]  # upside down
+    uploads += [_png(np.full((8, 8), 255, np.uint8)), _png(np.zeros((8, 8), np.uint8))]
+    verdicts = []
+    for body in uploads:
+        r = _json(server, "POST", "/api/upload", body)[1]
+        assert r["dose_score"] is not None and 0 <= r["dose_percentile_val"] <= 100
+        flagged = [c for c in r["checks"] if c["flagged"]]
+        assert all(c["percentile"] >= 99 for c in flagged) and len(r["checks"]) == 7
+        assert (r["verdict"] == UNUSUAL) == bool(flagged)
+        if r["verdict"] == TYPICAL:  # no number shown to the user stands at the 99th percentile or above
+            assert max(r[key] for key in SHOWN) < 99 and max(c["percentile"] for c in r["checks"]) < 99
+        verdicts.append(r["verdict"])
+    assert verdicts[:20].count(TYPICAL) >= 15  # test images: mostly typical
+    assert verdicts[-2:] == [UNUSUAL, UNUSUAL]  # a white and a black square
+
+
+def test_upload_with_an_extreme_reconstruction_error_is_not_typical(runs, splits):
+    """Issue 18: the explorer called an image "typical" (its OOD score at the 87th percentile) while its
+    reconstruction error stood at the 100th percentile of training images. With training references whose
+    reconstruction errors all lie below the upload's, the same upload is judged unusual, and the reason says
+    which number flags it."""
+    from dataclasses import replace
+
+    app = ExplorerApp(load_run(runs["vae"], checkpoint="last"), splits, reference_images=REFERENCE)
+    body = _test_png(splits, 4)
+    first = app.score_upload(body)
+    assert first["verdict"] == TYPICAL and first["recon_error_percentile_train"] < 99
+    train = app.reference.train
+    app.reference = replace(app.reference, train=replace(train, recon_error=train.recon_error * 0 + 1e-9))
+    r = app.score_upload(body)
+    assert r["recon_error_percentile_train"] == 100 and r["ood_percentile_test"] == first["ood_percentile_test"]
+    assert r["verdict"] == UNUSUAL
+    assert r["verdict_reason"].startswith("its reconstruction error is higher than that of 100.0% of the")
+    # the same through the validation references alone: any shown number flags the image
+    val = app.reference.val
+    app.reference = replace(app.reference, train=train, val=replace(val, recon_error=val.recon_error * 0 + 1e-9))
+    assert app.score_upload(body)["verdict"] == UNUSUAL
+
+
+def test_dose_scorer_is_fitted_once_and_reloaded(server, runs, splits, monkeypatch):
+    from vaelab.evaluation import oodrun
+
+    run_dir = runs["vae"]
+    stored = sorted(p.name for p in (run_dir / "ood").iterdir())  # fitted by the server fixture's start-up
+    assert any(n.startswith("dose-") and n.endswith(".json") for n in stored)
+    assert any(n.startswith("dose-") and n.endswith(".safetensors") for n in stored)
+    assert any(n.startswith("statistics-val-") for n in stored)
+    first = ExplorerApp(load_run(run_dir, checkpoint="last"), splits, reference_images=30)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stored DoSE scorer should have been reused")
+
+    monkeypatch.setattr(oodrun, "fit_dose", refuse)
+    monkeypatch.setattr(oodrun, "compute_statistics", refuse)
+    again = ExplorerApp(load_run(run_dir, checkpoint="last"), splits, reference_images=30)
+    body = _test_png(splits, 7)
+    a, b = first.score_upload(body), again.score_upload(body)
+    assert a["dose_score"] == b["dose_score"] and a["dose_percentile_val"] == b["dose_percentile_val"]
+    assert sorted(p.name for p in (run_dir / "ood").iterdir()) == stored
+    info = again.info()["dose"]
+    assert info["available"] and info["validation_images"] == 100
+    assert "Gaussian mixture" in info["density"] or "kernel density" in info["density"]
+
+
+def test_without_enough_validation_images_the_other_numbers_judge(tmp_path, splits):
+    """A run with 60 validation images has no DoSE score (100 are needed): the answer says so, and the
+    verdict comes from the numbers it does show."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(overrides=[*VAE[:-2], "data.val_size=60", "train.epochs=1", "train.batch_size=64"])
+        train(cfg, tmp_path / "small", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    small = load_dataset(cfg.data)
+    app = ExplorerApp(load_run(tmp_path / "small"), small, reference_images=30)
+    assert app.dose is None and "at least 100 validation images" in app.info()["dose"]["note"]
+    r = app.score_upload(_png(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8)))
+    assert r["dose_score"] is None and r["verdict"] == UNUSUAL and "at least 100 validation images" in \
+        r["verdict_reason"]
+    assert not (tmp_path / "small" / "ood").exists()
+
+
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A 1x1 grey PNG whose header claims width x height pixels (a decompression bomb's first bytes)."""
     buffer = io.BytesIO()

@@ -12,6 +12,7 @@ from vaelab.data import BUILTIN
 from vaelab.data.shifts import SHIFTS
 from vaelab.errors import VaelabError
 from vaelab.evaluation import unseen
+from vaelab.evaluation.oodsuite import OodOptions
 from vaelab.evaluation.suite import (RunEvaluation, check_unseen, evaluate_run, format_nll, format_samples,
                                      format_splits)
 from vaelab.evaluation.unseen import OWN_SPLITS, split_spec
@@ -29,8 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "a fixed seed when training binarizes), the importance-sampled NLL (k samples "
                                    "per image) and both generalization gaps, inference gaps and active units, "
                                    "sample fidelity; with --on, the NLL of other datasets and out-of-distribution "
-                                   "detection against the test split. Writes RUN/eval-CKPT/ (evaluation.json, "
-                                   "report.md, plots, per-image scores).",
+                                   "detection against the test split: every score (-log p(x), -ELBO, "
+                                   "complexity-corrected, LLR>k of an HVAE, DoSE, and with --regret Likelihood "
+                                   "Regret) with AUROC, AUPRC and FPR at 95% TPR and their bootstrap 95% "
+                                   "intervals, and the typicality test for batches of 1, 5, 10 and 25 images. "
+                                   "DoSE, the default score, is fitted on validation images only and kept in "
+                                   "RUN/ood/ (fitted on first use). Writes RUN/eval-CKPT/ (evaluation.json, "
+                                   "report.md, plots, per-image scores and statistics).",
                        epilog=CONVENTIONS + "\n\ndatasets for --on: test train val (the run's splits), fashion-mnist, "
                               "mnist (NAME@DIR: its files are in DIR), digits, folder:PATH, and the shifts noise, "
                               "constant, inverted, flipped (of the test split).\n\neval keys (--set eval.KEY=VALUE):\n"
@@ -40,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the run's dataset lives on this machine (for a folder: run, the directory holding it)")
     p.add_argument("--on", nargs="+", metavar="DATASET", default=[],
                    help="also score these datasets and detect them as out-of-distribution, e.g. --on mnist noise")
+    p.add_argument("--regret", action="store_true",
+                   help="also score the --on datasets by Likelihood Regret (Xiao et al. 2020): slow, a copy of the "
+                        "encoder fine-tuned on each image (eval.regret_images per dataset, eval.regret_steps steps)")
     p.add_argument("-k", "--k", type=int, metavar="K", help="importance samples per image for the NLL (= eval.nll_k)")
     p.add_argument("--nll-images", metavar="N|all",
                    help="images per split for the NLL (= eval.nll_images; all: whole splits; 0: skip)")
@@ -83,7 +92,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     output_file(json_path, "--json")  # refuse a bad target now, not after minutes of computing
     if out_dir.exists() and not out_dir.is_dir():
         raise VaelabError(f"{out_dir} exists and is not a directory; choose another --out")
-    run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint)
+    run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint,
+                   regret=args.regret)
     return 0
 
 
@@ -96,12 +106,13 @@ def _check_spec(spec: str) -> None:
 
 
 def run_evaluation(run, cfg, splits, out_dir: Path, json_path: Path | None, *, on: list[str] = (),
-                   checkpoint: str = "best", log=say) -> dict[str, Any]:
+                   checkpoint: str = "best", log=say, regret: bool = False) -> dict[str, Any]:
     """Everything `vaelab evaluate` computes (`evaluate_run`), printed as each part is done, and written to
-    out_dir (JSON, report.md, plots, per-image CSV)."""
+    out_dir (JSON, report.md, plots, per-image CSV, per-image statistics); the run's DoSE scorer is kept in
+    RUN/ood/."""
     model, device = run.model, run.device
     out_dir = Path(out_dir)
-    check_unseen(model, cfg, on)
+    check_unseen(model, cfg, on, regret)
     # every dataset is loaded before the long computations start: a typo costs seconds, not minutes
     eval_sets = unseen.load_eval_sets(list(on), cfg, splits) if on else None
     use_channels_last(model)  # faster convolutions on CPU; the numbers are the same
@@ -117,7 +128,8 @@ def run_evaluation(run, cfg, splits, out_dir: Path, json_path: Path | None, *, o
         for line in lines:
             log(line)
 
-    r = evaluate_run(model, cfg, splits, device, inside=True, eval_sets=eval_sets, log=log, on_stage=show)
+    ood = OodOptions(run_dir=run.path, stats_dir=out_dir / "statistics", regret=regret)
+    r = evaluate_run(model, cfg, splits, device, inside=True, eval_sets=eval_sets, log=log, on_stage=show, ood=ood)
     result: dict[str, Any] = {
         "run": str(run.path), "checkpoint": checkpoint, "epoch": run.meta.get("epoch"), "model": cfg.model.kind,
         "dataset": splits.name, "protocol": r.protocol, "splits": r.splits_dict(), "gap_test_minus_train": r.gap,

@@ -192,6 +192,33 @@ def fit_dose(validation: ImageStatistics, /, *, features: Sequence[str] | None =
                       protocol=protocol)
 
 
+def held_out_scores(scorer: DoseScorer, validation: ImageStatistics, /, *, folds: int = 5,
+                    seed: int = DOSE_SEED) -> np.ndarray:
+    """The DoSE score of each validation image by a density that did not see it (N,): the images are cut
+    (seeded) into `folds` parts, and each part is scored by the scorer's chosen family and size refitted
+    (scaler included) on the other parts. These are what a new in-distribution image's score should be
+    compared with: the scorer's own scores of the images it was fitted on are too good (a kernel density
+    or a large mixture sits on its points). ConfigError for statistics of another split."""
+    if not isinstance(validation, ImageStatistics) or validation.split != VALIDATION:
+        raise ConfigError("held-out DoSE scores are of the validation split only")
+    if folds < 2 or len(validation) < 2 * folds:
+        raise ConfigError(f"held-out DoSE scores need folds >= 2 and at least {2 * max(folds, 2)} validation "
+                          f"images, got {folds} folds and {len(validation)} images")
+    x = validation.matrix(scorer.features)
+    _check_finite(x, scorer.features, validation.split)
+    params = scorer.selection.get("chosen", {}).get("params") or scorer.density.get_params()
+    params = {k: params[k] for k in (("n_components", "covariance_type") if scorer.family == "gmm"
+                                     else ("kernel", "bandwidth"))}
+    out = np.empty(len(x))
+    perm = np.random.default_rng(seed).permutation(len(x))
+    for held in np.array_split(perm, folds):
+        fitted = np.setdiff1d(perm, held)
+        scaler = StandardScaler().fit(x[fitted])
+        density = _fit(scorer.family, params, scaler.transform(x[fitted]), seed)
+        out[held] = -density.score_samples(scaler.transform(x[held]))
+    return out
+
+
 # --------------------------------------------------------------------------- storage: JSON + safetensors
 
 
@@ -270,4 +297,4 @@ def _load(directory: Path, name: str) -> DoseScorer:
 
 
 __all__ = ["BANDWIDTHS", "COMPONENTS", "COVARIANCE_TYPES", "DoseScorer", "MIN_IMAGES", "fit_dose",
-           "images_needed"]
+           "held_out_scores", "images_needed"]

@@ -42,6 +42,14 @@ PUBLISHED_AUROC: dict[str, float] = {
     "ren2019_likelihood_ratio": 0.994,
 }
 
+# The same pair, single-model methods with two decimals as issue 18's table gives them: DoSE (Morningstar,
+# Ham, Gallagher, Lakshminarayanan, Alemi & Dillon 2021, AISTATS) and Likelihood Regret (Xiao, Yan & Amit
+# 2020, NeurIPS).
+PUBLISHED_AUROC_2DP: dict[str, float] = {
+    "DoSE (Morningstar et al. 2021)": 1.00,
+    "Likelihood Regret (Xiao et al. 2020)": 0.99,
+}
+
 
 @dataclass(frozen=True)
 class DetectionMetrics:

@@ -41,7 +41,8 @@ import torch
 from vaelab.config import RunConfig
 from vaelab.data import DatasetSplits, as_uint8_images, batches
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.evaluation.likelihood import NLL_SEED, importance_sampled, llr_scores
+from vaelab.evaluation.likelihood import (NLL_SEED, ImportanceEstimate, LikelihoodRatio, importance_sampled,
+                                          llr_scores)
 from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.fileio import atomic_write
@@ -219,7 +220,8 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
                        batch_size: int = 64, samples: int = 8, llr_mode: str = "mode",
                        llr_layers: Sequence[int] | None = None, binary: bool | None = None,
                        device: torch.device | str = "cpu", model_tag: str = "",
-                       log: Callable[[str], None] | None = None) -> ImageStatistics:
+                       log: Callable[[str], None] | None = None, estimate: ImportanceEstimate | None = None,
+                       ratios: dict[int, LikelihoodRatio] | None = None) -> ImageStatistics:
     """Every statistic the model can give of each image (uint8 (N, C, H, W), prepared as the run scores
     them: binarized once when it binarizes). See the module docstring for the columns.
 
@@ -228,7 +230,11 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     j lowest layers from the prior ("mode": the conditional prior's mean, "sample": a draw);
     `llr_layers`: the j of LLR>j (None: every j from 1 to layers - 1); `binary`: whether L(x) is the
     code length of a 1-bit PNG (None: decided from the images); `model_tag`: what identifies the model
-    in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused."""
+    in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused.
+
+    `estimate` and `ratios` ({j: LLR>j}): the importance-sampled pass (and LLR>j) of these images when the
+    caller already made it with the same k, seed, batch size and device (`vaelab evaluate --on` does): they
+    are used as they are instead of being computed again, so the statistics cost the forward draws alone."""
     if llr_mode not in ("mode", "sample"):
         raise ConfigError(f"llr_mode must be mode or sample, got {llr_mode!r}")
     if samples < 1:
@@ -240,13 +246,19 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     say = log or (lambda _msg: None)
     cols: dict[str, np.ndarray] = {}
     if scorer.variational:
-        say(f"  {split}: log p(x), k={k}, {len(x8)} images ...")
-        est = importance_sampled(scorer, x8, k=k, seed=seed, batch_size=batch_size, device=device)
+        est = estimate
+        if est is None:
+            say(f"  {split}: log p(x), k={k}, {len(x8)} images ...")
+            est = importance_sampled(scorer, x8, k=k, seed=seed, batch_size=batch_size, device=device)
+        elif est.k != k or est.prior_layers != 0 or len(est.log_px) != len(x8):
+            raise ValueError("estimate must be the ordinary bound (prior_layers 0) of the same images with the same k")
         cols["log_px"], cols["elbo"] = est.log_px.numpy(), est.elbo.numpy()
         for j in protocol["llr_layers"]:
-            say(f"  {split}: L>{j} ({llr_mode}) ...")
-            ratio = llr_scores(scorer, x8, prior_layers=j, k=k, batch_size=batch_size, seed=seed, device=device,
-                               log_px=est, prior_mode=llr_mode == "mode")
+            ratio = (ratios or {}).get(j)
+            if ratio is None:
+                say(f"  {split}: L>{j} ({llr_mode}) ...")
+                ratio = llr_scores(scorer, x8, prior_layers=j, k=k, batch_size=batch_size, seed=seed,
+                                   device=device, log_px=est, prior_mode=llr_mode == "mode")
             cols[f"llr_{j}"] = ratio.llr.numpy()
     if isinstance(scorer, Model):
         cols.update(_forward_statistics(scorer, x8, samples=samples, seed=seed, batch_size=batch_size,

@@ -24,6 +24,8 @@ from vaelab.evaluation.elbo import (LossSummary, evaluate_splits, evaluation_pro
                                     gap_stderr, generalization_gap)
 from vaelab.evaluation.frechet import sample_fidelity
 from vaelab.evaluation.likelihood import estimate_nll, format_nll_table
+from vaelab.evaluation.oodsuite import OodOptions, extend_datasets
+from vaelab.evaluation.regret import check_regret_model
 from vaelab.log import say
 from vaelab.models import Model
 
@@ -86,8 +88,11 @@ def nll_on_splits(model: Model, cfg: RunConfig, splits: DatasetSplits, device: t
                  "once as a whole (the same bits as its -ELBO row)"}
 
 
-def check_unseen(model: Model, cfg: RunConfig, on: list[str] | tuple[str, ...]) -> None:
-    """Fail before any long computation when unseen datasets cannot be scored by this model."""
+def check_unseen(model: Model, cfg: RunConfig, on: list[str] | tuple[str, ...], regret: bool = False) -> None:
+    """Fail before any long computation when unseen datasets cannot be scored by this model (or, with
+    `regret`, not by Likelihood Regret)."""
+    if regret and not on:
+        raise ConfigError("--regret scores the datasets of --on: name at least one, e.g. --on mnist --regret")
     if not on:
         return
     if not model.variational:
@@ -96,18 +101,23 @@ def check_unseen(model: Model, cfg: RunConfig, on: list[str] | tuple[str, ...]) 
         raise ConfigError("--on needs a likelihood, and a Bernoulli decoder trained on grey pixels has none; "
                           "train with data.binarize=dynamic or model.likelihood=gaussian")
     unseen.llr_layers(cfg, model)  # a bad eval.llr_k fails now, not after the first dataset
+    if regret:
+        check_regret_model(model)
 
 
 def evaluate_run(model: Model, cfg: RunConfig, splits: DatasetSplits, device: torch.device | str = "cpu", *,
                  inside: bool = False, eval_sets: list[unseen.EvalSet] | None = None, log: Log = say,
-                 on_stage: Callable[[str, RunEvaluation], None] | None = None) -> RunEvaluation:
+                 on_stage: Callable[[str, RunEvaluation], None] | None = None,
+                 ood: OodOptions | None = None) -> RunEvaluation:
     """Evaluate `model` (already holding the weights to evaluate) on the run's splits.
 
     `inside`: also the inference gaps and posterior collapse (variational models). `eval_sets`: unseen
     datasets (`unseen.load_eval_sets`, the test split first) to score and to detect as out-of-distribution.
     `on_stage(name, result)` is called as each part is done ("splits", "nll", "samples", "inside",
     "datasets"; "inside:start" and "datasets:start" before those two begin), so a caller can show each part
-    at once; `log` gets the progress lines of the long parts.
+    at once; `log` gets the progress lines of the long parts. `ood`: with `eval_sets`, also DoSE (fitted on
+    the validation split, kept in the run), the typicality test, optionally Likelihood Regret, and every
+    score's AUROC, AUPRC and FPR at 95% TPR with bootstrap intervals (`vaelab.evaluation.oodsuite`).
     """
     stage = on_stage or (lambda name, result: None)
     summaries = evaluate_splits(model, splits, cfg, device)
@@ -127,6 +137,10 @@ def evaluate_run(model: Model, cfg: RunConfig, splits: DatasetSplits, device: to
         stage("datasets:start", result)
         data = unseen.evaluate_datasets(model, cfg, eval_sets, device=device, log=log)
         result.per_image = data.pop("per_image")
+        estimates = data.pop("estimates")
+        if ood is not None:
+            extend_datasets(model, cfg, splits, eval_sets, data, result.per_image, estimates, ood, device=device,
+                            log=log)
         result.datasets = data
         stage("datasets", result)
     return result

@@ -38,7 +38,7 @@ from vaelab.evaluation.detect import scores_from_estimate
 from vaelab.evaluation.likelihood import describe_prior, estimate_nll, format_nll_table, likelihood_protocol, llr_scores
 from vaelab.evaluation.posterior import collapse_report, inference_gaps
 from vaelab.models import Model, eval_mode
-from vaelab.evaluation.ood import (PUBLISHED_AUROC, balanced_index, detection_metrics,
+from vaelab.evaluation.ood import (PUBLISHED_AUROC, PUBLISHED_AUROC_2DP, balanced_index, detection_metrics,
                   png_code_length_bits, roc_points)
 
 OWN_SPLITS = ("test", "train", "val")
@@ -196,6 +196,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
     binary = cfg.data.binarize != "none"
     results: dict[str, Any] = {}
     per_image: dict[str, dict[str, np.ndarray]] = {}
+    estimates: dict[str, Any] = {}  # each set's importance-sampled pass (and LLR>j), for its statistics
     j = llr_layers(cfg, model)  # hierarchical VAEs: LLR>j beside the three scores
     llr_name = f"LLR>{j}" if j else None
     mode = ec.llr_mode  # how L>j takes the j lowest layers from their prior: its mean, or a draw
@@ -209,10 +210,12 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         per_image[s.name] = scores_from_estimate(est, s.images, binary, bits)
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
                            "png_bits_mean": float(bits.mean())}
+        estimates[s.name] = (est, {})
         if j:
             ratio = llr_scores(model, s.images, prior_layers=j, k=ec.ood_k, batch_size=ec.nll_batch_size,
                                seed=ec.seed, device=device, log_px=est, prior_mode=mode == "mode")
             per_image[s.name][llr_name] = ratio.llr.numpy()
+            estimates[s.name][1][j] = ratio
             results[s.name]["llr"] = {"prior_layers": j, "k": ec.ood_k, "mode": mode, "mean": float(ratio.llr.mean()),
                                       "log_px_gt_mean": float(ratio.log_px_gt.mean())}
     ood = {name: _ood_metrics(per_image[sets[0].name], per_image[name], ec.seed)
@@ -222,7 +225,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         notes[llr_name] = LLR_NOTE.format(j=j, k=ec.ood_k, how=LLR_HOW[mode])
     return {"k": ec.ood_k, "images_per_set": ec.ood_images, "datasets": results, "ood": ood,
             "model": cfg.model.kind, "llr_k": j,
-            "score_notes": notes, "per_image": per_image,
+            "score_notes": notes, "per_image": per_image, "estimates": estimates,
             "protocol": likelihood_protocol(cfg.model.likelihood, cfg.data.binarize, cfg.data.binarize_seed,
                                             ec.ood_k, ec.ood_images, ec.seed, describe_prior(model))
             | {"images": f"at most {ec.ood_images} per dataset, a seeded random choice; OOD metrics on "
@@ -242,7 +245,14 @@ def format_dataset_tables(result: dict[str, Any], trained_on: str) -> str:
     nll_rows = {name: r["nll"] for name, r in result["datasets"].items()}
     lines = [format_nll_table(nll_rows, title=f"log-likelihood per dataset (model trained on {trained_on}; "
                                               f"k={result['k']}; nats per image; higher NLL = less likely):")]
-    if result["ood"]:
+    if result["ood"] and "ood_intervals" in result:  # every score, with bootstrap intervals
+        from vaelab.evaluation.oodformat import format_intervals
+
+        lines += [""] + format_intervals(result, trained_on)
+        if trained_on == "fashion-mnist" and "mnist" in result["ood"]:
+            lines.append(ANCHOR_NOTE)
+        lines.append("scores: " + "; ".join(f"{k}: {v}" for k, v in result.get("score_notes", SCORE_NOTES).items()))
+    elif result["ood"]:
         lines += ["", f"out-of-distribution detection against the {trained_on} test split (OOD = positive; "
                       "balanced sizes):"]
         head = f"{'':<14}{'score':<22}{'AUROC':>8}{'AUPRC':>8}{'FPR80':>8}{'n':>7}"
@@ -272,6 +282,10 @@ def anchors(result: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
     model = {"hvae": "HVAE"}.get(result.get("model", "vae"), "VAE")
     rows = [{"method": f"vaelab {model}, {score}", "auroc": m.get("auroc")} for score, m in mnist.items()]
+    extra = result.get("ood_intervals", {}).get("mnist", {})  # DoSE, Likelihood Regret: with their intervals
+    rows += [{"method": f"vaelab {model}, {score}", "auroc": m["auroc"]["value"], "auroc_interval": m["auroc"]}
+             for score, m in extra.items() if score not in mnist and "auroc" in m]
+    rows += [{"method": method, "auroc": value, "decimals": 2} for method, value in PUBLISHED_AUROC_2DP.items()]
     rows += [{"method": "HVAE log p(x) (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_log_px"]},
              {"method": "HVAE LLR>1 (Havtorn et al. 2021)", "auroc": PUBLISHED_AUROC["hvae_llr_gt1"]},
              {"method": "likelihood ratio (Ren et al. 2019)", "auroc": PUBLISHED_AUROC["ren2019_likelihood_ratio"]}]

@@ -41,9 +41,18 @@ def write_plots(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
             {name: v["complexity-corrected"] for name, v in per.items()}, out_dir / "complexity_score_histogram.png",
             xlabel="-log2 p(x) - L(x) (bits; higher = more out-of-distribution)",
             title="complexity-corrected score (Serra et al. 2020)").name
+        default = data.get("default_score")
+        if default and default != "complexity-corrected" and all(default in v for v in per.values()):
+            written["default_score_histogram"] = plots.plot_histograms(
+                {name: v[default] for name, v in per.items()},
+                out_dir / "default_score_histogram.png", xlabel=f"{default} (higher = more out-of-distribution)",
+                title=f"{default}, the default score").name
         for name, scores in data["ood"].items():
             curves = {s: (np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"]), m["auroc"])
                       for s, m in scores.items() if "roc" in m}
+            extra = data.get("ood_intervals", {}).get(name, {})  # DoSE, Likelihood Regret
+            curves |= {s: (np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"]), m["auroc"]["value"])
+                       for s, m in extra.items() if "roc" in m and s not in curves}
             if curves:
                 safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
                 written[f"roc_{name}"] = plots.plot_roc_curves(curves, out_dir / f"roc_{safe}.png",

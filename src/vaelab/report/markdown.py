@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vaelab.evaluation.oodformat import FPR_KEY, format_timing, interval_rows, interval_text
 from vaelab.fileio import atomic_write
 
 
@@ -24,6 +25,62 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
+
+
+def _anchor(a: dict[str, Any]) -> str:
+    if a.get("auroc_interval"):
+        return interval_text(a["auroc_interval"])
+    return _f(a["auroc"], int(a.get("decimals", 3)))
+
+
+def _ood_table(data: dict[str, Any]) -> list[str]:
+    """Every score with its bootstrap intervals (an evaluation written before them: AUROC, AUPRC, FPR@80)."""
+    if "ood_intervals" not in data:
+        rows = [[name, score, _f(m.get("auroc"), 3), _f(m.get("auprc"), 3), _f(m.get("fpr_at_80_tpr"), 3),
+                 m.get("n_in", "-")] for name, scores in data["ood"].items() for score, m in scores.items()]
+        return _table(["dataset", "score", "AUROC", "AUPRC", "FPR@80%TPR", "n each"], rows)
+    proto = data.get("intervals_protocol", {})
+    default = data.get("default_score")
+    rows = []
+    for name, score, m in interval_rows(data):
+        label = f"**{score}** (default)" if score == default else score
+        if "error" in m:
+            rows.append([name, label, m["error"], "", "", ""])
+            continue
+        rows.append([name, label, interval_text(m["auroc"]), interval_text(m["auprc"]),
+                     interval_text(m[FPR_KEY]), m["n_in"]])
+    return [f"Each metric with its 95% bootstrap interval ({proto.get('resamples', '?')} resamples); the default "
+            f"score is **{default}**.", ""] + _table(["dataset", "score", "AUROC", "AUPRC", "FPR@95%TPR", "n each"],
+                                                    rows)
+
+
+def _ood_extras(data: dict[str, Any]) -> list[str]:
+    """DoSE's fit and flags, the typicality test, the timing and the notes, as the terminal shows them."""
+    lines: list[str] = []
+    typ = data.get("typicality") or {}
+    if typ.get("rows"):
+        alpha = next(iter(typ["rows"].values()))["test"]["alpha"]
+        lines += [f"Typicality test (Nalisnick et al. 2019) for batches of M images: a batch is flagged when "
+                  f"|mean NLL - H| exceeds its {100 * (1 - alpha):.0f}% bootstrap quantile, both estimated from "
+                  "validation images only; *flagged* is the fraction of disjoint batches beyond it (on the test "
+                  f"split: the false-positive rate, nominal {alpha}).", ""]
+        rows = []
+        for m, row in typ["rows"].items():
+            rows.append([m, "test (in)", row["batches_in"], _f(row["fpr_in"], 3), "-", "-"])
+            rows += [[m, name, r["batches"], _f(r["flagged"], 3), interval_text(r["auroc"]),
+                      interval_text(r[FPR_KEY])] for name, r in row["sets"].items()]
+        lines += _table(["M", "dataset", "batches", "flagged", "AUROC over batches", "FPR@95%TPR"], rows)
+    timing = format_timing(data)
+    if timing:
+        lines += [f"- {line}" for line in timing] + [""]
+    d = data.get("dose")
+    if d:
+        flagged = ", ".join(f"{name} {100 * v:.1f}%" for name, v in d.get("flagged_at_99", {}).items())
+        lines += [f"DoSE density: {d['density']}; chosen by held-out likelihood among {d['candidates']} candidates "
+                  f"on {d['validation_images']} validation images only. Flagged at the 99th percentile of held-out "
+                  f"validation scores: {flagged}.", ""]
+    lines += [f"Note: {n}" for n in data.get("ood_notes", [])]
+    return lines + ([""] if data.get("ood_notes") else [])
 
 
 def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
@@ -67,21 +124,19 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
                       "means the score ranks the other dataset as more out-of-distribution than the test "
                       "images; below 0.5, the other way round (for -log p(x): the unseen data are *more* "
                       "likely).", ""]
-            rows = []
-            for name, scores in data["ood"].items():
-                for score, m in scores.items():
-                    rows.append([name, score, _f(m.get("auroc"), 3), _f(m.get("auprc"), 3),
-                                 _f(m.get("fpr_at_80_tpr"), 3), m.get("n_in", "-")])
-            lines += _table(["dataset", "score", "AUROC", "AUPRC", "FPR@80%TPR", "n each"], rows)
+            lines += _ood_table(data)
             lines += ["Scores: " + "; ".join(f"**{k}**: {v}" for k, v in data["score_notes"].items()) + ".", ""]
+            lines += _ood_extras(data)
             if result.get("anchors"):
                 lines += ["### Fashion-MNIST (in) vs MNIST (out), beside published figures", ""]
-                lines += _table(["method", "AUROC"], [[a["method"], _f(a["auroc"], 3)] for a in result["anchors"]])
+                lines += _table(["method", "AUROC"], [[a["method"], _anchor(a)] for a in result["anchors"]])
             for key, name in images.items():
                 if key.startswith("roc_"):
                     lines += [f"![ROC {key[4:]}]({name})", ""]
             if "score_histogram" in images:
                 lines += [f"![complexity-corrected score]({images['score_histogram']})", ""]
+            if "default_score_histogram" in images:
+                lines += [f"![{data.get('default_score')} score]({images['default_score_histogram']})", ""]
     inside = result.get("inside")
     if inside:
         lines += ["## Inside the model", ""]

@@ -7,7 +7,8 @@ Modules, each importing only those above it:
 
 - `limits`:    defaults, limits, `RequestError` (a bad request's HTTP status and message), `check_limits`
 - `images`:    uploads decoded strictly (`decode_upload`), answers as PNG data URIs (`png_data_uri`)
-- `reference`: what an upload is measured against (training and test images scored at start-up), the verdict
+- `reference`: what an upload is measured against (training, validation and test images scored at start-up,
+               the run's DoSE scorer), the verdict: the worst of its numbers
 - `app`:       `ExplorerApp`, the logic of every endpoint without HTTP (testable without a socket)
 - `routes`:    the URLs, their methods and query parameters, each mapped to an app call
 - `page`:      the single web page (HTML, CSS, JavaScript) as a string

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from vaelab.data import DatasetSplits, binarize_once, to_float
 from vaelab.errors import DataError
+from vaelab.evaluation.oodrun import RunDose, dose_problem, model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.unseen import has_likelihood
 from vaelab.models import eval_mode
 from vaelab.models.generate import latent_frame, lerp, slerp
@@ -29,8 +30,8 @@ from vaelab.serve.images import decode_upload, png_data_uri
 from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAMPLES, MAX_SEED, MAX_STEPS,
                                  MAX_TEMPERATURE, MAX_THUMBNAILS, RequestError, TRAVERSE_RANGE, check_limits,
                                  check_range, shown)
-from vaelab.serve.reference import (UNUSUAL_PERCENTILE, Reference, Scoring, percentile, reference_images, summary,
-                                    verdict)
+from vaelab.serve.reference import (UNUSUAL_PERCENTILE, Reference, Scoring, check, percentile, reference_images,
+                                    summary, worst_verdict)
 
 UPLOAD_SEED_OFFSET = 4242  # uploads are binarized with data.binarize_seed + this (fixed: same bytes, same numbers)
 
@@ -43,7 +44,8 @@ class ExplorerApp:
     """
 
     def __init__(self, run: Run, splits: DatasetSplits, *, k: int = DEFAULT_K,
-                 reference_images: int = DEFAULT_REFERENCE, seed: int = 0) -> None:
+                 reference_images: int = DEFAULT_REFERENCE, seed: int = 0,
+                 log: Callable[[str], None] | None = None) -> None:
         check_limits(k, reference_images)
         if splits.image_shape != run.image_shape:
             have, want = ("x".join(map(str, s)) for s in (splits.image_shape, run.image_shape))
@@ -60,9 +62,22 @@ class ExplorerApp:
         self.kind = self.cfg.model.kind  # shown to the user (info, the CLI's first line); nothing branches on it
         self.has_likelihood = bool(self.model.variational and has_likelihood(self.cfg))
         self.binary = self.cfg.data.binarize != "none"
-        self.scoring = Scoring(self.model, run.device, self.has_likelihood, k, self.binary)
+        self.log = log or (lambda message: None)
+        self.dose, self.dose_note = self._load_dose()
+        self.scoring = Scoring(self.model, run.device, self.has_likelihood, k, self.binary, self.dose,
+                               statistics_kwargs(self.cfg, model_tag(self.model)) if self.dose else {})
         self.lock = threading.Lock()  # torch modules are not re-entrant across threads
         self._score_references(reference_images)
+
+    def _load_dose(self) -> tuple[RunDose | None, str]:
+        """The run's DoSE scorer (read from RUN/ood/, or fitted on validation images and kept there), or why
+        there is none."""
+        if not self.has_likelihood:
+            return None, "no DoSE score: the model has no likelihood"
+        problem = dose_problem(self.cfg, self.splits)
+        if problem:
+            return None, problem
+        return run_dose(self.model, self.cfg, self.splits, self.run.path, device=self.run.device, log=self.log), ""
 
     def _score_references(self, n: int) -> None:
         started = time.perf_counter()
@@ -70,12 +85,17 @@ class ExplorerApp:
         train_images, train_scored = reference_images(self.splits.train, "train", n, self.seed + 1, dc)
         test_images, test_scored = reference_images(self.splits.test, "test", n, self.seed + 2, dc)
         with self.lock:
-            train, codes, _ = self.scoring.measure(train_images, train_scored)
-            test, _, _ = self.scoring.measure(test_images, test_scored)
+            train, codes, _ = self.scoring.measure(train_images, train_scored, dose=False)
+            test, _, _ = self.scoring.measure(test_images, test_scored, dose=False)
+            val = None
+            if len(self.splits.val):
+                val = self.scoring.measure(*reference_images(self.splits.val, "val", n, self.seed + 3, dc),
+                                           dose=False)[0]
             # the units of traversals and activity, shared with the HTML report (the VampPrior's: the codes')
             self.frame = latent_frame(self.model, codes)
             self.activity = self._activity(codes)
-        self.reference = Reference(train, test, time.perf_counter() - started)
+        self.reference = Reference(train, test, time.perf_counter() - started, val,
+                                   self.dose.reference if self.dose is not None else None)
 
     # ------------------------------------------------------------------ helpers (call under self.lock)
 
@@ -118,7 +138,19 @@ class ExplorerApp:
                           "seconds": round(ref.seconds, 3), "train_nll": summary(ref.train.nll),
                           "test_ood": summary(ref.test.ood), "train_recon_error": summary(ref.train.recon_error)},
             "unusual_percentile": UNUSUAL_PERCENTILE,
+            "dose": self._dose_info(),
         }
+
+    def _dose_info(self) -> dict[str, Any]:
+        ref = self.reference
+        info: dict[str, Any] = {"available": self.dose is not None, "note": self.dose_note,
+                                "val_images": len(ref.val.recon_error) if ref.val is not None else 0,
+                                "verdict_rule": f"unusual when any number shown is at or above the "
+                                                f"{UNUSUAL_PERCENTILE:g}th percentile of in-distribution images"}
+        if self.dose is not None:
+            info |= {"density": self.dose.info["density"], "validation_images": len(self.dose.reference),
+                     "held_out_scores": summary(self.dose.reference), "scorer": self.dose.info["scorer"]}
+        return info
 
     def samples(self, n: int = 16, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
         """n images from the prior (every layer's, for a hierarchical VAE), its std scaled by `temperature`."""
@@ -204,24 +236,27 @@ class ExplorerApp:
             "recon_error": err, "recon_error_percentile_train": percentile(err, self.reference.train.recon_error),
             "likelihood": self.has_likelihood,
         }
+        ref = self.reference
+        val = ref.val
+        recon_checks = [check("reconstruction error", err, ref.train.recon_error, "training images"),
+                        check("reconstruction error", err, val.recon_error if val else None, "validation images")]
         if not self.has_likelihood:
-            return out | self._judged_by_reconstruction(out["recon_error_percentile_train"])
-        train, test = self.reference.train, self.reference.test
+            why = ("NLL is not defined for an autoencoder (it has no likelihood)" if not self.model.variational else
+                   "NLL is not defined for a Bernoulli decoder trained on grey pixels")
+            return out | {"nll": None, "note": why + "; judged by its reconstruction error instead",
+                          **worst_verdict(recon_checks)}
         nll, ood = float(m.nll[0]), float(m.ood[0])
-        ood_pct = percentile(ood, test.ood)
-        return out | {
-            "k": self.k, "nll": nll, "bits_per_dim": nll / (math.prod(self.run.image_shape) * math.log(2)),
-            "nll_percentile_train": percentile(nll, train.nll), "png_bits": float(m.png_bits[0]),
-            "ood_score": ood, "ood_percentile_test": ood_pct,
-            **verdict(ood_pct, f"its OOD score (NLL in bits minus PNG code length) is higher than that of "
-                               f"{ood_pct:.1f}% of the {len(test.ood)} test images"),
-        }
-
-    def _judged_by_reconstruction(self, pct: float) -> dict[str, Any]:
-        """The answer's second half for a model without a likelihood: why, and the verdict of its reconstruction."""
-        why = ("NLL is not defined for an autoencoder (it has no likelihood)" if not self.model.variational else
-               "NLL is not defined for a Bernoulli decoder trained on grey pixels")
-        n = len(self.reference.train.recon_error)
-        return {"nll": None, "note": why + "; judged by its reconstruction error instead",
-                **verdict(pct, f"its reconstruction error is higher than that of {pct:.1f}% of the "
-                               f"{n} training images")}
+        out |= {"k": self.k, "nll": nll, "bits_per_dim": nll / (math.prod(self.run.image_shape) * math.log(2)),
+                "nll_percentile_train": percentile(nll, ref.train.nll), "png_bits": float(m.png_bits[0]),
+                "ood_score": ood, "ood_percentile_test": percentile(ood, ref.test.ood), "dose_score": None}
+        checks = []
+        if m.dose is not None:  # the best score first: it names the verdict when several numbers tie
+            out["dose_score"] = float(m.dose[0])
+            checks.append(check("DoSE score", out["dose_score"], ref.dose, "validation images (held out of its fit)"))
+            out["dose_percentile_val"] = checks[0]["percentile"]
+        checks += [check("OOD score (NLL in bits minus PNG code length)", ood, ref.test.ood, "test images"),
+                   check("OOD score (NLL in bits minus PNG code length)", ood, val.ood if val else None,
+                         "validation images"),
+                   check("NLL", nll, ref.train.nll, "training images"),
+                   check("NLL", nll, val.nll if val else None, "validation images"), *recon_checks]
+        return out | worst_verdict(checks, self.dose_note)

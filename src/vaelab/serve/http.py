@@ -308,7 +308,7 @@ def make_server(run_or_path: Run | str | Path, host: str = DEFAULT_HOST, port: i
                           "(0 picks a free one) or --host") from None
     try:
         server.app = ExplorerApp(run, splits if splits is not None else load_run_data(run), k=k,
-                                 reference_images=reference_images)
+                                 reference_images=reference_images, log=log)
     except BaseException:
         server.server_close()
         raise

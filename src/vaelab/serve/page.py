@@ -133,6 +133,8 @@ PAGE = """<!doctype html>
       <tr><td>OOD score (NLL bits &minus; PNG bits)</td><td id="ood">&ndash;</td></tr>
       <tr><td>OOD score among test images</td><td id="ood-pct">&ndash;</td></tr>
       <tr><td>reconstruction error</td><td id="recon-err">&ndash;</td></tr>
+      <tr><td>DoSE score (the default OOD score)</td><td id="dose">&ndash;</td></tr>
+      <tr><td>DoSE score among validation images</td><td id="dose-pct">&ndash;</td></tr>
     </table>
     <p id="verdict"></p>
     <p id="upload-error" class="error"></p>
@@ -331,6 +333,9 @@ async function upload() {
     }
     $("recon-err").textContent =
       `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
+    const dosed = r.dose_score !== undefined && r.dose_score !== null;
+    $("dose").textContent = dosed ? fmt(r.dose_score, 2) : (state.info.dose.note || "\u2013");
+    $("dose-pct").textContent = dosed ? `${fmt(r.dose_percentile_val, 1)}th percentile (held out of its fit)` : "\u2013";
     const verdict = $("verdict");
     verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
     verdict.className = r.verdict === "unusual" ? "unusual" : "typical";

@@ -1,7 +1,8 @@
 """What an uploaded image is measured against, and the verdict.
 
-At start-up the explorer scores `reference_images` training and test images (picked at random,
-reproducibly). An upload is then placed among them:
+At start-up the explorer scores `reference_images` training, validation and test images (picked at random,
+reproducibly), and loads the run's DoSE scorer (`vaelab.evaluation.oodrun`: fitted on validation images on
+first use and kept in RUN/ood/). An upload is then placed among them:
 
 - its NLL (importance-sampled, k samples; nats per image) against the NLLs of training images;
 - its OOD score S(x) = NLL / ln 2 - PNG code length (Serra et al. 2020, `vaelab.evaluation.ood`; bits per image,
@@ -9,7 +10,16 @@ reproducibly). An upload is then placed among them:
   the plain likelihood rates simple images (flat, few strokes) as likely whatever the training data,
   the complexity-corrected score does not;
 - its reconstruction error (mean squared, pixels in [0, 1]) against training images: the only yardstick
-  of a model without a likelihood (an autoencoder).
+  of a model without a likelihood (an autoencoder);
+- its DoSE score (Morningstar et al. 2021, the best of vaelab's scores: -log density of its statistics)
+  against the held-out DoSE scores of validation images;
+- each of those numbers against the validation images too.
+
+The verdict is the worst of them: an image is flagged by a number at or above the 99th percentile
+(UNUSUAL_PERCENTILE, fixed in advance, never tuned on OOD data) of in-distribution images, and it is
+"unusual" when any number it is shown flags it, so it is never called typical while one of its own
+numbers stands at the 100th percentile. Without a validation split (or with too few images for DoSE) the
+other numbers judge alone, and the answer says why.
 
 Images are scored as the evaluation protocol scores them: the training and test references are the
 fixed evaluation views of their splits (`vaelab.data.eval_view`), binarized if the run binarizes.
@@ -17,7 +27,8 @@ fixed evaluation views of their splits (`vaelab.data.eval_view`), binarized if t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +37,12 @@ from vaelab.config import DataConfig
 from vaelab.data import ImageSet, eval_view, spread_index, to_float
 from vaelab.evaluation.likelihood import NLL_SEED, importance_sampled
 from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
+from vaelab.evaluation.oodrun import FLAG_PERCENTILE, RunDose
+from vaelab.evaluation.statistics import compute_statistics
 from vaelab.models import eval_mode
 from vaelab.models.base import Model
 
-UNUSUAL_PERCENTILE = 99.0  # above this percentile of the reference scores: "unusual"
+UNUSUAL_PERCENTILE = FLAG_PERCENTILE  # at or above this percentile of in-distribution images: flagged
 TYPICAL = "typical of the training data"
 UNUSUAL = "unusual"
 
@@ -42,15 +55,19 @@ class Measures:
     nll: np.ndarray | None = None  # -L_k, nats per image
     png_bits: np.ndarray | None = None  # L(x): PNG code length of the scored image, bits
     ood: np.ndarray | None = None  # S(x) = nll / ln 2 - png_bits, bits per image
+    dose: np.ndarray | None = None  # DoSE score: -log density of the image's statistics (None: no scorer)
 
 
 @dataclass(frozen=True)
 class Reference:
-    """What uploads are compared with: training images (NLL, reconstruction error), test images (OOD score)."""
+    """What uploads are compared with: training images (NLL, reconstruction error), test images (OOD score),
+    validation images (every number) and the held-out DoSE scores of the validation images."""
 
     train: Measures
     test: Measures
     seconds: float
+    val: Measures | None = None
+    dose: np.ndarray | None = None  # held-out DoSE scores of the validation images the scorer was fitted on
 
 
 @dataclass(frozen=True)
@@ -62,11 +79,15 @@ class Scoring:
     likelihood: bool
     k: int
     binary: bool
+    dose: RunDose | None = None  # the run's DoSE scorer
+    stats_kwargs: dict[str, Any] = field(default_factory=dict)  # the statistics protocol it was fitted with
 
-    def measure(self, images: torch.Tensor, scored: torch.Tensor) -> tuple[Measures, torch.Tensor, torch.Tensor]:
+    def measure(self, images: torch.Tensor, scored: torch.Tensor,
+                dose: bool = True) -> tuple[Measures, torch.Tensor, torch.Tensor]:
         """Reconstruction error of uint8 images (N, C, H, W), and the likelihood numbers of `scored` (the
-        same images as the evaluation scores them: binarized if the run binarizes); also their codes and
-        reconstructions. Not thread-safe: the caller holds the model's lock."""
+        same images as the evaluation scores them: binarized if the run binarizes), with their DoSE scores
+        when `dose` and the run has a scorer; also their codes and reconstructions. Not thread-safe: the
+        caller holds the model's lock."""
         x = to_float(images, self.device)
         with eval_mode(self.model):
             codes = self.model.code(x)
@@ -77,7 +98,19 @@ class Scoring:
         est = importance_sampled(self.model, scored, k=self.k, batch_size=64, seed=NLL_SEED, device=self.device)
         nll = (-est.log_px).numpy()
         bits = png_code_length_bits(scored, binary=self.binary and scored.shape[1] == 1).astype(np.float64)
-        return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits)), codes, recon
+        doses = self._dose(scored, est) if dose else None
+        return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits), doses), codes, recon
+
+    def _dose(self, scored: torch.Tensor, est: Any) -> np.ndarray | None:
+        """DoSE scores of the images, their statistics computed with the scorer's protocol (the importance-
+        sampled pass above is reused when it is the protocol's)."""
+        if self.dose is None:
+            return None
+        kw = self.stats_kwargs
+        same = kw["k"] == self.k and kw["seed"] == NLL_SEED and kw["batch_size"] == 64
+        stats = compute_statistics(self.model, scored, split="upload", device=self.device,
+                                   estimate=est if same else None, **kw)
+        return self.dose.scorer.score(stats)
 
 
 def reference_images(split: ImageSet, name: str, n: int, seed: int,
@@ -102,6 +135,33 @@ def summary(values: np.ndarray | None) -> dict[str, float] | None:
     return {"p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "p_unusual": float(q[3])}
 
 
-def verdict(pct: float, reason: str) -> dict[str, str]:
-    """Unusual at or above UNUSUAL_PERCENTILE of the references, typical below; with the reason in words."""
-    return {"verdict": UNUSUAL if pct >= UNUSUAL_PERCENTILE else TYPICAL, "verdict_reason": reason}
+def check(measure: str, value: float, reference: np.ndarray | None, against: str) -> dict[str, Any] | None:
+    """One number of an upload against one set of in-distribution images: its percentile and whether it
+    flags the image (at or above UNUSUAL_PERCENTILE). None without that reference."""
+    if reference is None or not len(reference):
+        return None
+    pct = percentile(value, reference)
+    return {"measure": measure, "value": value, "percentile": pct, "against": against, "n": len(reference),
+            "flagged": pct >= UNUSUAL_PERCENTILE}
+
+
+def worst_verdict(checks: list[dict[str, Any] | None], note: str = "") -> dict[str, Any]:
+    """The verdict of every check together: unusual when any of them flags the image (the reason names the
+    highest percentile first, the earlier check on a tie, then the others that flag it), typical otherwise."""
+    done = [c for c in checks if c is not None]
+    flagged = sorted((c for c in done if c["flagged"]), key=lambda c: -c["percentile"])
+    def words(c: dict[str, Any]) -> str:
+        return f"its {c['measure']} is higher than that of {c['percentile']:.1f}% of the {c['n']} {c['against']}"
+
+    if flagged:
+        reason = words(flagged[0]) + ("; also " + "; ".join(words(c) for c in flagged[1:]) if flagged[1:] else "")
+        out = {"verdict": UNUSUAL, "verdict_reason": reason}
+    else:
+        top = max(done, key=lambda c: c["percentile"]) if done else None
+        reason = (f"none of its {len(done)} numbers reaches the {UNUSUAL_PERCENTILE:g}th percentile of "
+                  f"in-distribution images (highest: {top['measure']} at the {top['percentile']:.1f}th percentile "
+                  f"of the {top['against']})") if top else "nothing to compare it with"
+        out = {"verdict": TYPICAL, "verdict_reason": reason}
+    if note:
+        out["verdict_reason"] += f" ({note})"
+    return out | {"checks": done}

@@ -86,6 +86,7 @@ class DeviceSteps:
         self.attempted = 0  # steps the trainer counted since the last read (its schedules' step)
         self.autocast = cfg.precision == "bf16"
         self.compiled = compiled_loss is not None
+        self.beta = torch.zeros((), device=device)
         self.fused = bool(optimizer.defaults.get("fused"))
 
     def step(self, x: torch.Tensor, lr: float, beta: float) -> tuple[StepStats, torch.Tensor]:
@@ -97,8 +98,8 @@ class DeviceSteps:
         if self.fused:
             for group in self.optimizer.param_groups:
                 group["fused"] = True  # a host-path checkpoint's groups may have said otherwise: the skip needs it
-        if self.compiled:  # a tensor: no recompilation as the KL weight moves
-            beta = torch.tensor(beta, device=self.device)
+        if self.compiled:  # a tensor: no recompilation as the KL weight moves (fill_: no copy from the host)
+            beta = self.beta.fill_(beta)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             terms = self.loss_fn(self.model, x, beta)
         terms.loss.float().backward()

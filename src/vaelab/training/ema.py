@@ -28,7 +28,7 @@ class EMA:
         the average as it is (the step was skipped), with no read back to the host. The update count then
         counts attempted steps."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        weight = 1.0 - d if ok is None else torch.tensor(1.0 - d, device=ok.device) * ok
+        weight = 1.0 - d if ok is None else ok.float() * (1.0 - d)  # a scalar operand: no copy to the device
         for k, v in model.state_dict().items():
             if v.is_floating_point():
                 self.shadow[k].lerp_(v.detach(), weight)
