@@ -46,7 +46,7 @@ from vaelab.training.callbacks.base import Callback, CallbackList
 from vaelab.training.callbacks.clock import CheckpointClock
 from vaelab.training.callbacks.grids import SampleGrids
 from vaelab.training.callbacks.metrics import MetricsFile
-from vaelab.training.callbacks.progress import ProgressBar
+from vaelab.training.callbacks.progress import ProgressBar, ProgressLines
 from vaelab.training.device import device_path, wants_device_data
 from vaelab.training.ema import EMA
 from vaelab.training.epoch import EpochRunner
@@ -74,11 +74,12 @@ def _is_interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
 
 
-def default_callbacks(config: RunConfig, progress: bool) -> list[Callback]:
-    """vaelab's own: the metrics file, the per-epoch grids, the progress bar, TensorBoard when asked."""
+def default_callbacks(config: RunConfig, progress: bool | None) -> list[Callback]:
+    """vaelab's own: the metrics file, the per-epoch grids, progress (True: a bar; None: lines; False: none),
+    TensorBoard when asked."""
     out: list[Callback] = [MetricsFile(), SampleGrids(config.train.grid_every)]
-    if progress:
-        out.append(ProgressBar())
+    if progress is not False:  # True: a bar on the terminal; None: lines in the log, every minute
+        out.append(ProgressBar() if progress else ProgressLines())
     if config.train.tensorboard:
         from vaelab.training.callbacks.tensorboard import TensorBoardCallback  # its package is an extra
 
@@ -110,7 +111,7 @@ class Trainer:
         self.cfg = self.config = config = absolute_paths(config)
         self._lock = self._scratch = None
         tc = config.train
-        progress = _is_interactive() if progress is None else progress
+        progress = (True if _is_interactive() else None) if progress is None else progress
         own = default_callbacks(config, progress)  # a missing extra is a start-up error, never one after training
         if resume_from is None and not _restart:
             check_new_run_dir(Path(run_dir))
