@@ -25,8 +25,8 @@ from PIL import Image
 from vaelab import load_config, load_run, train
 from vaelab.cli import main
 from vaelab.data import load_dataset
-from vaelab.serve import (MAX_BODY, TYPICAL, UNUSUAL, ExplorerApp, ExplorerServer, RequestError, decode_upload,
-                          make_server, percentile, serve)
+from vaelab.serve import (MAX_BODY, TYPICAL, UNUSUAL, UNUSUAL_PERCENTILE, ExplorerApp, ExplorerServer, RequestError,
+                          decode_upload, make_server, percentile, serve)
 
 DIGITS = ["data.dataset=digits", "data.val_size=100", "train.grid_every=0", "train.grid_size=4", "eval.nll_k=10",
           "eval.nll_images=20", "eval.gap_images=0"]
@@ -202,7 +202,8 @@ def test_upload_of_a_test_image_is_typical_and_noise_is_unusual(server, splits):
     r = _json(server, "POST", "/api/upload", _png(noise))[1]
     assert r["nll"] > max(nlls) and r["ood_score"] > max(oods)
     assert r["nll_percentile_train"] == 100 and r["ood_percentile_test"] == 100
-    assert r["verdict"] == UNUSUAL and "test images" in r["verdict_reason"]
+    assert r["verdict"] == UNUSUAL and "validation images" in r["verdict_reason"]
+    assert [c["measure"] for c in r["checks"]][0] == "DoSE score" and r["dose_percentile_val"] > 90
     inverted = 255 - splits.test.images[6, 0].numpy()
     r_inv = _json(server, "POST", "/api/upload", _png(inverted))[1]
     r_in = _json(server, "POST", "/api/upload", _test_png(splits, 6))[1]
@@ -229,7 +230,7 @@ def test_upload_scores_are_repeatable_and_colour_becomes_grey(server, splits):
 
 # --------------------------------------------------------------------------- the verdict: DoSE, the worst of the numbers
 
-SHOWN = ("recon_error_percentile_train", "nll_percentile_train", "ood_percentile_test", "dose_percentile_val")
+SHOWN = ("recon_error_percentile_val", "nll_percentile_val", "ood_percentile_val", "dose_percentile_val")
 
 
 def test_verdict_is_never_typical_while_a_shown_number_flags_the_image(server, splits):
@@ -242,10 +243,11 @@ def test_verdict_is_never_typical_while_a_shown_number_flags_the_image(server, s
         r = _json(server, "POST", "/api/upload", body)[1]
         assert r["dose_score"] is not None and 0 <= r["dose_percentile_val"] <= 100
         flagged = [c for c in r["checks"] if c["flagged"]]
-        assert all(c["percentile"] >= 99 for c in flagged) and len(r["checks"]) == 7
+        assert all(c["percentile"] >= UNUSUAL_PERCENTILE for c in flagged) and len(r["checks"]) == 4
+        assert sorted(c["percentile"] for c in r["checks"]) == sorted(r[key] for key in SHOWN)
         assert (r["verdict"] == UNUSUAL) == bool(flagged)
-        if r["verdict"] == TYPICAL:  # no number shown to the user stands at the 99th percentile or above
-            assert max(r[key] for key in SHOWN) < 99 and max(c["percentile"] for c in r["checks"]) < 99
+        if r["verdict"] == TYPICAL:  # no number shown to the user stands at the flagging percentile or above
+            assert max(r[key] for key in SHOWN) < UNUSUAL_PERCENTILE
         verdicts.append(r["verdict"])
     assert verdicts[:20].count(TYPICAL) >= 15  # test images: mostly typical
     assert verdicts[-2:] == [UNUSUAL, UNUSUAL]  # a white and a black square
@@ -253,25 +255,26 @@ def test_verdict_is_never_typical_while_a_shown_number_flags_the_image(server, s
 
 def test_upload_with_an_extreme_reconstruction_error_is_not_typical(runs, splits):
     """Issue 18: the explorer called an image "typical" (its OOD score at the 87th percentile) while its
-    reconstruction error stood at the 100th percentile of training images. With training references whose
-    reconstruction errors all lie below the upload's, the same upload is judged unusual, and the reason says
-    which number flags it."""
+    reconstruction error stood at the 100th percentile. With in-distribution references whose reconstruction
+    errors all lie below the upload's, the same upload is judged unusual, whatever its other numbers say, and
+    the reason names the number that flags it."""
     from dataclasses import replace
 
     app = ExplorerApp(load_run(runs["vae"], checkpoint="last"), splits, reference_images=REFERENCE)
     body = _test_png(splits, 4)
     first = app.score_upload(body)
-    assert first["verdict"] == TYPICAL and first["recon_error_percentile_train"] < 99
-    train = app.reference.train
-    app.reference = replace(app.reference, train=replace(train, recon_error=train.recon_error * 0 + 1e-9))
-    r = app.score_upload(body)
-    assert r["recon_error_percentile_train"] == 100 and r["ood_percentile_test"] == first["ood_percentile_test"]
-    assert r["verdict"] == UNUSUAL
-    assert r["verdict_reason"].startswith("its reconstruction error is higher than that of 100.0% of the")
-    # the same through the validation references alone: any shown number flags the image
+    assert first["verdict"] == TYPICAL and first["recon_error_percentile_val"] < UNUSUAL_PERCENTILE
     val = app.reference.val
-    app.reference = replace(app.reference, train=train, val=replace(val, recon_error=val.recon_error * 0 + 1e-9))
-    assert app.score_upload(body)["verdict"] == UNUSUAL
+    app.reference = replace(app.reference, val=replace(val, recon_error=val.recon_error * 0 + 1e-9))
+    r = app.score_upload(body)
+    assert r["recon_error_percentile_val"] == 100 and r["dose_percentile_val"] == first["dose_percentile_val"]
+    assert r["ood_percentile_val"] == first["ood_percentile_val"] < UNUSUAL_PERCENTILE
+    assert r["verdict"] == UNUSUAL
+    assert r["verdict_reason"] == "its reconstruction error is higher than that of 100.0% of the 100 validation images"
+    # the other numbers flag it just the same: here the DoSE score, against held-out validation scores
+    app.reference = replace(app.reference, val=val, dose=app.reference.dose * 0 - 1e9)
+    r = app.score_upload(body)
+    assert r["verdict"] == UNUSUAL and r["verdict_reason"].startswith("its DoSE score is higher than that of 100.0%")
 
 
 def test_dose_scorer_is_fitted_once_and_reloaded(server, runs, splits, monkeypatch):

@@ -30,8 +30,8 @@ from vaelab.serve.images import decode_upload, png_data_uri
 from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAMPLES, MAX_SEED, MAX_STEPS,
                                  MAX_TEMPERATURE, MAX_THUMBNAILS, RequestError, TRAVERSE_RANGE, check_limits,
                                  check_range, shown)
-from vaelab.serve.reference import (UNUSUAL_PERCENTILE, Reference, Scoring, check, percentile, reference_images,
-                                    summary, worst_verdict)
+from vaelab.serve.reference import (UNUSUAL_PERCENTILE, VAL_REFERENCE, Reference, Scoring, check, percentile,
+                                    reference_images, summary, worst_verdict)
 
 UPLOAD_SEED_OFFSET = 4242  # uploads are binarized with data.binarize_seed + this (fixed: same bytes, same numbers)
 
@@ -89,7 +89,8 @@ class ExplorerApp:
             test, _, _ = self.scoring.measure(test_images, test_scored, dose=False)
             val = None
             if len(self.splits.val):
-                val = self.scoring.measure(*reference_images(self.splits.val, "val", n, self.seed + 3, dc),
+                n_val = max(n, VAL_REFERENCE)  # enough to resolve the flagging percentile
+                val = self.scoring.measure(*reference_images(self.splits.val, "val", n_val, self.seed + 3, dc),
                                            dose=False)[0]
             # the units of traversals and activity, shared with the HTML report (the VampPrior's: the codes')
             self.frame = latent_frame(self.model, codes)
@@ -237,26 +238,39 @@ class ExplorerApp:
             "likelihood": self.has_likelihood,
         }
         ref = self.reference
-        val = ref.val
-        recon_checks = [check("reconstruction error", err, ref.train.recon_error, "training images"),
-                        check("reconstruction error", err, val.recon_error if val else None, "validation images")]
+        judge = self._judging_references()
+        recon = check("reconstruction error", err, *judge["recon"])
+        out["recon_error_percentile_val"] = recon["percentile"] if ref.val is not None else None
         if not self.has_likelihood:
             why = ("NLL is not defined for an autoencoder (it has no likelihood)" if not self.model.variational else
                    "NLL is not defined for a Bernoulli decoder trained on grey pixels")
             return out | {"nll": None, "note": why + "; judged by its reconstruction error instead",
-                          **worst_verdict(recon_checks)}
+                          **worst_verdict([recon], judge["note"])}
         nll, ood = float(m.nll[0]), float(m.ood[0])
         out |= {"k": self.k, "nll": nll, "bits_per_dim": nll / (math.prod(self.run.image_shape) * math.log(2)),
                 "nll_percentile_train": percentile(nll, ref.train.nll), "png_bits": float(m.png_bits[0]),
-                "ood_score": ood, "ood_percentile_test": percentile(ood, ref.test.ood), "dose_score": None}
+                "ood_score": ood, "ood_percentile_test": percentile(ood, ref.test.ood), "dose_score": None,
+                "dose_percentile_val": None}
         checks = []
         if m.dose is not None:  # the best score first: it names the verdict when several numbers tie
             out["dose_score"] = float(m.dose[0])
             checks.append(check("DoSE score", out["dose_score"], ref.dose, "validation images (held out of its fit)"))
             out["dose_percentile_val"] = checks[0]["percentile"]
-        checks += [check("OOD score (NLL in bits minus PNG code length)", ood, ref.test.ood, "test images"),
-                   check("OOD score (NLL in bits minus PNG code length)", ood, val.ood if val else None,
-                         "validation images"),
-                   check("NLL", nll, ref.train.nll, "training images"),
-                   check("NLL", nll, val.nll if val else None, "validation images"), *recon_checks]
-        return out | worst_verdict(checks, self.dose_note)
+        checks += [check("OOD score (NLL in bits minus PNG code length)", ood, *judge["ood"]),
+                   check("NLL", nll, *judge["nll"]), recon]
+        if ref.val is not None:
+            out["ood_percentile_val"], out["nll_percentile_val"] = checks[-3]["percentile"], checks[-2]["percentile"]
+        notes = "; ".join(n for n in (self.dose_note, judge["note"]) if n)
+        return out | worst_verdict(checks, notes)
+
+    def _judging_references(self) -> dict[str, Any]:
+        """What each number is judged against: validation images (held out of training, like an upload);
+        a run without a validation split falls back on the training and test references, and says so."""
+        ref = self.reference
+        if ref.val is not None:
+            val = ref.val
+            return {"recon": (val.recon_error, "validation images"), "nll": (val.nll, "validation images"),
+                    "ood": (val.ood, "validation images"), "note": ""}
+        return {"recon": (ref.train.recon_error, "training images"), "nll": (ref.train.nll, "training images"),
+                "ood": (ref.test.ood, "test images"),
+                "note": "the run has no validation split: judged against training and test images"}

@@ -129,9 +129,9 @@ PAGE = """<!doctype html>
     <table id="upload-result">
       <tr><td>NLL</td><td id="nll">&ndash;</td></tr>
       <tr><td>bits/dim</td><td id="bpd">&ndash;</td></tr>
-      <tr><td>NLL among training images</td><td id="nll-pct">&ndash;</td></tr>
+      <tr><td>NLL among in-distribution images</td><td id="nll-pct">&ndash;</td></tr>
       <tr><td>OOD score (NLL bits &minus; PNG bits)</td><td id="ood">&ndash;</td></tr>
-      <tr><td>OOD score among test images</td><td id="ood-pct">&ndash;</td></tr>
+      <tr><td>OOD score among in-distribution images</td><td id="ood-pct">&ndash;</td></tr>
       <tr><td>reconstruction error</td><td id="recon-err">&ndash;</td></tr>
       <tr><td>DoSE score (the default OOD score)</td><td id="dose">&ndash;</td></tr>
       <tr><td>DoSE score among validation images</td><td id="dose-pct">&ndash;</td></tr>
@@ -324,18 +324,23 @@ async function upload() {
     if (r.likelihood) {
       $("nll").textContent = `${fmt(r.nll, 2)} nats (k = ${r.k})`;
       $("bpd").textContent = fmt(r.bits_per_dim, 4);
-      $("nll-pct").textContent = `${fmt(r.nll_percentile_train, 1)}th percentile`;
+      const val = r.nll_percentile_val !== undefined && r.nll_percentile_val !== null;
+      $("nll-pct").textContent = val ? `${fmt(r.nll_percentile_val, 1)}th percentile of validation images`
+                                     : `${fmt(r.nll_percentile_train, 1)}th percentile of training images`;
       $("ood").textContent = `${fmt(r.ood_score, 1)} bits (PNG ${fmt(r.png_bits, 0)} bits)`;
-      $("ood-pct").textContent = `${fmt(r.ood_percentile_test, 1)}th percentile`;
+      $("ood-pct").textContent = val ? `${fmt(r.ood_percentile_val, 1)}th percentile of validation images`
+                                     : `${fmt(r.ood_percentile_test, 1)}th percentile of test images`;
     } else {
       $("nll").textContent = r.note;
       for (const id of ["bpd", "nll-pct", "ood", "ood-pct"]) $(id).textContent = "\\u2013";
     }
-    $("recon-err").textContent =
-      `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
+    $("recon-err").textContent = r.recon_error_percentile_val !== null
+      ? `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_val, 1)}th percentile of validation images)`
+      : `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
     const dosed = r.dose_score !== undefined && r.dose_score !== null;
-    $("dose").textContent = dosed ? fmt(r.dose_score, 2) : (state.info.dose.note || "\u2013");
-    $("dose-pct").textContent = dosed ? `${fmt(r.dose_percentile_val, 1)}th percentile (held out of its fit)` : "\u2013";
+    $("dose").textContent = dosed ? fmt(r.dose_score, 2) : (state.info.dose.note || "\\u2013");
+    $("dose-pct").textContent = dosed ? `${fmt(r.dose_percentile_val, 1)}th percentile (held out of its fit)`
+                                      : "\\u2013";
     const verdict = $("verdict");
     verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
     verdict.className = r.verdict === "unusual" ? "unusual" : "typical";

@@ -1,0 +1,177 @@
+"""A run's DoSE scorer, fitted once on its validation images and kept in the run: `run_dose(...)`.
+
+`vaelab evaluate --on` and `vaelab serve` both score images with the DoSE density of
+`vaelab.evaluation.dose`, fitted on the per-image statistics (`vaelab.evaluation.statistics`) of a seeded
+slice of the run's validation split (eval.dose_images images; never the test split, never an OOD set). The
+first of them to need it computes and stores, inside the run directory:
+
+    RUN/ood/statistics-val-TAG.safetensors   the validation slice's statistics (safetensors)
+    RUN/ood/dose-KEY.json, .safetensors      the fitted scorer (JSON and safetensors, no pickle)
+
+TAG is a hash of the model's weights, KEY a hash of the statistics' protocol (the weights, k, seed, the
+images) and the fit's seed: another checkpoint, another protocol or other validation images get their own
+files, and a stale file is never reused. A run evaluated before DoSE existed simply has no such files yet:
+they are made on demand. A run directory that cannot be written is scored all the same (nothing cached).
+
+`RunDose.reference` holds each validation image's DoSE score under a density that did not see it
+(`dose.held_out_scores`, 5 folds): the yardstick a new image's DoSE score is compared with (its percentile,
+the threshold at the 99th percentile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vaelab.config import RunConfig
+from vaelab.data import DatasetSplits
+from vaelab.errors import CheckpointError, ConfigError
+from vaelab.evaluation.dose import DoseScorer, fit_dose, held_out_scores, images_needed
+from vaelab.evaluation.statistics import (VALIDATION, ImageStatistics, compute_statistics, statistics_protocol,
+                                          validation_images)
+from vaelab.log import say
+
+OOD_DIR = "ood"  # inside the run directory
+DOSE = "DoSE"  # the score's name in every table
+FLAG_PERCENTILE = 99.0  # an image is flagged at or above this percentile of in-distribution images (fixed a priori)
+HELD_OUT_FOLDS = 5
+
+Log = Callable[[str], None]
+
+
+def model_tag(model: Any) -> str:
+    """16 hex digits of the SHA-256 of the model's weights and buffers: what the cached files belong to."""
+    h = hashlib.sha256()
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else {}
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def statistics_kwargs(cfg: RunConfig, tag: str) -> dict[str, Any]:
+    """The run's statistics protocol (`compute_statistics` keywords): k = eval.ood_k, seed = eval.seed, batch
+    size = eval.nll_batch_size, LLR>j as eval.llr_mode says, the model's weights as its tag."""
+    ec = cfg.eval
+    return {"k": ec.ood_k, "seed": ec.seed, "batch_size": ec.nll_batch_size, "llr_mode": ec.llr_mode,
+            "binary": cfg.data.binarize != "none", "model_tag": tag}
+
+
+def dose_problem(cfg: RunConfig, splits: DatasetSplits) -> str | None:
+    """Why this run cannot have a DoSE score (one line, with the number of images needed), or None."""
+    n = len(splits.val)
+    if n == 0:
+        return ("no DoSE score: it is fitted on the validation split, and this run has none (train with "
+                "data.val_size > 0)")
+    need = images_needed()
+    if min(n, cfg.eval.dose_images) < need:
+        return (f"no DoSE score: it needs at least {need} validation images to fit and choose its density, "
+                f"this run's validation split has {n}")
+    return None
+
+
+@dataclass
+class RunDose:
+    """The run's fitted scorer, the validation statistics it was fitted on and their held-out scores."""
+
+    scorer: DoseScorer
+    validation: ImageStatistics
+    reference: np.ndarray  # held-out DoSE score of each validation image
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def threshold(self, percentile: float = FLAG_PERCENTILE) -> float:
+        """The DoSE score at `percentile` of the held-out validation scores: flagged at or above it."""
+        return float(np.percentile(self.reference, percentile))
+
+
+def _scorer_key(validation: ImageStatistics, seed: int) -> str:
+    text = json.dumps({"protocol": validation.protocol, "seed": seed, "split": validation.split}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _saved(write: Callable[[], Any], what: str, log: Log) -> bool:
+    """Run `write`; a run directory that cannot be written costs a note, not the evaluation."""
+    try:
+        write()
+        return True
+    except OSError as exc:
+        log(f"  note: could not keep {what} in the run ({exc}); it is recomputed next time")
+        return False
+
+
+def _validation_statistics(model: Any, cfg: RunConfig, splits: DatasetSplits, folder: Path | None, tag: str,
+                           device: torch.device | str, log: Log) -> tuple[ImageStatistics, bool]:
+    """The validation slice's statistics, from the run's cache when it holds them; (stats, computed)."""
+    kwargs = statistics_kwargs(cfg, tag)
+    images = validation_images(cfg, splits)
+    path = folder / f"statistics-val-{tag}.safetensors" if folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            cached = ImageStatistics.load(path)
+        except CheckpointError:
+            cached = None
+        expected = statistics_protocol(model, images, samples=8, llr_layers=None, **kwargs)
+        if cached is not None and cached.split == VALIDATION and cached.protocol == expected:
+            return cached, False
+    log(f"  DoSE: statistics of {len(images)} validation images (k={cfg.eval.ood_k}; once per model, kept in "
+        f"{folder if folder is not None else 'memory'}) ...")
+    stats = compute_statistics(model, images, split=VALIDATION, device=device, log=log, **kwargs)
+    if path is not None:
+        _saved(lambda: stats.save(path), "the validation statistics", log)
+    return stats, True
+
+
+def run_dose(model: Any, cfg: RunConfig, splits: DatasetSplits, run_dir: str | Path | None, *,
+             tag: str | None = None, device: torch.device | str = "cpu", log: Log = say) -> RunDose:
+    """The run's DoSE scorer: read from RUN/ood/ when it was fitted before with this protocol, else fitted
+    on the validation slice's statistics (computed, or read from RUN/ood/) and stored there. `run_dir` None:
+    nothing is read or kept. ConfigError (one line, with the number needed) when the run has too few
+    validation images (`dose_problem`)."""
+    problem = dose_problem(cfg, splits)
+    if problem:
+        raise ConfigError(problem)
+    tag = tag or model_tag(model)
+    folder = Path(run_dir) / OOD_DIR if run_dir is not None else None
+    t0 = time.perf_counter()
+    validation, computed = _validation_statistics(model, cfg, splits, folder, tag, device, log)
+    stats_s = time.perf_counter() - t0
+    seed = cfg.eval.seed
+    name = f"dose-{_scorer_key(validation, seed)}"
+    scorer, fit_s, fitted = None, 0.0, False
+    if folder is not None and (folder / f"{name}.json").is_file():
+        try:
+            scorer = DoseScorer.load(folder, name)
+        except (CheckpointError, KeyError, ValueError) as exc:
+            log(f"  note: the stored DoSE scorer {folder / name}.json is unreadable ({exc}); fitting it again")
+    if scorer is None:
+        t0 = time.perf_counter()
+        scorer = fit_dose(validation, seed=seed)
+        fit_s, fitted = time.perf_counter() - t0, True
+        if folder is not None:
+            _saved(lambda: scorer.save(folder, name), "the DoSE scorer", log)
+    t0 = time.perf_counter()
+    reference = held_out_scores(scorer, validation, folds=HELD_OUT_FOLDS, seed=seed)
+    held_s = time.perf_counter() - t0
+    info = {"density": scorer.describe(), "family": scorer.family, "chosen": scorer.selection.get("chosen"),
+            "features": list(scorer.features), "validation_images": len(validation),
+            "candidates": len(scorer.selection.get("candidates", [])),
+            "scorer": str(folder / f"{name}.json") if folder is not None else None,
+            "statistics_computed": computed, "fitted": fitted, "seconds": {
+                "validation_statistics": round(stats_s, 3), "fit": round(fit_s, 3), "held_out": round(held_s, 3)},
+            "fit": "on statistics of a seeded slice of the validation split only; family and size chosen by "
+                   "held-out likelihood on that slice"}
+    run = RunDose(scorer, validation, reference, info)
+    info["threshold_99"] = run.threshold()
+    return run
+
+
+__all__ = ["DOSE", "FLAG_PERCENTILE", "OOD_DIR", "RunDose", "dose_problem", "model_tag", "run_dose",
+           "statistics_kwargs"]

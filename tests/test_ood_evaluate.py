@@ -1,0 +1,177 @@
+"""`vaelab evaluate --on` with DoSE, the typicality test, Likelihood Regret and bootstrap intervals: the
+outputs (old keys kept, new keys added), the scorer kept in the run and reused, the fit's protocol
+(validation images only), and the mistakes a user can make."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab import load_config, load_run, train
+from vaelab.cli import main
+from vaelab.data import load_dataset
+from vaelab.evaluation import oodrun
+from vaelab.evaluation.statistics import images_digest, validation_images
+from vaelab.evaluation.unseen import load_eval_set
+from vaelab.report.markdown import markdown
+
+DIGITS = ["data.dataset=digits", "model.arch=mlp", "model.latent_dim=8", "train.lr=3e-3", "data.binarize=static",
+          "train.grid_every=0", "train.grid_size=4", "eval.nll_images=0"]
+FAST = ["-k", "3", "--nll-images", "0", "--set", "eval.ood_images=100", "--set", "eval.ood_k=8",
+        "--set", "eval.gap_images=0", "--set", "eval.ood_resamples=100"]
+OLD_SCORES = {"-log p(x)", "-ELBO", "complexity-corrected"}
+
+
+def _train(path, *overrides):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config(overrides=[*DIGITS, *overrides]), path, log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """An MLP VAE on 8x8 digits (143 validation images: enough for DoSE)."""
+    return _train(tmp_path_factory.mktemp("ood") / "vae", "train.epochs=4")
+
+
+def _evaluate(run, out, *on, extra=()):
+    return main(["evaluate", str(run), "--on", *on, *FAST, *extra, "--out", str(out)])
+
+
+def _stored(run):
+    return sorted(p.name for p in (run / "ood").iterdir())
+
+
+def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, capsys, one_thread):
+    out = tmp_path / "ev"
+    assert _evaluate(vae_run, out, "noise", "flipped") == 0
+    text = capsys.readouterr().out
+    assert "DoSE *" in text and "FPR@95" in text and "typicality test" in text and "time per 1,000 images" in text
+    data = json.loads((out / "evaluation.json").read_text())["datasets_eval"]
+    # the keys older readers use are all there, as they were
+    for name in ("noise", "flipped"):
+        assert set(data["ood"][name]) == OLD_SCORES and "fpr_at_80_tpr" in data["ood"][name]["-ELBO"]
+    assert data["default_score"] == "DoSE"
+    for name, scores in data["ood_intervals"].items():
+        assert set(scores) == OLD_SCORES | {"DoSE"}
+        for m in scores.values():
+            for metric in ("auroc", "auprc", "fpr_at_95_tpr"):
+                assert 0 <= m[metric]["low"] <= m[metric]["value"] <= m[metric]["high"] <= 1
+            assert m["n_in"] == m["n_out"] == 100
+        # the same AUROC as the old table's (the same balanced images)
+        assert scores["-log p(x)"]["auroc"]["value"] == pytest.approx(data["ood"][name]["-log p(x)"]["auroc"])
+        assert "roc" in scores["DoSE"]
+    assert data["ood_intervals"]["noise"]["DoSE"]["auroc"]["value"] > 0.99
+    assert data["ood_intervals"]["noise"]["DoSE"]["fpr_at_95_tpr"]["value"] < 0.05
+    assert data["dose"]["validation_images"] == 143 and 0 <= data["dose"]["flagged_at_99"]["test"] <= 0.1
+    assert data["dose"]["flagged_at_99"]["noise"] > 0.9
+    typ = data["typicality"]["rows"]
+    assert set(typ) == {"1", "5", "10", "25"} and typ["25"]["batches_in"] == 4
+    assert typ["5"]["sets"]["noise"]["flagged"] == 1.0 and 0 <= typ["1"]["fpr_in"] <= 0.1
+    per_1000 = data["timing"]["seconds_per_1000_images"]
+    assert data["timing"]["images"] == 300 and all(v >= 0 for v in per_1000.values()) and len(per_1000) == 3
+    # the scorer and the validation statistics are kept in the run; each set's statistics in the evaluation
+    stored = _stored(vae_run)
+    assert [n.rsplit(".", 1)[1] for n in stored if n.startswith("dose-")] == ["json", "safetensors"]
+    assert any(n.startswith("statistics-val-") for n in stored)
+    assert len(list((out / "statistics").glob("*.safetensors"))) == 3
+    report = (out / "report.md").read_text()
+    assert "FPR@95%TPR" in report and "**DoSE** (default)" in report and "Typicality test" in report
+    rows = list(csv.DictReader((out / "per_image_scores.csv").open()))
+    assert len(rows) == 300 and "DoSE" in rows[0]
+
+
+def test_a_second_evaluation_reuses_the_stored_scorer(vae_run, tmp_path, monkeypatch, one_thread):
+    assert _evaluate(vae_run, tmp_path / "a", "noise") == 0
+    stored = _stored(vae_run)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the DoSE scorer and the validation statistics should have been read from the run")
+
+    monkeypatch.setattr(oodrun, "fit_dose", refuse)
+    monkeypatch.setattr(oodrun, "compute_statistics", refuse)
+    assert _evaluate(vae_run, tmp_path / "b", "noise") == 0
+    a, b = (json.loads((tmp_path / d / "evaluation.json").read_text())["datasets_eval"] for d in "ab")
+    assert a["ood_intervals"]["noise"]["DoSE"] == b["ood_intervals"]["noise"]["DoSE"]
+    assert not b["dose"]["fitted"] and not b["dose"]["statistics_computed"] and a["dose"]["scorer"] == \
+        b["dose"]["scorer"]
+    assert _stored(vae_run) == stored
+    assert "read from the run" in b["timing"]["once_per_model"]["density choice and fit"]
+
+
+def test_the_fit_sees_the_validation_slice_only(vae_run, tmp_path, monkeypatch, one_thread):
+    """Issue 18's protocol: the density is fitted on statistics of validation images and of nothing else, so
+    the OOD sets named and the test images drawn change nothing in the stored scorer."""
+    seen = []
+    real = oodrun.fit_dose
+    monkeypatch.setattr(oodrun, "fit_dose", lambda stats, **kw: seen.append(stats) or real(stats, **kw))
+    scorers = []
+    for i, (on, n) in enumerate((("noise", "100"), ("flipped", "60"))):
+        for p in (vae_run / "ood").glob("*"):
+            p.unlink()
+        assert main(["evaluate", str(vae_run), "--on", on, *FAST, "--set", f"eval.ood_images={n}",
+                     "--out", str(tmp_path / f"ev{i}")]) == 0
+        scorers.append([p.read_bytes() for p in sorted((vae_run / "ood").glob("dose-*.safetensors"))])
+    assert len(seen) == 2 and scorers[0] == scorers[1] and len(scorers[0]) == 1
+    run = load_run(vae_run)
+    cfg = run.config
+    splits = load_dataset(cfg.data)
+    expected = images_digest(validation_images(cfg, splits))
+    test = load_eval_set("test", cfg, splits, 100, cfg.eval.seed + 10).images
+    for stats in seen:
+        assert stats.split == "val" and stats.protocol["images_sha256"] == expected
+        assert stats.protocol["images_sha256"] != images_digest(test) and len(stats) == len(splits.val)
+
+
+def test_too_few_validation_images_is_a_note_and_the_evaluation_goes_on(tmp_path, capsys, one_thread):
+    run = _train(tmp_path / "small", "data.val_size=50", "train.epochs=1")
+    assert _evaluate(run, tmp_path / "ev", "noise") == 0
+    text = capsys.readouterr().out
+    line = next(li for li in text.splitlines() if "no DoSE score" in li)
+    assert "at least 100 validation images" in line and "has 50" in line
+    data = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["datasets_eval"]
+    assert data["default_score"] == "complexity-corrected" and "DoSE" not in data["ood_intervals"]["noise"]
+    assert "typicality" in data and not (run / "ood").exists()
+
+
+def test_likelihood_regret_is_opt_in(vae_run, tmp_path, capsys, one_thread):
+    out = tmp_path / "ev"
+    assert _evaluate(vae_run, out, "noise", extra=["--regret", "--set", "eval.regret_images=12",
+                                                     "--set", "eval.regret_steps=10"]) == 0
+    assert "Likelihood Regret" in capsys.readouterr().out
+    data = json.loads((out / "evaluation.json").read_text())["datasets_eval"]
+    m = data["ood_intervals"]["noise"]["Likelihood Regret"]
+    assert m["n_in"] == m["n_out"] == 12 and 0 <= m["auroc"]["value"] <= 1
+    assert data["regret"]["steps"] == 10 and data["regret"]["images"] == 24
+    assert "Likelihood Regret" in data["timing"]["seconds_per_1000_images"]
+    rows = list(csv.DictReader((out / "per_image_scores.csv").open()))
+    regret = np.array([float(r["Likelihood Regret"]) for r in rows])
+    assert np.isfinite(regret).sum() == 24 and (regret[np.isfinite(regret)] >= 0).all()
+
+
+def test_evaluate_mistakes_are_one_line_errors(vae_run, tmp_path, capsys):
+    assert main(["evaluate", str(vae_run), "--regret"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--regret scores the datasets of --on" in err
+    assert main(["evaluate", str(vae_run), "--on", "noise", "--set", "eval.regret_steps=0"]) == 2
+    assert "eval.regret_steps" in capsys.readouterr().err
+    hvae = _train(tmp_path / "hvae", "model.kind=hvae", "model.arch=conv", "model.hvae_latents=[2,2]",
+                  "model.hvae_channels=8", "train.epochs=1")
+    assert main(["evaluate", str(hvae), "--on", "noise", "--regret", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "single-latent VAE" in err
+
+
+def test_report_of_an_evaluation_written_before_the_intervals():
+    """evaluation.json files written before DoSE have no ood_intervals: the report shows their table."""
+    old = {"datasets_eval": {"k": 5, "images_per_set": 10, "datasets": {}, "score_notes": {"-ELBO": "x"},
+                             "ood": {"noise": {"-ELBO": {"auroc": 0.9, "auprc": 0.8, "fpr_at_80_tpr": 0.1,
+                                                         "n_in": 10, "n_out": 10}}}}}
+    text = markdown(old, {})
+    assert "| noise | -ELBO | 0.900 | 0.800 | 0.100 | 10 |" in text and "FPR@80%TPR" in text
