@@ -75,7 +75,7 @@ def nll_on_splits(model: Model, cfg: RunConfig, splits: DatasetSplits, device: t
             view = view.subset(spread_index(len(split), n, ec.seed + i))
         summary, _ = estimate_nll(model, view.images, likelihood=cfg.model.likelihood, binarize=dc.binarize,
                                   binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
-                                  seed=ec.seed, device=device)
+                                  seed=ec.seed, device=device, compile=ec.compile)
         log(f"  {name}: NLL {summary.nll:.2f} ± {summary.stderr:.2f} ({summary.images_per_s:.1f} images/s)")
         out[name] = summary.as_dict()
     gap = gap_se = None

@@ -205,7 +205,7 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
             + (f", and L>{j} for {llr_name}" if j else "") + " ...")
         summary, est = estimate_nll(model, s.images, likelihood=cfg.model.likelihood, binarize=cfg.data.binarize,
                                     binarize_seed=cfg.data.binarize_seed, k=ec.ood_k, batch_size=ec.nll_batch_size,
-                                    seed=ec.seed, device=device)
+                                    seed=ec.seed, device=device, compile=ec.compile)
         bits = png_code_length_bits(s.images, binary=binary and s.images.shape[1] == 1)
         per_image[s.name] = scores_from_estimate(est, s.images, binary, bits)
         results[s.name] = {"source": s.source, "available": s.available, "nll": summary.as_dict(),
@@ -213,7 +213,8 @@ def evaluate_datasets(model: Model, cfg: RunConfig, sets: list[EvalSet], *,
         estimates[s.name] = (est, {})
         if j:
             ratio = llr_scores(model, s.images, prior_layers=j, k=ec.ood_k, batch_size=ec.nll_batch_size,
-                               seed=ec.seed, device=device, log_px=est, prior_mode=mode == "mode")
+                               seed=ec.seed, device=device, log_px=est, prior_mode=mode == "mode",
+                               compile=ec.compile)
             per_image[s.name][llr_name] = ratio.llr.numpy()
             estimates[s.name][1][j] = ratio
             results[s.name]["llr"] = {"prior_layers": j, "k": ec.ood_k, "mode": mode, "mean": float(ratio.llr.mean()),
@@ -325,7 +326,7 @@ def inside_the_model(model: Model, cfg: RunConfig, splits: DatasetSplits, *, dev
             f"log p(x) with k={ec.nll_k} ...")
         summary, est = estimate_nll(model, x8, likelihood=cfg.model.likelihood, binarize=dc.binarize,
                                     binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
-                                    seed=ec.seed, device=device)
+                                    seed=ec.seed, device=device, compile=ec.compile)
         x = to_float(x8, device)
         gaps = inference_gaps(model, x, est.log_px.to(device), steps=ec.refine_steps, lr=ec.refine_lr,
                               train_samples=1, eval_samples=100, discrete=True,

@@ -127,7 +127,7 @@ def validation_nll(model, cfg: RunConfig, splits: DatasetSplits, device: torch.d
         view = view.subset(spread_index(len(view), n, ec.seed + present.index("val")))
     summary, _ = estimate_nll(model, view.images, likelihood=cfg.model.likelihood, binarize=dc.binarize,
                               binarize_seed=dc.binarize_seed, k=ec.nll_k, batch_size=ec.nll_batch_size,
-                              seed=ec.seed, device=device)
+                              seed=ec.seed, device=device, compile=ec.compile)
     return summary
 
 
