@@ -329,3 +329,30 @@ def test_only_https_except_loopback(tmp_path):
         with pytest.raises(DownloadError, match="only https"):
             download_file(url, tmp_path / "f", GOOD)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_without_a_published_sha256_are_checked_by_git_blob_or_size(server, tmp_path):
+    """Where no SHA-256 is published (Omniglot's chardata.mat), the git blob id and/or the size guard the file."""
+    root, url = server
+    (root / "f.bin").write_bytes(BODY)
+    blob = hashlib.sha1(b"blob %d\0" % len(BODY) + BODY).hexdigest()  # what `git hash-object f.bin` prints
+    assert download_file(url + "f.bin", tmp_path / "a" / "f.bin", None, git_blob=blob).read_bytes() == BODY
+    with pytest.raises(DownloadError, match=f"has git blob id {blob}, expected 0000"):
+        download_file(url + "f.bin", tmp_path / "b" / "f.bin", None, git_blob="0" * 40)
+    with pytest.raises(DownloadError, match=f"has {len(BODY)} bytes, expected {len(BODY) + 1}"):
+        download_file(url + "f.bin", tmp_path / "b" / "f.bin", None, size=len(BODY) + 1)
+    assert list((tmp_path / "b").iterdir()) == []
+    assert download_file(url + "f.bin", tmp_path / "c" / "f.bin", None, size=len(BODY)).read_bytes() == BODY
+
+
+def test_named_catalog_is_well_formed():
+    """Every standard dataset's files: https URLs, a SHA-256 (or, where none is published, a git blob id)."""
+    for spec in sources.NAMED.values():
+        assert spec.files and spec.forms[0] == tuple(f.name for f in spec.files)
+        for f in spec.files:
+            assert f.urls and all(u.startswith("https://") for u in f.urls)
+            if f.sha256 is None:
+                assert f.git_blob and len(f.git_blob) == 40 and int(f.git_blob, 16) >= 0 and spec.name == "omniglot"
+            else:
+                assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
+    assert {n for n, s in sources.NAMED.items() if any(f.sha256 is None for f in s.files)} == {"omniglot"}

@@ -10,8 +10,9 @@ import argparse
 import json
 import time
 
-from vaelab.config import RunConfig, load_config
-from vaelab.data import DatasetSplits
+from vaelab.config import RunConfig, load_config, load_toml, parse_override
+from vaelab.data import DatasetSplits, recommended
+from vaelab.log import say
 from vaelab.errors import VaelabError
 from vaelab.runs import Run, load_run, load_run_data
 
@@ -60,11 +61,22 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The config of --config, --set and --data-dir (see `_add_config_args`)."""
+    """The config of --config, --set and --data-dir (see `_add_config_args`), with the dataset's recommended
+    settings (cifar10: 8-bit pixels and the logistic mixture, ...) where neither the file nor --set gave them."""
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    given = {".".join(parse_override(text)[:2]) for text in overrides}
+    if args.config:
+        given |= {f"{section}.{key}" for section, keys in load_toml(args.config).items() for key in keys}
+    extra = [f"{key}={value}" for key, value in recommended(cfg.data.dataset.split("@")[0]).items()
+             if key not in given]
+    if not extra:
+        return cfg
+    say(f"note: {cfg.data.dataset.split('@')[0]} is trained with {', '.join(extra)} unless you say otherwise "
+        "(--set or the config file)")
+    return load_config(args.config, [*extra, *overrides])
 
 
 def _stamp() -> str:

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="which datasets vaelab can see, where from, their sizes",
                        formatter_class=_formatter,
                        description="List the built-in datasets (and any given as arguments, e.g. folder:PATH) "
-                                   "with where they were found and their sizes.")
+                                   "with where they were found and their sizes; for a missing one, where it "
+                                   "is downloaded from on first use (offline: the URL and where to put the "
+                                   "files). Presets for the standard datasets: configs/datasets/NAME.toml.")
     p.add_argument("specs", nargs="*", metavar="DATASET", help="datasets to describe (default: the built-in ones)")
     p.add_argument("--data-dir", metavar="DIR", help="also search this directory first")
     p.set_defaults(func=cmd_datasets)

@@ -39,7 +39,10 @@ def _opt(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _opt("fashion-mnist", "fashion-mnist | mnist | digits | folder:PATH")
+    dataset: str = _opt(
+        "fashion-mnist", "fashion-mnist | mnist | digits | cifar10 | svhn | celeba | omniglot | kmnist | emnist | "
+                         "emnist-letters | binarized-mnist | folder:PATH (`vaelab datasets` lists them)"
+    )
     data_dir: str | None = _opt(None, "directory holding the dataset's files (searched first)")
     image_size: int | None = _opt(None, "resize images to SIZE x SIZE (none: native size)")
     resize: Literal["resize", "pad"] = _opt("resize", "how to reach image_size: resample, or pad with zeros")

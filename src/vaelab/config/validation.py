@@ -159,7 +159,8 @@ def _finite_non_negative(obj: Any, section: str, names: tuple[str, ...]) -> None
 def check_data(d: DataConfig) -> None:
     """The range rules of the [data] section."""
     if not d.dataset:
-        raise ConfigError("data.dataset is empty; use fashion-mnist, mnist, digits or folder:PATH")
+        raise ConfigError("data.dataset is empty; use a name `vaelab datasets` lists (fashion-mnist, mnist, "
+                          "cifar10, ...) or folder:PATH")
     _positive(d, "data", "image_size", allow_none=True)
     if d.image_size is not None and d.image_size > MAX_IMAGE_SIZE:
         raise ConfigError(f"data.image_size must be at most {MAX_IMAGE_SIZE}, got {d.image_size}")

@@ -1,7 +1,8 @@
 """Download files into the cache, verified by SHA-256 and written atomically.
 
 A file is streamed into a temporary file beside its destination, hashed on the
-way, and renamed into place only when its SHA-256 matches. A wrong hash, a
+way, and renamed into place only when its SHA-256 matches (for a file whose
+publisher gives no SHA-256: its git blob id and/or its size, see `verify`). A wrong hash, a
 dropped connection or a stalled server leaves nothing behind in the cache,
 and a file already in the cache is only ever replaced by a verified one.
 Only https:// URLs are accepted, redirects included, except plain http:// to
@@ -82,6 +83,31 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def git_blob_id(path: str | Path) -> str:
+    """The id git gives the file's bytes as a blob: SHA-1 of b"blob <size>\\0" followed by the bytes."""
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | Path, sha256: str | None, *, size: int | None = None, git_blob: str | None = None,
+           got_sha256: str | None = None) -> str | None:
+    """What is wrong with the file at `path` (None: nothing): its SHA-256, size or git blob id differs.
+
+    Each check runs only when its expected value is given; `got_sha256` saves hashing the file again."""
+    if sha256 is not None:
+        got = got_sha256 or sha256_file(path)
+        if got != sha256:
+            return f"has SHA-256 {got}, expected {sha256}"
+    if size is not None and os.path.getsize(path) != size:
+        return f"has {os.path.getsize(path)} bytes, expected {size}"
+    if git_blob is not None and git_blob_id(path) != git_blob:
+        return f"has git blob id {git_blob_id(path)}, expected {git_blob}"
+    return None
+
+
 def _stream(url: str, tmp: Path, timeout: float, min_rate: float) -> str:
     """One request: stream `url` into `tmp` (flushed and fsynced), hashing on the way; the SHA-256 hex digest.
 
@@ -124,15 +150,20 @@ def _failure_reason(last_error: Exception | None, timeout: float) -> object:
 def download_file(
     url: str,
     dest: str | Path,
-    sha256: str,
+    sha256: str | None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF_S,
     min_rate: float = DEFAULT_MIN_RATE,
     log: Callable[[str], None] | None = None,
+    size: int | None = None,
+    git_blob: str | None = None,
 ) -> Path:
     """Fetch `url` into `dest` if its SHA-256 equals `sha256`; return `dest`.
+
+    `sha256=None` is for files whose publisher gives no SHA-256: then `git_blob` (a file kept in a git
+    repository) and/or `size` are checked instead, as far as they are given.
 
     Network errors (a refused or dropped connection, a read timeout after
     `timeout` seconds of silence, a server slower than `min_rate` bytes/s over
@@ -154,10 +185,11 @@ def download_file(
             if log:
                 log(f"downloading {url}")
             got = _stream(url, tmp, timeout, min_rate)
-            if got != sha256:
+            wrong = verify(tmp, sha256, size=size, git_blob=git_blob, got_sha256=got)
+            if wrong:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(
-                    f"{url} has SHA-256 {got}, expected {sha256}; the file was discarded. "
+                    f"{url} {wrong}; the file was discarded. "
                     "The mirror may be serving a damaged or different file: try again later or place the "
                     f"file in {dest.parent} yourself"
                 )

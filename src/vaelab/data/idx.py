@@ -68,7 +68,7 @@ def read_idx_header(path: str | Path) -> tuple[np.dtype, tuple[int, ...]]:
         raise DataError(f"cannot read IDX file {path}: {exc}; the file is damaged, download it again") from None
 
 
-def _parse_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+def _parse_header(stream: BinaryIO, path: str | Path) -> tuple[np.dtype, tuple[int, ...]]:
     head = stream.read(4)
     if len(head) < 4:
         raise DataError(f"IDX file {path} is truncated: {len(head)} bytes, shorter than the 4-byte magic number")
@@ -96,29 +96,36 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
     try:
         opener = gzip.open if _is_gzip(path) else open
         with opener(path, "rb") as stream:
-            dtype, shape = _parse_header(stream, path)
-            if expected_ndim is not None and len(shape) != expected_ndim:
-                raise DataError(
-                    f"IDX file {path} has {len(shape)} dimensions {shape}, expected {expected_ndim}; "
-                    "are the image and label files swapped?"
-                )
-            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header
-            data = _read_exact(stream, expected)
-            if len(data) < expected:
-                raise DataError(
-                    f"IDX file {path} is truncated: its header promises {expected} bytes of data "
-                    f"for shape {shape}, found {len(data)}; download it again"
-                )
-            extra = len(stream.read(1))
-            if extra:
-                raise DataError(
-                    f"IDX file {path} has bytes after the {expected} its header promises for shape {shape}; "
-                    "the file is damaged or not an IDX file"
-                )
+            return read_idx_stream(stream, path, expected_ndim)
     except FileNotFoundError:
         raise DataError(f"IDX file {path} does not exist") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}; the file is damaged, download it again") from None
+
+
+def read_idx_stream(stream: BinaryIO, path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Read a whole IDX array from an open (already decompressed) binary stream; `path` names it in errors.
+
+    The caller turns the stream's own errors (OSError, EOFError, zlib.error) into a DataError."""
+    dtype, shape = _parse_header(stream, path)
+    if expected_ndim is not None and len(shape) != expected_ndim:
+        raise DataError(
+            f"IDX file {path} has {len(shape)} dimensions {shape}, expected {expected_ndim}; "
+            "are the image and label files swapped?"
+        )
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header
+    data = _read_exact(stream, expected)
+    if len(data) < expected:
+        raise DataError(
+            f"IDX file {path} is truncated: its header promises {expected} bytes of data "
+            f"for shape {shape}, found {len(data)}; download it again"
+        )
+    extra = len(stream.read(1))
+    if extra:
+        raise DataError(
+            f"IDX file {path} has bytes after the {expected} its header promises for shape {shape}; "
+            "the file is damaged or not an IDX file"
+        )
     try:
         array = np.frombuffer(data, dtype=dtype).reshape(shape)
     except ValueError as exc:  # e.g. a zero dimension beside dimensions too big for numpy

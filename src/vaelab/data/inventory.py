@@ -1,17 +1,21 @@
 """What `vaelab datasets` shows: for each dataset, found or not, where, and its sizes.
 
 IDX datasets are described from their headers alone (nothing is decoded);
-folders are read, without the folder cache.
+the other named datasets (cifar10, svhn, ...) by their files' presence and
+their official sizes (nothing is decoded either); folders are read, without
+the folder cache.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 
 from vaelab.errors import DataError
 from vaelab.data import download as dl
-from vaelab.data.catalog import BUILTIN, IDX_DATASETS
+from vaelab.data.catalog import BUILTIN, IDX_DATASETS, NAMED
 from vaelab.data.idx import read_idx_header
+from vaelab.data.named import find_named, where_to_put
 from vaelab.data.sources import find_idx_files, load_folder
 
 
@@ -39,6 +43,8 @@ def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
             return DatasetDescription(dataset, False, str(exc), None, None, None)
         return DatasetDescription(dataset, True, raw.source, len(raw.train_images), None,
                                   tuple(raw.train_images.shape[1:]), "no test split: one is carved out")
+    if dataset in NAMED:
+        return _describe_named(dataset, data_dir)
     if dataset not in IDX_DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")
     spec = IDX_DATASETS[dataset]
@@ -57,3 +63,16 @@ def describe(dataset: str, data_dir: str | None = None) -> DatasetDescription:
     else:
         shape = (1, *train_shape[1:])
     return DatasetDescription(dataset, True, where, train_shape[0], test, shape, note)
+
+
+def _describe_named(dataset: str, data_dir: str | None) -> DatasetDescription:
+    spec = NAMED[dataset]
+    found = find_named(spec, data_dir)
+    if not found:
+        size = spec.download_size
+        host = urllib.parse.urlsplit(spec.files[0].urls[0]).hostname
+        how = (f"offline: {where_to_put(spec)}" if dl.offline() else
+               f"downloaded on first use from {host}" + (f" ({size / 1e6:,.0f} MB)" if size else ""))
+        return DatasetDescription(dataset, False, "not found", None, None, None, how)
+    return DatasetDescription(dataset, True, found[1], spec.train, spec.test, spec.image_shape,
+                              "official sizes (the files are read when used)")

@@ -1,10 +1,11 @@
-"""Where images come from: IDX datasets, scikit-learn's digits, image folders.
+"""Where images come from: IDX datasets, scikit-learn's digits, image folders (the other named datasets:
+`vaelab.data.named`, which builds on the search path here).
 
 Each loader returns raw uint8 tensors (N, C, H, W) for a train split and, when
 the dataset has one, a test split. Resizing, splitting and binarization happen
 later (`vaelab.data.splits`), the same way for every source.
 
-IDX datasets (fashion-mnist, mnist) are looked for, in this order:
+IDX datasets (fashion-mnist, mnist, kmnist) are looked for, in this order:
   1. the directory given by the user (`--data-dir` / `data.data_dir`),
   2. `$VAELAB_DATA/<name>/`, then `$VAELAB_DATA/` itself,
   3. the user cache, `$XDG_CACHE_HOME/vaelab/datasets/<name>/` (~/.cache/...),
@@ -38,7 +39,7 @@ import torch
 from vaelab.errors import DataError, DatasetNotFoundError, DownloadError
 from vaelab.data import cache as folder_cache
 from vaelab.data import download as dl
-from vaelab.data.catalog import BUILTIN, IDX_DATASETS, IdxDataset  # re-exported: sources is their historic home
+from vaelab.data.catalog import BUILTIN, IDX_DATASETS, NAMED, IdxDataset  # re-exported: their historic home
 from vaelab.data.idx import read_idx
 
 
@@ -144,8 +145,9 @@ def locate_idx(spec: IdxDataset, data_dir: str | None, download: bool,
     if not download or dl.offline():
         why = "downloads are off (VAELAB_OFFLINE=1)" if dl.offline() else "downloads are off (data.download=false)"
         raise DatasetNotFoundError(
-            f"{spec.name} not found (searched {searched}) and {why}; "
-            f"put its IDX files in a directory and pass --data-dir DIR"
+            f"{spec.name} not found (searched {searched}) and {why}; download its four IDX files "
+            f"({', '.join(f'{stem}.gz' for stem in spec.files.values())}) from {spec.mirrors[0]} by hand and put "
+            f"them in {cache_root() / spec.name} (or in a directory you pass as --data-dir)"
         )
     try:
         download_idx(spec, log=log)
@@ -412,12 +414,19 @@ def _square(img, resize: str):
 
 def load_raw(dataset: str, *, data_dir: str | None = None, download: bool = True,
              image_size: int | None = None, channels: int | None = None, resize: str = "resize",
-             log: Callable[[str], None] | None = None) -> RawData:
-    """Load dataset `dataset` (a built-in name or folder:PATH) as raw uint8 tensors."""
+             log: Callable[[str], None] | None = None, test_only: bool = False) -> RawData:
+    """Load dataset `dataset` (a built-in name or folder:PATH) as raw uint8 tensors.
+
+    `test_only` (for scoring a dataset's test images, e.g. as an unseen dataset) lets a loader skip decoding
+    the training images where that is slow (celeba): its training split is then empty."""
     if dataset.startswith("folder:"):
         return load_folder(dataset[len("folder:"):], image_size, channels, resize, data_dir=data_dir)
     if dataset == "digits":
         return load_digits()
     if dataset in IDX_DATASETS:
         return load_idx_dataset(dataset, data_dir, download, log=log)
+    if dataset in NAMED:
+        from vaelab.data.named import load_named  # named builds on this module
+
+        return load_named(dataset, data_dir, download, image_size, test_only=test_only, log=log)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN)} or folder:PATH")

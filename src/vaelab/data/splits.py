@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vaelab.config import DataConfig
 from vaelab.errors import ConfigError, DataError
+from vaelab.data.named import settings_notes
 from vaelab.data.sources import RawData, load_raw
 
 SPLITS = ("train", "val", "test")
@@ -150,7 +151,7 @@ def default_val_size(n_train: int) -> int:
 def make_splits(raw: RawData, cfg: DataConfig, name: str) -> DatasetSplits:
     train_x, train_y = raw.train_images, raw.train_labels
     channels = cfg.channels or train_x.shape[1]
-    notes = list(raw.notes)
+    notes = list(raw.notes) + settings_notes(name, cfg)
     if not len(train_x):
         raise DataError(f"{name} ({raw.source}) holds no training images")
 

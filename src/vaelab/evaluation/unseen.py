@@ -127,7 +127,7 @@ def load_eval_set(spec: str, cfg: RunConfig, splits: DatasetSplits, n: int, seed
     name, where = split_spec(spec)
     if where is not None and (name in OWN_SPLITS or name in SHIFTS or name == "digits"):
         raise DataError(f"dataset {spec!r}: NAME@DIR only applies to datasets read from files (mnist, "
-                        f"fashion-mnist); {name} needs no directory")
+                        f"fashion-mnist, cifar10, svhn, ...: `vaelab datasets`); {name} needs no directory")
     if name == cfg.data.dataset:
         raise DataError(f"{name} is the run's own dataset: use test (or train, val) to score its splits")
     if name in OWN_SPLITS:
@@ -144,7 +144,7 @@ def load_eval_set(spec: str, cfg: RunConfig, splits: DatasetSplits, n: int, seed
         return EvalSet(name, _prepare(images, cfg, splits.image_shape, name), what, len(images))
     c, h, w = splits.image_shape
     raw = load_raw(name, data_dir=where, download=cfg.data.download, image_size=h if h == w else None,
-                   channels=c)
+                   channels=c, test_only=True)  # celeba: decode its test partition only
     # the dataset's own test images when it has them (fewer duplicates of anything seen anywhere)
     images = raw.test_images if raw.test_images is not None and len(raw.test_images) else raw.train_images
     if not len(images):
