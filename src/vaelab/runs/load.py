@@ -2,6 +2,7 @@
 
 `load_run(path)` needs only the checkpoint (its meta.json carries the config
 and image shape), so a run copied to another machine loads without the data.
+`load_run("pretrained:NAME")` loads a model shipped with vaelab (`vaelab.runs.pretrained`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vaelab.errors import CheckpointError, DataError
 from vaelab.models import Model, build_model, check_model, eval_mode, generate
 from vaelab.runs.checkpoint import check_name, load_checkpoint
 from vaelab.runs.paths import RunPaths, resolve_device
+from vaelab.runs.pretrained import resolve_run_path
 
 
 def model_from_checkpoint(meta: dict[str, Any], weights: dict[str, torch.Tensor], origin: str,
@@ -120,9 +122,10 @@ class Run:
 
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
-    """The checkpoint directory of a run (or `path` itself if it is a checkpoint)."""
+    """The checkpoint directory of a run (or `path` itself if it is a checkpoint); "pretrained:NAME" is the
+    shipped model's copy in the user's cache."""
     check_name(checkpoint)  # a name such as ../../x would reach outside the run
-    path = Path(path)
+    path = resolve_run_path(path)
     if (path / "meta.json").is_file() or path.name in ("best", "last") and path.parent.name == "checkpoints":
         return path
     if not path.exists():
@@ -139,7 +142,8 @@ def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
 
 def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
              model: torch.nn.Module | None = None) -> Run:
-    """Load a trained run for inference: one call, from its directory, no dataset needed.
+    """Load a trained run for inference: one call, from its directory (or "pretrained:NAME", a model shipped
+    with vaelab: `vaelab pretrained` lists them), no dataset needed.
 
     `checkpoint` is "best" (lowest validation loss; the last epoch's weights
     when the run had no validation split) or "last". With train.ema, both give

@@ -18,6 +18,7 @@ from vaelab.config import to_dict
 from vaelab.data import DatasetSplits
 from vaelab.errors import CheckpointError, DataError
 from vaelab.runs import Run, RunPaths, load_run, load_run_data
+from vaelab.runs.pretrained import resolve_run_path
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 def read_run_files(root: str | Path, checkpoint: str = "best") -> RunFiles:
     """Read a run directory's result files; CheckpointError when `root` is not a run directory."""
-    root = Path(root)
+    root = resolve_run_path(root)  # a path, or pretrained:NAME
     paths = RunPaths(root)
     if not root.exists():
         raise CheckpointError(f"run directory {root} does not exist; pass the directory `vaelab train` wrote")
