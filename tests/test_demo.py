@@ -19,7 +19,11 @@ def test_demo_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch):
     assert (tmp_path / "demo" / "samples_vae_vs_ae.png").is_file()
     for kind in ("vae", "ae"):
         assert (tmp_path / "demo" / kind / "images" / "interpolations.png").is_file()
-    assert "VAE -ELBO" in (tmp_path / "demo" / "summary.txt").read_text()
+    text = (tmp_path / "demo" / "summary.txt").read_text()
+    title, units = text.splitlines()[:2]
+    assert title.startswith("vaelab demo: the VAE") and "digits (1x28x28" in title
+    assert f"{summary['sizes']['train']} train" in title
+    assert "nats per image" in units and "bits/dim" in units and "VAE -ELBO" in text
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved["evaluation"]["ae"]["splits"]["test"]["nelbo"] is None
     assert saved["evaluation"]["vae"]["splits"]["test"]["nelbo"] > 0

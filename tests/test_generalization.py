@@ -105,6 +105,10 @@ def test_autoencoder_run_has_no_likelihood_to_compare(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "ae"), "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert "nll" not in ev and "inside" not in ev and ev["splits"]["test"]["nelbo"] is None
+    # written elsewhere (--out), the evaluation left the run's own results alone
+    assert not (tmp_path / "ae" / "evaluation_best.json").exists()
+    assert main(["evaluate", str(tmp_path / "ae")]) == 0  # without --out: the run's own file, as before
+    assert json.loads((tmp_path / "ae" / "evaluation_best.json").read_text())["splits"] == ev["splits"]
 
 
 # --------------------------------------------------------------------------- fixes found in review

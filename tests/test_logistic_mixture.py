@@ -141,3 +141,25 @@ def test_logistic_mixture_needs_8_bit_data_and_builds_into_the_hvae():
     model = build_model(cfg.model, (1, 28, 28))
     out = model(torch.rand(2, 1, 28, 28))
     assert out.x_params.shape == (2, 15, 28, 28)  # 5 components x 3 values
+
+
+def test_the_elbo_table_gives_bits_per_dim_for_the_logistic_mixture():
+    """Its -ELBO is a bound on a probability of the 8-bit data, so it has bits/dim (a Gaussian's has none)."""
+    import math
+
+    import torch
+
+    from vaelab.config import ModelConfig
+    from vaelab.data.splits import ImageSet
+    from vaelab.evaluation.elbo import evaluate_images
+    from vaelab.models import build_model
+
+    torch.manual_seed(0)
+    images = ImageSet(images=(torch.rand(6, 1, 8, 8) * 255).to(torch.uint8), labels=torch.zeros(6, dtype=torch.int64))
+    for likelihood, has_bits in (("logistic_mixture", True), ("gaussian", False)):
+        model = build_model(ModelConfig(likelihood=likelihood, latent_dim=2, conv_channels=(4,)), (1, 8, 8))
+        s = evaluate_images(model, images, batch_size=3)
+        if has_bits:
+            assert s.bits_per_dim == pytest.approx(s.nelbo / (64 * math.log(2)), rel=1e-9)
+        else:
+            assert s.bits_per_dim is None

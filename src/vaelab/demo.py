@@ -29,36 +29,50 @@ DEMO_NLL_IMAGES = 200  # per split, k = eval.nll_k: keeps the demo within its ti
 FIDELITY_IMAGES = 10_000
 
 
+def summary_title(dataset: str, image_shape: Any, sizes: dict[str, int]) -> str:
+    """The first lines of summary.txt: what was compared on which data, and the units."""
+    shape = "x".join(str(d) for d in image_shape)
+    return (f"vaelab demo: the VAE (run vae/) against the plain autoencoder (run ae/), both trained on {dataset} "
+            f"({shape}; {sizes['train']} train, {sizes['val']} validation, {sizes['test']} test images)\n"
+            "units: -ELBO, recon, KL, gap and NLL in nats per image, summed over all pixels and channels "
+            "(bits/dim = nats / (D ln 2), D = channels x height x width); each run's best validation epoch")
+
+
 def summary_table(results: dict[str, TrainResult]) -> str:
-    """VAE against AE: loss terms per split and the gap, nats per image."""
-    head = f"{'split':<8}" + "".join(f"{k.upper() + ' -ELBO':>12}{'recon':>9}{'KL':>8}" for k in results)
-    lines = [head, "-" * len(head)]
+    """VAE against AE: loss terms per split and the gap, nats per image; each column as wide as its cells."""
+    head = ["split"] + [h for k in results for h in (f"{k.upper()} -ELBO", "recon", "KL")]
+    rows: list[tuple[list[str], str]] = []
     for split in ("train", "val", "test"):
-        row = f"{split:<8}"
+        row = [split]
         for r in results.values():
             s = r.evaluation["splits"].get(split)
             if s is None:
-                row += f"{'-':>12}{'-':>9}{'-':>8}"
-                continue
-            nelbo = f"{s['nelbo']:12.2f}" if s["nelbo"] is not None else f"{'n/a':>12}"
-            kl = f"{s['kl']:8.2f}" if s["nelbo"] is not None else f"{'-':>8}"
-            row += f"{nelbo}{s['recon']:9.2f}{kl}"
-        lines.append(row)
-    row = f"{'gap':<8}"
-    for r in results.values():
-        row += f"{r.evaluation['gap_test_minus_train']:12.2f}{'':>17}"
-    lines.append(row + "   (test - train)")
+                row += ["-", "-", "-"]
+            elif s["nelbo"] is None:  # an autoencoder: no ELBO, no KL
+                row += ["n/a", f"{s['recon']:.2f}", "-"]
+            else:
+                row += [f"{s['nelbo']:.2f}", f"{s['recon']:.2f}", f"{s['kl']:.2f}"]
+        rows.append((row, ""))
+    rows.append((["gap"] + [c for r in results.values()
+                            for c in (f"{r.evaluation['gap_test_minus_train']:.2f}", "", "")], "   (test - train)"))
     fids = [r.evaluation.get("samples") or {} for r in results.values()]
     if all(fids):
-        row = f"{'FD':<8}" + "".join(f"{f['fd_samples_test']:12.2f}{'':>17}" for f in fids)
-        lines.append(row + f"   samples vs test, PCA-{fids[0]['pca_dims']} (real images: "
-                           f"{fids[0]['fd_train_test']:.2f}; lower is better)")
+        rows.append((["FD"] + [c for f in fids for c in (f"{f['fd_samples_test']:.2f}", "", "")],
+                     f"   samples vs test, PCA-{fids[0]['pca_dims']} (real images: {fids[0]['fd_train_test']:.2f}; "
+                     "lower is better)"))
+    widths = [max(len(cell) + 2 for cell in column) for column in zip(head, *(row for row, _ in rows))]
+    widths = [max(w, least) for w, least in zip(widths, [8] + [12, 9, 8] * len(results))]
+
+    def line(cells: list[str]) -> str:
+        return cells[0].ljust(widths[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))
+
+    lines = [line(head), "-" * len(line(head))] + [line(row) + note for row, note in rows]
     vae = results.get("vae")
     nll = vae.evaluation.get("nll") if vae is not None else None
     if nll:
         parts = ", ".join(f"{name} {s['nll']:.2f} ± {s['stderr']:.2f}" for name, s in nll["splits"].items())
-        lines.append(f"VAE importance-sampled NLL (k={nll['k']}, {nll['images']} images per split): {parts}; "
-                     f"gap {nll['gap_test_minus_train']:.2f}")
+        lines.append(f"VAE importance-sampled NLL (k={nll['k']}, {nll['images']} images per split), nats per image: "
+                     f"{parts}; gap {nll['gap_test_minus_train']:.2f}")
     return "\n".join(lines)
 
 
@@ -108,7 +122,8 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
         "wall_time_s": round(elapsed, 1),
     }
     write_json(out / "summary.json", summary)
-    atomic_write(out / "summary.txt", (table + "\n").encode("utf-8"), "the demo summary")
+    title = summary_title(splits.name, splits.image_shape, summary["sizes"])
+    atomic_write(out / "summary.txt", (title + "\n\n" + table + "\n").encode("utf-8"), "the demo summary")
     log(f"\n=== summary: {splits.name} {splits.image_shape}, nats per image "
         f"(best validation epoch; eval splits binarized once) ===")
     log(table)

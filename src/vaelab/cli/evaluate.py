@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                    help="override an eval key, e.g. --set eval.ood_images=2000 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval-CKPT)")
-    p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json)")
+    p.add_argument("--json", metavar="FILE", help="also write the results here (default: RUN/evaluation_CKPT.json; "
+                                                  "with --out, only OUT/evaluation.json: the run's files stay as "
+                                                  "they are)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -88,8 +90,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _check_spec(spec)
     splits = _run_data(run, args.data_dir)
     out_dir = Path(args.out) if args.out else run.path / f"eval-{args.checkpoint}"
-    json_path = Path(args.json) if args.json else run.path / f"evaluation_{args.checkpoint}.json"
-    output_file(json_path, "--json")  # refuse a bad target now, not after minutes of computing
+    # written elsewhere (--out), an evaluation leaves the run's own results alone: its JSON goes into --out only
+    json_path = Path(args.json) if args.json else (None if args.out else
+                                                   run.path / f"evaluation_{args.checkpoint}.json")
+    if json_path is not None:
+        output_file(json_path, "--json")  # refuse a bad target now, not after minutes of computing
     if out_dir.exists() and not out_dir.is_dir():
         raise VaelabError(f"{out_dir} exists and is not a directory; choose another --out")
     run_evaluation(run, cfg, splits, out_dir, json_path, on=args.on, checkpoint=args.checkpoint,

@@ -59,8 +59,9 @@ def evaluate_images(model: Model, images: ImageSet, *, beta: float = 1.0, batch_
     stderr = float(objective.std() / math.sqrt(n)) if n > 1 else float("nan")
     nelbo = float(objective.mean()) if model.variational else None
     dims = math.prod(images.image_shape)
-    if model.likelihood.name != "bernoulli":
-        # a Gaussian density on [0, 1]: no probability of the 8-bit data, so no bits/dim (the NLL has them)
+    if model.likelihood.name not in ("bernoulli", "logistic_mixture"):
+        # a Gaussian density on [0, 1]: no probability of the 8-bit data, so no bits/dim (the NLL has them);
+        # the logistic mixture is a pmf over the 256 levels: its -ELBO bounds their bits/dim
         dims = 0
     return LossSummary(
         n=n, loss=float((recon + beta * kl).mean()), recon=float(recon.mean()), kl=float(kl.mean()),
@@ -115,13 +116,14 @@ def gap_stderr(a: LossSummary, b: LossSummary) -> float:
 
 
 def format_table(rows: list[tuple[str, LossSummary]], title: str = "") -> str:
-    """A fixed-width table of loss summaries (nats per image)."""
-    head = f"{'':<16}{'n':>7}{'-ELBO':>10}{'recon':>10}{'KL':>9}{'±se':>7}{'bits/dim':>10}"
+    """A table of loss summaries (nats per image); the name column as wide as the longest name."""
+    w = max([16] + [len(name) + 2 for name, _ in rows])
+    head = f"{'':<{w}}{'n':>7}{'-ELBO':>10}{'recon':>10}{'KL':>9}{'±se':>7}{'bits/dim':>10}"
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for name, s in rows:
         nelbo = f"{s.nelbo:10.2f}" if s.nelbo is not None else f"{'n/a':>10}"
         kl = f"{s.kl:9.2f}" if s.nelbo is not None else f"{'-':>9}"
         bpd = f"{s.bits_per_dim:10.4f}" if s.bits_per_dim is not None else f"{'-':>10}"
-        lines.append(f"{name:<16}{s.n:>7}{nelbo}{s.recon:10.2f}{kl}{s.stderr:7.2f}{bpd}")
+        lines.append(f"{name:<{w}}{s.n:>7}{nelbo}{s.recon:10.2f}{kl}{s.stderr:7.2f}{bpd}")
     return "\n".join(lines)

@@ -103,13 +103,15 @@ def detection_intervals(scores_in: np.ndarray | torch.Tensor, scores_out: np.nda
 
 def format_intervals_table(rows: dict[str, dict[str, DetectionIntervals]], title: str = "",
                            published: dict[tuple[str, str], float] | None = None) -> str:
-    """A fixed-width table: one line per (dataset, score) with AUROC, AUPRC and FPR at 95% TPR, each
+    """A text table: one line per (dataset, score) with AUROC, AUPRC and FPR at 95% TPR, each
     `value [low, high]`; `published` AUROCs keyed by (dataset, score) are shown beside ours."""
     if not rows:
         return title
     tpr = next(iter(next(iter(rows.values())).values())).tpr
     fpr_head = f"FPR@{round(tpr * 100)}"
-    head = f"{'dataset':<12}{'score':<24}{'AUROC':<22}{'AUPRC':<22}{fpr_head:<22}{'n':>6}"
+    dw = max([12] + [len(name) + 2 for name in rows])  # each column as wide as its longest cell
+    sw = max([24] + [len(score) + 2 for scores in rows.values() for score in scores])
+    head = f"{'dataset':<{dw}}{'score':<{sw}}{'AUROC':<22}{'AUPRC':<22}{fpr_head:<22}{'n':>6}"
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for dataset, scores in rows.items():
@@ -118,7 +120,7 @@ def format_intervals_table(rows: dict[str, dict[str, DetectionIntervals]], title
             extra = ""
             if published and (dataset, score) in published:
                 extra = f"  (published AUROC {published[(dataset, score)]:.3f})"
-            lines.append(f"{name:<12}{score:<24}{str(m.auroc):<22}{str(m.auprc):<22}{str(m.fpr):<22}"
+            lines.append(f"{name:<{dw}}{score:<{sw}}{str(m.auroc):<22}{str(m.auprc):<22}{str(m.fpr):<22}"
                          f"{m.n_in:>6}{extra}")
             name = ""
     return "\n".join(lines)

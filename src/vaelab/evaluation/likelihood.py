@@ -349,12 +349,14 @@ def estimate_nll(model: Model, images: torch.Tensor, *, likelihood: str, binariz
 
 
 def format_nll_table(rows: dict[str, dict[str, Any] | NllSummary], title: str = "") -> str:
-    """A fixed-width table of NLL summaries: n, NLL, its standard error, -ELBO, bits/dim, ESS."""
-    head = f"{'':<16}{'n':>7}{'NLL':>10}{'±se':>7}{'-ELBO':>10}{'bits/dim':>10}{'ESS':>8}"
+    """A table of NLL summaries: n, NLL, its standard error, -ELBO, bits/dim, ESS; the name column as wide as
+    the longest name (a dataset such as folder:/data/my-images)."""
+    w = max([16] + [len(name) + 2 for name in rows])
+    head = f"{'':<{w}}{'n':>7}{'NLL':>10}{'±se':>7}{'-ELBO':>10}{'bits/dim':>10}{'ESS':>8}"
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for name, s in rows.items():
         d = s.as_dict() if isinstance(s, NllSummary) else s
-        lines.append(f"{name:<16}{d['n']:>7}{d['nll']:10.2f}{d['stderr']:7.2f}{d['nelbo']:10.2f}"
+        lines.append(f"{name:<{w}}{d['n']:>7}{d['nll']:10.2f}{d['stderr']:7.2f}{d['nelbo']:10.2f}"
                      f"{d['bits_per_dim']:10.4f}{d['ess']:8.1f}")
     return "\n".join(lines)

@@ -62,14 +62,15 @@ def format_typicality(result: dict[str, Any]) -> list[str]:
     lines = [f"typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| above its "
              f"{100 * (1 - first['alpha']):.0f}% bootstrap quantile, both from validation images only; flagged = "
              "fraction of disjoint batches beyond it"]
-    head = f"{'M':>3}  {'dataset':<12}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
+    w = max([12] + [len(name) + 2 for row in typ["rows"].values() for name in row["sets"]])  # names fit
+    head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
     for m, row in typ["rows"].items():
-        lines.append(f"{m:>3}  {'test (in)':<12}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
+        lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
                      f"(false-positive rate; nominal {row['test']['alpha']})")
         for name, r in row["sets"].items():
-            lines.append(f"{'':>3}  {name:<12}{r['batches']:>8}{r['flagged']:9.3f}  {interval_text(r['auroc']):<22}"
-                         f"{interval_text(r[FPR_KEY]):<22}")
+            lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['flagged']:9.3f}  "
+                         f"{interval_text(r['auroc']):<22}{interval_text(r[FPR_KEY]):<22}")
     if typ.get("skipped_sizes"):
         lines.append(f"(batch sizes {', '.join(map(str, typ['skipped_sizes']))} left out: too few images)")
     return lines
@@ -93,18 +94,21 @@ def format_intervals(result: dict[str, Any], trained_on: str) -> list[str]:
     lines = [f"out-of-distribution detection against the {trained_on} test split (OOD = positive; balanced sizes; "
              f"95% bootstrap intervals, {proto.get('resamples', '?')} resamples; * = the default score, "
              f"{result.get('default_score')}):"]
-    head = f"{'dataset':<14}{'score':<22}{'AUROC':<22}{'AUPRC':<22}{'FPR@95':<22}{'n':>6}"
+    rows = [(name, score + (" *" if score == result.get("default_score") else ""), m)
+            for name, score, m in interval_rows(result)]
+    dw = max([14] + [len(name) + 2 for name, _, _ in rows])  # each column as wide as its longest cell
+    sw = max([22] + [len(label) + 2 for _, label, _ in rows])
+    head = f"{'dataset':<{dw}}{'score':<{sw}}{'AUROC':<22}{'AUPRC':<22}{'FPR@95':<22}{'n':>6}"
     lines += [head, "-" * len(head)]
     last = None
-    for name, score, m in interval_rows(result):
-        label = score + (" *" if score == result.get("default_score") else "")
+    for name, label, m in rows:
         shown_name = name if name != last else ""
         last = name
         if "error" in m:
-            lines.append(f"{shown_name:<14}{label:<22}{m['error']}")
+            lines.append(f"{shown_name:<{dw}}{label:<{sw}}{m['error']}")
             continue
-        lines.append(f"{shown_name:<14}{label:<22}{interval_text(m['auroc']):<22}{interval_text(m['auprc']):<22}"
-                     f"{interval_text(m[FPR_KEY]):<22}{m['n_in']:>6}")
+        lines.append(f"{shown_name:<{dw}}{label:<{sw}}{interval_text(m['auroc']):<22}"
+                     f"{interval_text(m['auprc']):<22}{interval_text(m[FPR_KEY]):<22}{m['n_in']:>6}")
     lines += _published(result, trained_on)
     lines += _dose_lines(result)
     for extra in (format_typicality(result), format_timing(result)):

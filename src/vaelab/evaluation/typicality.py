@@ -131,14 +131,15 @@ def typicality_table(validation: ImageStatistics, test: ImageStatistics, others:
 def format_typicality_table(table: dict[int, dict[str, Any]], title: str = "") -> str:
     """One line per (M, dataset): batches, the fraction flagged, AUROC [95% interval] over batches."""
     lines = [title] if title else []
-    head = f"{'M':>3}  {'dataset':<12}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
+    w = max([12] + [len(name) + 2 for row in table.values() for name in row["sets"]])  # names fit
+    head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
     for m, row in table.items():
-        lines.append(f"{m:>3}  {'test (in)':<12}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
+        lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
                      f"(alpha {row['test']['alpha']}, threshold {row['test']['threshold']:.2f} nats)")
         for name, r in row["sets"].items():
             met = r["metrics"]
-            lines.append(f"{'':>3}  {name:<12}{r['batches']:>8}{r['tpr']:9.3f}  {str(met.auroc):<22}"
+            lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['tpr']:9.3f}  {str(met.auroc):<22}"
                          f"{str(met.fpr):<22}")
     return "\n".join(lines)
 

@@ -256,18 +256,20 @@ def format_dataset_tables(result: dict[str, Any], trained_on: str) -> str:
     elif result["ood"]:
         lines += ["", f"out-of-distribution detection against the {trained_on} test split (OOD = positive; "
                       "balanced sizes):"]
-        head = f"{'':<14}{'score':<22}{'AUROC':>8}{'AUPRC':>8}{'FPR80':>8}{'n':>7}"
+        dw = max([14] + [len(name) + 2 for name in result["ood"]])  # each column as wide as its longest cell
+        sw = max([22] + [len(score) + 2 for scores in result["ood"].values() for score in scores])
+        head = f"{'':<{dw}}{'score':<{sw}}{'AUROC':>8}{'AUPRC':>8}{'FPR80':>8}{'n':>7}"
         lines += [head, "-" * len(head)]
         for name, scores in result["ood"].items():
             dataset = name
             for score, m in scores.items():
                 if "error" in m:
-                    lines.append(f"{name:<14}{score:<22}{m['error']:>24}")
+                    lines.append(f"{name:<{dw}}{score:<{sw}}{m['error']:>24}")
                     continue
                 published = ""
                 if score == "LLR>1" and dataset == "mnist" and trained_on == "fashion-mnist":
                     published = f"   (published LLR>1, Havtorn et al. 2021: {PUBLISHED_AUROC['hvae_llr_gt1']:.3f})"
-                lines.append(f"{name:<14}{score:<22}{m['auroc']:8.3f}{m['auprc']:8.3f}{m['fpr_at_80_tpr']:8.3f}"
+                lines.append(f"{name:<{dw}}{score:<{sw}}{m['auroc']:8.3f}{m['auprc']:8.3f}{m['fpr_at_80_tpr']:8.3f}"
                              f"{m['n_in']:>7}{published}")
                 name = ""
         if trained_on == "fashion-mnist" and "mnist" in result["ood"]:
