@@ -1,5 +1,8 @@
 import json
 
+import numpy as np
+from PIL import Image
+
 from vaelab import load_config
 from vaelab.cli import main
 from vaelab.data import sources
@@ -16,7 +19,12 @@ def test_demo_falls_back_to_digits_without_fashion_mnist(tmp_path, monkeypatch):
     text = "\n".join(lines)
     assert "falling back to scikit-learn's digits" in text
     assert summary["dataset"] == "digits" and summary["image_shape"] == [1, 28, 28]
-    assert (tmp_path / "demo" / "samples_vae_vs_ae.png").is_file()
+    # 64 samples of 28 px a side, 2 px apart, enlarged twice, each side under a band of labels that is not blank
+    picture = np.asarray(Image.open(tmp_path / "demo" / "samples_vae_vs_ae.png"))
+    grid = 8 * (28 + 2) + 2
+    band = picture.shape[0] - 2 * grid
+    assert 10 < band < 60 and picture[:band].min() < 128 and picture.shape[1] >= 2 * 2 * grid
+    assert picture[:band, :picture.shape[1] // 2].min() < 128 and picture[:band, picture.shape[1] // 2:].min() < 128
     for kind in ("vae", "ae"):
         assert (tmp_path / "demo" / kind / "images" / "interpolations.png").is_file()
     text = (tmp_path / "demo" / "summary.txt").read_text()

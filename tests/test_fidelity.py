@@ -177,3 +177,51 @@ def test_classifier_on_fashion_mnist(fashion_mnist_dir):
                                      max_train=4000, max_eval=1000))
     clf = train_classifier(splits.train, len(splits.classes), epochs=2, batch_size=64, log=None)
     assert classifier_accuracy(clf, splits.test) > 0.75
+
+
+def test_find_classifier_takes_one_of_the_same_data_and_seed(tmp_path):
+    from vaelab.evaluation.classifier import FeatureClassifier, find_classifier, save_classifier
+
+    info = {"dataset": "toy", "test_accuracy": 0.5, "seed": 0, "train_images": 100}
+    want = dict(dataset="toy", image_shape=(1, 16, 16), n_classes=3, train_images=100, seed=0)
+    save_classifier(FeatureClassifier((1, 16, 16), 3), tmp_path / "other" / "c.safetensors", {**info, "seed": 7})
+    save_classifier(FeatureClassifier((1, 16, 16), 3), tmp_path / "fits" / "c.safetensors", info)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "c.safetensors").write_bytes(b"junk")
+    candidates = [tmp_path / d / "c.safetensors" for d in ("absent", "broken", "other", "fits")]
+    clf, path, notes = find_classifier(candidates, **want)
+    assert path == tmp_path / "fits" / "c.safetensors" and clf.info == info
+    assert len(notes) == 2 and "broken" in notes[0] and "seed 7, not 0" in notes[1]  # absent ones: no note
+    for key, value in (("dataset", "mnist"), ("train_images", 99), ("n_classes", 4), ("image_shape", (1, 8, 8))):
+        assert find_classifier(candidates, **{**want, key: value})[0] is None, key
+
+
+def test_compare_reuses_the_classifier_a_demo_saved(tmp_path, monkeypatch, capsys):
+    import vaelab.evaluation.generators as generators
+    from vaelab.cli import main
+
+    demo = tmp_path / "demo"  # a demo's layout: DEMO/vae, DEMO/ae and the classifier in DEMO/fidelity/
+    for kind in ("vae", "ae"):
+        assert main(["train", "--set", "data.dataset=digits", "--set", "train.epochs=1", "--set", "train.grid_size=4",
+                     "--set", "eval.nll_images=0", "--set", "model.arch=mlp", "--set", "model.mlp_hidden=[32]",
+                     "--set", f"model.kind={kind}", "--out", str(demo / kind)]) == 0
+    assert main(["compare", str(demo / "vae"), str(demo / "ae"), "-n", "100", "--out", str(demo / "fidelity")]) == 0
+    assert (demo / "fidelity" / "classifier.safetensors").is_file()
+    first = json.loads((demo / "fidelity" / "compare.json").read_text())
+    capsys.readouterr()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the classifier was trained again")
+
+    monkeypatch.setattr(generators, "train_classifier", no_training)
+    assert main(["compare", str(demo / "vae"), str(demo / "ae"), "-n", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: reusing the feature classifier {demo / 'fidelity' / 'classifier.safetensors'}" in out
+    again = json.loads((demo / "vae" / "compare" / "compare.json").read_text())
+    assert again["classifier"] == str(demo / "fidelity" / "classifier.safetensors")
+    assert again["scores"] == first["scores"]  # the same feature space, the same numbers
+    # another seed, or --new-classifier: a classifier is trained (here: the patched training refuses)
+    for extra in (["--seed", "3"], ["--new-classifier"]):
+        with pytest.raises(AssertionError, match="trained again"):
+            main(["compare", str(demo / "vae"), "-n", "100", "--out", str(tmp_path / "x"), *extra])
+    assert "passed over the saved classifier" in capsys.readouterr().out

@@ -14,9 +14,10 @@ from PIL import Image
 from vaelab import load_config, load_run, train
 from vaelab.data import load_dataset, spread_index
 from vaelab.models.generate import interpolate, reconstruct, sample
-from vaelab.report.figures import (interpolations, sample_grid, shown_index, write_run_images)
+from vaelab.report.figures import (interpolations, reconstruction_figure, sample_grid, shown_index,
+                                   write_run_images)
 from vaelab.report.html import write_html_report
-from vaelab.report.images import make_grid, pairs_grid, save_png, square_grid
+from vaelab.report.images import DISPLAY_SCALE, label_grid, make_grid, pairs_grid, save_png, square_grid, upscale
 
 TINY = ["data.dataset=digits", "data.image_size=8", "data.val_size=200", "model.arch=mlp", "model.mlp_hidden=[32]",
         "train.epochs=1", "train.grid_every=0", "train.grid_size=16", "eval.nll_images=0"]
@@ -50,6 +51,15 @@ def tiny(tmp_path_factory):
     return root, splits
 
 
+def _grid_inside(picture: np.ndarray, grid: np.ndarray) -> tuple[int, int] | None:
+    """Where (top, left) `grid` sits in `picture` (bottom-aligned, below the label band), or None."""
+    top = picture.shape[0] - grid.shape[0]
+    for left in range(picture.shape[1] - grid.shape[1] + 1):
+        if np.array_equal(picture[top:, left:left + grid.shape[1]], grid):
+            return top, left
+    return None
+
+
 def test_write_run_images_gives_the_bytes_of_a_trained_run(tiny, tmp_path):
     root, splits = tiny
     run = load_run(root)  # the best weights, as training had them when it wrote images/
@@ -59,10 +69,48 @@ def test_write_run_images_gives_the_bytes_of_a_trained_run(tiny, tmp_path):
     for name in FILES:
         expected = (root / "images" / name).read_bytes()
         assert (tmp_path / "new" / name).read_bytes() == expected, name
-        assert (tmp_path / "old" / name).read_bytes() == expected, name
+    # samples.png is the plain grid training always wrote; reconstructions and interpolations are that same
+    # grid, pixel for pixel, enlarged DISPLAY_SCALE times under a band of labels that is not blank
+    assert (tmp_path / "old" / "samples.png").read_bytes() == (root / "images" / "samples.png").read_bytes()
+    for name in FILES[1:]:
+        old = np.asarray(Image.open(tmp_path / "old" / name))
+        new = np.asarray(Image.open(tmp_path / "new" / name))
+        where = _grid_inside(new, upscale(old, DISPLAY_SCALE))
+        assert where is not None, name
+        top, left = where
+        assert top > 0 and new[:top].min() < 128, name  # a label band with dark text in it
+        assert new.shape[0] == top + DISPLAY_SCALE * old.shape[0]
     # the per-epoch grid is the same function: the final samples.png is its picture of the best weights
     assert save_png(sample_grid(run.model, run.config), tmp_path / "grid.png").read_bytes() == \
         (root / "images" / "samples.png").read_bytes()
+
+
+def test_pictures_are_enlarged_and_labelled(tiny):
+    root, splits = tiny
+    run = load_run(root)
+    x = splits.test.images[:6].float() / 255
+    paths = interpolations(run.model, x)
+    raw, pic = paths.grid(), paths.figure()
+    rows, cols = 6, 10
+    cell = (raw.shape[0] - 2) // rows - 2
+    assert raw.shape == (rows * (cell + 2) + 2, cols * (cell + 2) + 2)
+    top, left = _grid_inside(pic, upscale(raw, 2))
+    assert pic.shape[0] == top + 2 * raw.shape[0] and pic.shape[1] >= left + 2 * raw.shape[1]
+    assert top > 0 and pic[:top].min() < 128  # title and column labels
+    assert left > 0 and pic[top:, :left].min() < 128  # row labels: lerp 1, slerp 1, ...
+    # each row label sits beside its own row: some ink in the label column at the height of every row
+    for r in range(rows):
+        y0 = top + 2 * (2 + r * (cell + 2))
+        assert pic[y0:y0 + 2 * cell, :left].min() < 128, r
+    one = paths.figure("lerp")
+    assert one.shape[0] < pic.shape[0] and one[: one.shape[0] - 2 * paths.grid("lerp").shape[0]].min() < 128
+    recon = reconstruction_figure(run.model, x)
+    plain = pairs_grid(x, run.model.decode_mean(run.model.code(x)).detach())
+    top, _ = _grid_inside(recon, upscale(plain, 2))
+    assert recon.shape[0] == top + 2 * plain.shape[0] and recon[:top].min() < 128
+    # the text is drawn in RGB pictures too
+    rgb = label_grid(np.full((20, 20, 3), 200, np.uint8), 1, 1, title="x", row_labels=["r"], column_labels=["c"])
+    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.min() < 128
 
 
 def test_the_picks_are_fixed_spread_out_and_follow_the_seed(tiny):

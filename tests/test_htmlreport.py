@@ -304,3 +304,41 @@ def test_a_run_without_final_evaluation_or_monitor_says_why(tmp_path, digits):
 def test_a_monitored_run_has_the_gap_panel_caption(vae_run):
     text = write_html_report(vae_run, vae_run.parent / "monitored.html", **quiet).read_text()
     assert "Bottom: the generalization gap" in _section(text, "curves")
+
+
+def test_a_demo_folder_names_its_runs(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    for kind in ("vae", "ae"):
+        (demo / kind / "checkpoints").mkdir(parents=True)
+    (demo / "fidelity").mkdir()
+    assert main(["report", str(demo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a demo folder" in err, err
+    assert f"its runs are {demo / 'vae'} and {demo / 'ae'}: vaelab report {demo / 'vae'}" in err
+    assert not (demo / "report.html").exists()
+
+
+def test_the_evaluate_section_says_which_evaluation_it_shows_and_lists_the_others(vae_run, tmp_path):
+    from vaelab.report.html import read_run_files
+    from vaelab.report.html.sections import evaluate_section
+
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run, ignore=shutil.ignore_patterns("checkpoints", "report.html"))
+    result = json.loads((run / "evaluation_best.json").read_text())
+    # `vaelab evaluate --out RUN/eval-ood` (another result, same checkpoint) and an evaluation of another checkpoint
+    shutil.copytree(run / "eval-best", run / "eval-ood")
+    (run / "eval-ood" / "evaluation.json").write_text(json.dumps({**result, "epoch": 1}))
+    (run / "evaluation_last.json").write_text(json.dumps({**result, "checkpoint": "last"}))
+    text = evaluate_section(read_run_files(run), "best").body
+    assert "This section shows <code>evaluation_best.json = eval-best/evaluation.json (checkpoint best" in text
+    assert "2 other evaluation(s)" in text and "eval-ood/evaluation.json (checkpoint best, epoch 1; --on noise)" in text
+    assert "shown below" in text and text.count("<details>") == 1  # the other one of this checkpoint, folded
+    assert "evaluation_last.json (checkpoint last" in text and "--checkpoint last</code> shows it" in text
+    assert "are not in" not in text  # each evaluation's plots come from its own folder
+    # without the run's evaluation_best.json, the one in eval-*/ for this checkpoint is shown
+    (run / "evaluation_best.json").unlink()
+    shutil.rmtree(run / "eval-best")
+    text = evaluate_section(read_run_files(run), "best").body
+    assert "This section shows <code>eval-ood/evaluation.json (checkpoint best, epoch 1" in text
+    assert "1 other evaluation(s)" in text and "<details>" not in text
+    assert "Out-of-distribution detection" in text

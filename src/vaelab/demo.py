@@ -18,7 +18,7 @@ from vaelab.data import load_dataset
 from vaelab.evaluation.generators import compare_generators
 from vaelab.errors import ConfigError, DataError, DatasetNotFoundError
 from vaelab.fileio import atomic_write
-from vaelab.report.images import save_png, side_by_side, square_grid
+from vaelab.report.images import labelled_side_by_side, save_png, square_grid
 from vaelab.models.generate import sample
 from vaelab.runs import write_json
 from vaelab.training import TrainResult, train
@@ -27,6 +27,7 @@ FALLBACK = {"dataset": "digits", "image_size": 28, "val_size": 200}
 FALLBACK_EPOCHS = 50  # digits has 1,438 training images: 10 epochs are too few steps
 DEMO_NLL_IMAGES = 200  # per split, k = eval.nll_k: keeps the demo within its time budget
 FIDELITY_IMAGES = 10_000
+SAMPLE_IMAGES = 64  # per side of samples_vae_vs_ae.png
 
 
 def summary_title(dataset: str, image_shape: Any, sizes: dict[str, int]) -> str:
@@ -82,6 +83,15 @@ def summary_table(results: dict[str, TrainResult]) -> str:
     return "\n".join(lines)
 
 
+def samples_picture(results: dict[str, TrainResult], seed: int, n: int = SAMPLE_IMAGES):
+    """samples_vae_vs_ae.png: n samples of each run from the same draws, enlarged, each side under its title."""
+    grids = {kind: square_grid(sample(r.model, n, 1.0, _generator(seed))) for kind, r in results.items()}
+    return labelled_side_by_side(
+        grids["vae"], grids["ae"],
+        ["VAE (run vae/)", f"{n} samples: z from its prior"],
+        ["AE, plain autoencoder (run ae/)", f"{n} samples: z from the Gaussian fitted to its codes"])
+
+
 def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
              log: Callable[[str], None] = say) -> dict[str, Any]:
     out = Path(out)
@@ -105,11 +115,7 @@ def run_demo(cfg: RunConfig, out: Path, allow_fallback: bool = True,
     for kind in ("vae", "ae"):
         log(f"\n=== {kind.upper()} ===")
         results[kind] = train(cfg.replace(model={"kind": kind}), out / kind, splits=splits, log=log)
-    grids = {}
-    for kind, result in results.items():
-        images = sample(result.model, 64, 1.0, _generator(cfg.train.seed))
-        grids[kind] = square_grid(images)
-    picture = save_png(side_by_side(grids["vae"], grids["ae"]), out / "samples_vae_vs_ae.png")
+    picture = save_png(samples_picture(results, cfg.train.seed), out / "samples_vae_vs_ae.png")
     log("\n=== generation: VAE against AE in a classifier's feature space ===")
     try:
         fidelity = compare_generators({"VAE": results["vae"].model, "AE": results["ae"].model}, splits,

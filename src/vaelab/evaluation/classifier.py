@@ -2,7 +2,8 @@
 
 A small CNN trained on the dataset itself (`train_classifier`), its accuracy (`classifier_accuracy`), the
 128-d features of images (`image_features`), and saving and loading it (`save_classifier`,
-`load_classifier`): safetensors weights and a JSON sidecar; nothing is unpickled. What is computed in this
+`load_classifier`): safetensors weights and a JSON sidecar; nothing is unpickled. `find_classifier` picks,
+among saved ones (a demo's, an earlier compare's), one trained on the same data with the same seed. What is computed in this
 feature space (Frechet distance, precision, recall, density, coverage) is in `vaelab.evaluation.generators`.
 """
 
@@ -13,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -252,3 +253,34 @@ def load_classifier(path: str | Path) -> FeatureClassifier:
     info = meta.get("info")
     clf.info = info if isinstance(info, dict) else {}
     return clf.eval()
+
+
+def find_classifier(candidates: Iterable[str | Path], *, dataset: str, image_shape: tuple[int, ...], n_classes: int,
+                    train_images: int, seed: int) -> tuple[FeatureClassifier | None, Path | None, list[str]]:
+    """The first saved classifier among `candidates` (.safetensors paths; absent ones are skipped) that was
+    trained on `dataset` (its name, image shape, class count and number of training images) with `seed`:
+    retraining it would give the same feature space. Returns (classifier, its path, notes): the notes say
+    why a saved one present was passed over (damaged, or trained on other data or with another seed)."""
+    notes: list[str] = []
+    seen: set[Path] = set()
+    want = {"dataset": dataset, "image shape": list(image_shape), "classes": int(n_classes),
+            "training images": int(train_images), "seed": int(seed)}
+    for candidate in candidates:
+        path = Path(candidate)
+        key = path.resolve()
+        if key in seen or not path.is_file():
+            continue
+        seen.add(key)
+        try:
+            clf = load_classifier(path)
+        except CheckpointError as exc:
+            notes.append(f"passed over the saved classifier {path}: {exc}")
+            continue
+        has = {"dataset": clf.info.get("dataset"), "image shape": list(clf.image_shape), "classes": clf.n_classes,
+               "training images": clf.info.get("train_images"), "seed": clf.info.get("seed")}
+        differ = [f"{k} {has[k]!r}, not {want[k]!r}" for k in want if has[k] != want[k]]
+        if differ:
+            notes.append(f"passed over the saved classifier {path}: trained with {'; '.join(differ)}")
+            continue
+        return clf, path, notes
+    return None, None, notes

@@ -31,7 +31,7 @@ from vaelab.config import RunConfig
 from vaelab.data import DatasetSplits, ImageSet, spread_index, to_float
 from vaelab.models import Model, eval_mode
 from vaelab.models.generate import interpolate, latent_frame, reconstruct, sample
-from vaelab.report.images import make_grid, pairs_grid, save_png, square_grid
+from vaelab.report.images import grid_shape, label_grid, labelled_pairs, make_grid, pairs_grid, save_png, square_grid
 
 # offsets from the base seed; +2 and +4 are what training has always used for its final images
 SAMPLE_SEED, MAP_SEED, SHOWN_SEED = 2, 3, 4
@@ -91,6 +91,13 @@ def reconstruction_grid(model: Model, x: torch.Tensor) -> np.ndarray:
     return pairs_grid(x, reconstruct(model, x))
 
 
+def reconstruction_figure(model: Model, x: torch.Tensor) -> np.ndarray:
+    """`reconstruction_grid` as a picture: enlarged, each column headed "image" or "recon"
+    (images/reconstructions.png and the page's)."""
+    return labelled_pairs(reconstruction_grid(model, x), len(x), "image", "recon",
+                          title="test images (image) beside their reconstructions (recon)")
+
+
 @dataclass(frozen=True)
 class Interpolations:
     """Paths between the codes of images taken two by two: one (steps, C, H, W) tensor per pair and method."""
@@ -113,6 +120,20 @@ class Interpolations:
             raise ValueError(f"interpolation method must be one of {', '.join(INTERPOLATION_METHODS)}, got {method!r}")
         return make_grid(torch.cat(rows), nrow=INTERPOLATION_STEPS)
 
+    def figure(self, method: str | None = None) -> np.ndarray:
+        """`grid(method)` as a picture: enlarged, each row labelled with its method and pair, the end columns
+        marked (the two images' reconstructions), under a title saying what the rows are."""
+        grid = self.grid(method)
+        methods = INTERPOLATION_METHODS if method is None else (method,)
+        labels = [f"{m} {i + 1}" if method is None else f"pair {i + 1}" for i in range(self.pairs) for m in methods]
+        rows, cols = grid_shape(len(labels) * INTERPOLATION_STEPS, INTERPOLATION_STEPS)
+        what = ("rows alternate lerp (linear) and slerp (spherical) paths" if method is None else
+                f"{method} ({'linear' if method == 'lerp' else 'spherical'}) paths, one pair per row")
+        ends = ["A"] + [""] * (cols - 2) + ["B"]
+        return label_grid(grid, rows, cols, title=[f"{what} between the codes of two test images",
+                                                   "A, B: the two images' reconstructions"],
+                          column_labels=ends, row_labels=labels)
+
 
 def interpolations(model: Model, x: torch.Tensor, pairs: int = INTERPOLATION_PAIRS) -> Interpolations:
     """lerp and slerp paths between x[0] and x[1], x[2] and x[3], ...: at most `pairs` of them.
@@ -127,14 +148,15 @@ def interpolations(model: Model, x: torch.Tensor, pairs: int = INTERPOLATION_PAI
 
 def write_run_images(model: Model, splits: DatasetSplits, config: RunConfig, images_dir: str | Path) -> list[Path]:
     """The run's final images (samples.png, reconstructions.png, interpolations.png) in `images_dir`; returns
-    the paths written. interpolations.png is left out when the test split has fewer than 2 images."""
+    the paths written. The last two are labelled and enlarged (`reconstruction_figure`, `Interpolations.figure`);
+    samples.png is the plain grid, as the per-epoch samples_epoch_NNN.png. interpolations.png is left out when the test split has fewer than 2 images."""
     images_dir = Path(images_dir)
     written = [save_png(sample_grid(model, config), images_dir / "samples.png")]
     x = shown_images(splits.test, config, model_device(model))
-    written.append(save_png(reconstruction_grid(model, x), images_dir / "reconstructions.png"))
+    written.append(save_png(reconstruction_figure(model, x), images_dir / "reconstructions.png"))
     paths = interpolations(model, x)
     if paths.pairs:
-        written.append(save_png(paths.grid(), images_dir / "interpolations.png"))
+        written.append(save_png(paths.figure(), images_dir / "interpolations.png"))
     return written
 
 
@@ -232,6 +254,6 @@ def latent_map(codes: torch.Tensor | np.ndarray) -> LatentMap:
 __all__ = [
     "INTERPOLATION_PAIRS", "INTERPOLATION_STEPS", "Interpolations", "LatentMap", "MAP_IMAGES", "TRAVERSAL_DIMS",
     "TRAVERSAL_VALUES", "Traversal", "base_seed", "interpolations", "latent_codes", "latent_map", "map_index",
-    "model_device", "reconstruction_grid", "sample_grid", "samples", "shown_images", "shown_index",
+    "model_device", "reconstruction_figure", "reconstruction_grid", "sample_grid", "samples", "shown_images", "shown_index",
     "traversal", "write_run_images",
 ]

@@ -15,7 +15,7 @@ import torch
 
 from vaelab.data import DatasetSplits, ImageSet
 from vaelab.report.figures import (Interpolations, LatentMap, Traversal, base_seed, interpolations, latent_codes,
-                                   latent_map, map_index, reconstruction_grid, sample_grid, shown_images,
+                                   latent_map, map_index, reconstruction_figure, sample_grid, shown_images,
                                    traversal)
 from vaelab.report.html.page import Picture, Section, figure, grid_png, plot_png
 from vaelab.report import plots
@@ -74,7 +74,7 @@ def sample_pictures(run: Run, seed: int) -> list[Picture]:
 
 def reconstruction_picture(run: Run, x: torch.Tensor, seed: int) -> Picture:
     """The shown test images x (floats on the run's device) beside their reconstructions."""
-    return Picture(grid_png(reconstruction_grid(run.model, x)),
+    return Picture(grid_png(reconstruction_figure(run.model, x)),
                    f"{len(x)} test images (left of each pair) and their reconstructions (right)"
                    f"{_same_as_run(seed, 'reconstructions.png')}: the decoded {_what_code(run)}{_decoding(run)}",
                    "test images beside their reconstructions", grid=True)
@@ -83,7 +83,7 @@ def reconstruction_picture(run: Run, x: torch.Tensor, seed: int) -> Picture:
 def interpolation_pictures(run: Run, paths: Interpolations, seed: int) -> list[Picture]:
     """One grid per method (images/interpolations.png has both, its rows alternating)."""
     names = {"lerp": "linear (lerp)", "slerp": "spherical (slerp)"}
-    return [Picture(grid_png(paths.grid(method)),
+    return [Picture(grid_png(paths.figure(method)),
                     f"{name} paths between the {_what_code(run, True)} of {paths.pairs} pairs of the test images "
                     f"above, one pair per row, {len(paths.lerp[0])} steps; the end points are the two images' "
                     f"reconstructions{_decoding(run)}" + (" (the run's images/interpolations.png alternates the "

@@ -7,6 +7,7 @@ run has an ELBO is read from its evaluation (an autoencoder's "nelbo" is None), 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vaelab.config import to_toml
@@ -154,33 +155,65 @@ def evaluation_section(files: RunFiles) -> Section:
     return Section("evaluation", "Final evaluation", "\n".join(parts))
 
 
-def evaluate_section(files: RunFiles, checkpoint: str) -> Section:
-    """The tables and plots of `vaelab evaluate` for this checkpoint, from the Markdown report it writes."""
-    title = "Evaluation (vaelab evaluate)"
-    result = files.evaluate
-    if result is None:
-        others = (f" It has run for checkpoint(s) {', '.join(files.other_evaluations)}: pass --checkpoint to see "
-                  "those." if files.other_evaluations else "")
-        return Section("evaluate", title, note(
-            f"<code>vaelab evaluate</code> has not been run for the {esc(checkpoint)} checkpoint (no "
-            f"evaluation_{esc(checkpoint)}.json). <code>vaelab evaluate {esc(files.root)} --checkpoint "
-            f"{esc(checkpoint)}</code> adds the importance-sampled NLL, inference gaps, active units and, with "
-            f"--on, unseen datasets and out-of-distribution detection to this page.{esc(others)}"))
+def _evaluate_body(result: dict[str, Any], plots_dir: Path) -> str:
+    """One `vaelab evaluate` result as HTML, from the Markdown report it writes, its plots read from `plots_dir`."""
     absent: list[str] = []
 
     def image(alt: str, target: str) -> str:
-        path = files.evaluate_dir / target
+        path = plots_dir / target
         if not (path.is_file() and path.suffix.lower() == ".png"):
             absent.append(target)
             return ""
         return figure(Picture(path.read_bytes(), alt, alt))
 
-    plots = result.get("plots") if isinstance(result.get("plots"), dict) else {}
-    body = markdown_to_html(markdown({k: v for k, v in result.items() if k != "curves"}, plots), image)
+    shown = result.get("plots") if isinstance(result.get("plots"), dict) else {}
+    body = markdown_to_html(markdown({k: v for k, v in result.items() if k != "curves"}, shown), image)
     if absent:
-        body = note(f"{len(absent)} plot(s) of this evaluation are not in {esc(files.evaluate_dir)} "
+        body = note(f"{len(absent)} plot(s) of this evaluation are not in {esc(plots_dir)} "
                     f"({esc(', '.join(absent))}): it was written with --out elsewhere, or the files were moved.",
                     "warn") + body
+    return body
+
+
+def _evaluations_note(files: RunFiles, checkpoint: str) -> str:
+    """Which evaluation the section shows, and every other one the run folder holds (shown below when it is of
+    the same checkpoint; for another checkpoint, how to see it)."""
+    shown = files.shown_evaluation
+    others = [e for e in files.evaluations if e is not shown]
+    text = f"This section shows <code>{esc(shown.describe())}</code>." if shown is not None else ""
+    if others:
+        items = "".join(f"<li><code>{esc(e.describe())}</code>: "
+                        + ("shown below" if e.checkpoint == checkpoint else
+                           f"<code>vaelab report {esc(files.root)} --checkpoint {esc(e.checkpoint)}</code> shows it")
+                        + "</li>" for e in others)
+        text += f" The run folder holds {len(others)} other evaluation(s):<ul class=small>{items}</ul>"
+    else:
+        text += " It is the only <code>vaelab evaluate</code> result in the run folder."
+    text += (" The final evaluation of training (evaluation.json) is the section above; an evaluation written with "
+             "--out outside the run folder is not found here.")
+    return note(text)
+
+
+def evaluate_section(files: RunFiles, checkpoint: str) -> Section:
+    """The tables and plots of `vaelab evaluate` for this checkpoint, from the Markdown report it writes, with a
+    note saying which result it shows and listing the others; the others of this checkpoint (written with --out
+    into the run folder) follow, each folded."""
+    title = "Evaluation (vaelab evaluate)"
+    result = files.evaluate
+    if result is None:
+        others = (f" The run folder holds evaluation(s) of other checkpoints, "
+                  f"{'; '.join(e.describe() for e in files.evaluations)}: pass --checkpoint to see those."
+                  if files.evaluations else "")
+        return Section("evaluate", title, note(
+            f"<code>vaelab evaluate</code> has not been run for the {esc(checkpoint)} checkpoint (no "
+            f"evaluation_{esc(checkpoint)}.json). <code>vaelab evaluate {esc(files.root)} --checkpoint "
+            f"{esc(checkpoint)}</code> adds the importance-sampled NLL, inference gaps, active units and, with "
+            f"--on, unseen datasets and out-of-distribution detection to this page.{esc(others)}"))
+    body = _evaluations_note(files, checkpoint) + _evaluate_body(result, files.evaluate_dir)
+    for e in files.evaluations:
+        if e is not files.shown_evaluation and e.checkpoint == checkpoint:
+            body += (f"<details><summary>{esc(e.describe())}</summary>"
+                     f"{_evaluate_body(e.result, e.plots_dir)}</details>")
     return Section("evaluate", title, body)
 
 
