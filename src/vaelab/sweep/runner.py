@@ -124,10 +124,6 @@ def work(ctx: WorkerContext, splits=None, log: Callable[[str], None] = say,
         ran += 1
 
 
-def _print(message: str) -> None:
-    print(message, flush=True)
-
-
 def _worker_main(ctx: WorkerContext, start) -> None:
     """Entry point of a spawned worker process. `start`: a barrier every worker reaches with its data loaded,
     so all begin their first trial together (a worker that fails before it breaks the barrier: the others
@@ -140,7 +136,7 @@ def _worker_main(ctx: WorkerContext, start) -> None:
 
     held = _hold_worker_lock(ctx.out_dir)  # noqa: F841 - released when the process exits
     try:
-        work(ctx, log=_print, ready=ready)
+        work(ctx, log=say, ready=ready)
     except VaelabError as exc:
         start.abort()
         print(f"vaelab: error: {exc}", file=sys.stderr, flush=True)
@@ -196,7 +192,7 @@ def _check_base(sweep: SweepConfig) -> None:
 
 def run_sweep(sweep: SweepConfig | str | Path, out_dir: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
               trials: int | None = None, jobs: int | None = None,
-              log: Callable[[str], None] = _print) -> SweepResult:
+              log: Callable[[str], None] = say) -> SweepResult:
     """Run the sweep (a sweep file's path, or a loaded `SweepConfig`) in `out_dir`, or resume it there.
 
     `overrides` (`section.key=value`) change the base run config of a sweep file; `trials` and `jobs`
