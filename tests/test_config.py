@@ -88,3 +88,15 @@ def test_direct_construction_is_validated():
         ModelConfig(kind="gan")  # type: ignore[arg-type]
     assert DataConfig(image_size=None).image_size is None
     assert ModelConfig(conv_channels=[8, 8]).conv_channels == (8, 8)  # type: ignore[arg-type]
+
+
+def test_name_at_dir_sets_the_data_directory():
+    """`data.dataset = "mnist@DIR"`, the spelling `--on` takes, trains on mnist from DIR."""
+    cfg = load_config(overrides=["data.dataset=mnist@../shared/data/mnist-10k"])
+    assert (cfg.data.dataset, cfg.data.data_dir) == ("mnist", "../shared/data/mnist-10k")
+    assert from_dict(to_dict(cfg)) == cfg  # what the run writes reads back the same
+    with pytest.raises(ConfigError, match="no other data.data_dir"):  # both in one place (a TOML [data] table)
+        DataConfig(dataset="mnist@/a", data_dir="/b")
+    with pytest.raises(ConfigError, match="directory after @"):
+        load_config(overrides=["data.dataset=mnist@"])
+    assert load_config(overrides=["data.dataset=folder:/x@y"]).data.dataset == "folder:/x@y"  # a path may hold @

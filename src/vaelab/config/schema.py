@@ -41,7 +41,8 @@ def _opt(default: Any, help: str) -> Any:
 class DataConfig:
     dataset: str = _opt(
         "fashion-mnist", "fashion-mnist | mnist | digits | cifar10 | svhn | celeba | omniglot | kmnist | emnist | "
-                         "emnist-letters | binarized-mnist | folder:PATH (`vaelab datasets` lists them)"
+                         "emnist-letters | binarized-mnist | folder:PATH (`vaelab datasets` lists them); NAME@DIR is NAME with "
+                         "data.data_dir = DIR"
     )
     data_dir: str | None = _opt(None, "directory holding the dataset's files (searched first)")
     image_size: int | None = _opt(None, "resize images to SIZE x SIZE (none: native size)")
@@ -71,6 +72,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "data")
+        if "@" in self.dataset and not self.dataset.startswith("folder:"):  # mnist@DIR, as --on spells it
+            name, where = self.dataset.split("@", 1)
+            if not where or self.data_dir not in (None, where):
+                raise ConfigError(f"data.dataset = {self.dataset!r}: NAME@DIR needs a directory after @ and no "
+                                  "other data.data_dir (or give data.dataset = NAME and data.data_dir = DIR)")
+            object.__setattr__(self, "dataset", name)  # frozen: set once, before anything reads it
+            object.__setattr__(self, "data_dir", where)
         check_data(self)
 
 
