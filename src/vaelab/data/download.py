@@ -213,3 +213,16 @@ def download_file(
         f"could not download {url} after {retries + 1} attempts ({_failure_reason(last_error, timeout)}); "
         "check the network, or put the file in the dataset directory by hand"
     )
+
+
+def download_first(urls, dest: str | Path, sha256: str | None, *, log: Callable[[str], None] | None = None,
+                   size: int | None = None, git_blob: str | None = None) -> Path:
+    """`download_file` from the first of `urls` (mirrors) that delivers the verified file; the last mirror's
+    error when none does."""
+    errors = []
+    for url in urls:
+        try:
+            return download_file(url, dest, sha256, log=log, size=size, git_blob=git_blob)
+        except DownloadError as exc:
+            errors.append(str(exc))
+    raise DownloadError(errors[-1] if errors else f"no URL to download {Path(dest).name} from")

@@ -74,15 +74,7 @@ def download_named(spec: NamedDataset, log: Callable[[str], None] | None = None)
         dest = target / f.name
         if dest.is_file() and dl.verify(dest, f.sha256, size=f.size, git_blob=f.git_blob) is None:
             continue
-        errors = []
-        for url in _urls(spec, f):
-            try:
-                dl.download_file(url, dest, f.sha256, size=f.size, git_blob=f.git_blob, log=log)
-                break
-            except DownloadError as exc:
-                errors.append(str(exc))
-        else:
-            raise DownloadError(errors[-1])
+        dl.download_first(_urls(spec, f), dest, f.sha256, size=f.size, git_blob=f.git_blob, log=log)
     return target
 
 

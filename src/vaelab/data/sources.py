@@ -124,15 +124,7 @@ def download_idx(spec: IdxDataset, log: Callable[[str], None] | None = None) -> 
         dest = target / f"{stem}.gz"
         if dest.is_file() and dl.sha256_file(dest) == spec.sha256[role]:
             continue
-        errors = []
-        for mirror in mirrors:
-            try:
-                dl.download_file(mirror + f"{stem}.gz", dest, spec.sha256[role], log=log)
-                break
-            except DownloadError as exc:
-                errors.append(str(exc))
-        else:
-            raise DownloadError(errors[-1])
+        dl.download_first([mirror + f"{stem}.gz" for mirror in mirrors], dest, spec.sha256[role], log=log)
     return target
 
 

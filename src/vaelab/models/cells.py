@@ -58,31 +58,22 @@ def bottleneck_stack(channels: int, n: int, total_cells: int, dropout: float = 0
     return nn.Sequential(*cells) if cells else nn.Identity()
 
 
-class Resize(nn.Module):
-    """Nearest-neighbour resampling to a fixed size (VDVAE's unpooling between resolutions; it also handles
-    the odd sizes 4 -> 7 -> 14 of 28x28 images). Identity when the size is already right."""
+class ToSize(nn.Module):
+    """Resampling to a fixed size, identity when the size is already right: `up` is nearest-neighbour
+    (VDVAE's unpooling between resolutions; it also handles the odd sizes 4 -> 7 -> 14 of 28x28 images), else
+    average pooling (the bottom-up pass's step down a resolution; ceil for odd sizes)."""
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    def __init__(self, size: tuple[int, int], up: bool) -> None:
         super().__init__()
         self.size = tuple(int(s) for s in size)
+        self.up = up
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if tuple(h.shape[-2:]) == self.size:
             return h
-        return F.interpolate(h, size=self.size, mode="nearest")
-
-
-class Pool(nn.Module):
-    """Average pooling to a fixed size (the bottom-up pass's step down a resolution; ceil for odd sizes)."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.size = tuple(int(s) for s in size)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if tuple(h.shape[-2:]) == self.size:
-            return h
+        if self.up:
+            return F.interpolate(h, size=self.size, mode="nearest")
         return F.adaptive_avg_pool2d(h, self.size)
 
 
-__all__ = ["Bottleneck", "Pool", "Resize", "bottleneck_stack"]
+__all__ = ["Bottleneck", "ToSize", "bottleneck_stack"]

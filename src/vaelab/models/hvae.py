@@ -53,7 +53,7 @@ from vaelab import noise
 from vaelab import objectives as obj
 from vaelab.models.distributions import DiagonalGaussian
 from vaelab.models.base import ModelBase, ModelOutput
-from vaelab.models.cells import Bottleneck, Pool, Resize, bottleneck_stack
+from vaelab.models.cells import Bottleneck, ToSize, bottleneck_stack
 
 MIN_SIZE = 4  # layers stop halving the resolution once it is at most this (per side)
 LOGVAR_BOUND = 8.0
@@ -204,7 +204,7 @@ class HVAE(ModelBase):
         total = len(self.stages) * blocks + self.n_layers * blocks  # residual cells in all, for their init
         mid = max(1, ch // 4)
         self.down = nn.ModuleList([_Down(c, ch, stage_sizes[1] != stage_sizes[0])]
-                                  + [Pool(stage_sizes[s + 1]) for s in range(1, len(self.stages))])
+                                  + [ToSize(stage_sizes[s + 1], up=False) for s in range(1, len(self.stages))])
         self.bu_blocks = nn.ModuleList([bottleneck_stack(ch, blocks, total, dropout) for _ in self.stages])
         self.h_top = nn.Parameter(torch.zeros(1, ch, *self.sizes[-1]))
         self.prior_net = nn.ModuleList()
@@ -224,7 +224,7 @@ class HVAE(ModelBase):
             if i == 0:
                 self.up.append(_Up(ch, out_channels, self.sizes[1], self.sizes[0]))
             else:
-                self.up.append(Resize(self.sizes[i]) if self.sizes[i + 1] != self.sizes[i] else nn.Identity())
+                self.up.append(ToSize(self.sizes[i], up=True) if self.sizes[i + 1] != self.sizes[i] else nn.Identity())
 
     # ------------------------------------------------------------------ passes
 

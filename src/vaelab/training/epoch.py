@@ -12,7 +12,7 @@ import torch
 from vaelab.data import batches
 from vaelab.runs.checkpoint import decode_rng, encode_rng
 from vaelab.training.guard import TrainingDiverged
-from vaelab.training.schedules import kl_weight
+from vaelab.training.schedules import step_kl_weight
 
 
 def device_read(t: Any) -> None:
@@ -117,14 +117,12 @@ class EpochRunner:
         """One step of the device-resident path: sums on the device, counters read every train.sync_steps."""
         t = self.t
         tc = t.cfg.train
-        warmup = tc.warmup * (n_batches if tc.warmup_unit == "epochs" else 1)
-        t.state.beta = kl_weight(t.step, warmup, tc.beta)
+        t.state.beta = step_kl_weight(tc, t.step, n_batches)
         stats, ok = t.device_steps.step(x, t._lr(), t.state.beta)
         t.state.step += 1  # attempted; the read below puts the applied count back
         self.done += 1
-        zero = torch.zeros((), dtype=torch.float64, device=ok.device)
-        self.recon = self.recon + torch.where(ok, stats.recon.sum().double(), zero)
-        self.kl = self.kl + torch.where(ok, stats.kl.sum().double(), zero)
+        self.recon = self.recon + torch.where(ok, stats.recon.sum().double(), 0.0)  # a scalar: no allocation
+        self.kl = self.kl + torch.where(ok, stats.kl.sum().double(), 0.0)
         self.n_images = self.n_images + ok.long() * len(stats.recon)
         t.callbacks.on_step_end(t, self.done, n_batches, stats)
         stop = t.signals.requested

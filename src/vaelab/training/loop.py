@@ -52,7 +52,7 @@ from vaelab.training.ema import EMA
 from vaelab.training.epoch import EpochRunner
 from vaelab.training.final import final_evaluation, report_failure
 from vaelab.training.guard import BadSteps, StopSignals, TrainingDiverged
-from vaelab.training.schedules import kl_weight
+from vaelab.training.schedules import step_kl_weight
 from vaelab.training.setup import data_views, fit_codes, make_model, make_optimizer
 from vaelab.training.state import GoodState, TrainState, checkpoint_tensors, restore_from, rng_state
 from vaelab.training.validation import epoch_line, epoch_record, validate
@@ -247,8 +247,7 @@ class Trainer:
         gradients are summed over processes before anything is decided; `checkpoint_due` (rank 0's say
         counts) and a stop request travel with them into `self._flags`."""
         tc = self.cfg.train
-        warmup = tc.warmup * (self.n_batches() if tc.warmup_unit == "epochs" else 1)
-        self.state.beta = kl_weight(self.step, warmup, tc.beta)
+        self.state.beta = step_kl_weight(tc, self.step, self.n_batches())
         self.optimizer.zero_grad(set_to_none=True)
         if self.group.active:
             flags = [float(checkpoint_due and self.group.main), float(bool(self.signals.requested))]

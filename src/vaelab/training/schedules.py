@@ -18,6 +18,12 @@ def kl_weight(step: int, warmup_steps: int, beta: float) -> float:
     return beta * min(1.0, step / warmup_steps)
 
 
+def step_kl_weight(cfg, step: int, batches_per_epoch: int) -> float:
+    """`kl_weight` at `step` as a TrainConfig says: train.warmup in train.warmup_unit (epochs or steps)."""
+    warmup = cfg.warmup * (batches_per_epoch if cfg.warmup_unit == "epochs" else 1)
+    return kl_weight(step, warmup, cfg.beta)
+
+
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
     """The multiplier of the base learning rate for update number `step` (0-based).
 
