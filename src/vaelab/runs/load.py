@@ -2,7 +2,8 @@
 
 `load_run(path)` needs only the checkpoint (its meta.json carries the config
 and image shape), so a run copied to another machine loads without the data.
-`load_run("pretrained:NAME")` loads a model shipped with vaelab (`vaelab.runs.pretrained`).
+`load_run("pretrained:NAME")` loads a model shipped with vaelab (`vaelab.runs.pretrained`),
+`load_run("hf:OWNER/NAME[@REVISION]")` a run shared on the Hugging Face Hub (`vaelab.runs.hub`).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Run:
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
     """The checkpoint directory of a run (or `path` itself if it is a checkpoint); "pretrained:NAME" is the
-    shipped model's copy in the user's cache."""
+    shipped model's copy in the user's cache, "hf:OWNER/NAME[@REVISION]" the Hub repository's pulled copy."""
     check_name(checkpoint)  # a name such as ../../x would reach outside the run
     path = resolve_run_path(path)
     if (path / "meta.json").is_file() or path.name in ("best", "last") and path.parent.name == "checkpoints":
@@ -143,7 +144,8 @@ def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
 def load_run(path: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
              model: torch.nn.Module | None = None) -> Run:
     """Load a trained run for inference: one call, from its directory (or "pretrained:NAME", a model shipped
-    with vaelab: `vaelab pretrained` lists them), no dataset needed.
+    with vaelab: `vaelab pretrained` lists them; or "hf:OWNER/NAME[@REVISION]", a run shared on the Hugging
+    Face Hub, pulled into the cache: needs vaelab[hub]), no dataset needed.
 
     `checkpoint` is "best" (lowest validation loss; the last epoch's weights
     when the run had no validation split) or "last". With train.ema, both give

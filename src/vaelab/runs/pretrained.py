@@ -34,6 +34,7 @@ from vaelab.data.download import download_file, offline, sha256_file
 from vaelab.errors import CheckpointError, DownloadError
 
 PREFIX = "pretrained:"
+HF_PREFIX = "hf:"  # a run shared on the Hugging Face Hub (vaelab.runs.hub)
 REGISTRY = "registry.json"
 FORMAT = "vaelab-pretrained"
 FORMAT_VERSION = 1
@@ -162,10 +163,15 @@ def resolve(name: str, *, log: Callable[[str], None] | None = None) -> Path:
 
 
 def resolve_run_path(path: str | Path) -> Path:
-    """`path` as a run directory: "pretrained:NAME" resolved (`resolve`), anything else as it is."""
+    """`path` as a run directory: "pretrained:NAME" resolved (`resolve`), "hf:OWNER/NAME[@REVISION]" pulled
+    from the Hugging Face Hub into the cache (`vaelab.runs.hub.resolve`), anything else as it is."""
     text = str(path)
     if isinstance(path, str) and text.startswith(PREFIX) and not Path(text).exists():
         return resolve(text[len(PREFIX):])
+    if isinstance(path, str) and text.startswith(HF_PREFIX) and not Path(text).exists():
+        from vaelab.runs import hub  # imported on use: it imports this module (and huggingface_hub on use)
+
+        return hub.resolve(text[len(HF_PREFIX):])
     return Path(path)
 
 
