@@ -10,7 +10,7 @@ import torch
 from vaelab.config import ModelConfig, RunConfig
 from vaelab.data import DatasetSplits, ImageSet
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.evaluation.dose import DoseScorer, fit_dose, images_needed
+from vaelab.evaluation.dose import COMPONENTS, DoseScorer, feature_ranges, fit_dose, images_needed
 from vaelab.evaluation.intervals import detection_intervals
 from vaelab.evaluation.statistics import ImageStatistics, validation_statistics
 from vaelab.models import build_model
@@ -47,7 +47,7 @@ def test_default_grid_chooses_by_held_out_likelihood():
     val = _stats("val", 300, 0.0, 5)
     scorer = fit_dose(val)
     table = scorer.selection["candidates"]
-    assert len(table) == 16 * 4 + 17  # every mixture size and covariance type, every bandwidth
+    assert len(table) == len(COMPONENTS) * 4 + 17 == 49  # every mixture size and covariance type, every bandwidth
     best = max(row["held_out_loglik"] for row in table)
     assert scorer.selection["chosen"]["held_out_loglik"] == best
     assert scorer.selection["n_fit"] + scorer.selection["n_held_out"] == 300
@@ -151,3 +151,9 @@ def test_scoring_statistics_of_another_protocol_is_refused():
         scorer.score(other)
     with pytest.raises(ConfigError, match="lack"):
         scorer.score(ImageStatistics("test", {"log_px": np.zeros(3)}, {"k": 100, "seed": 1}))
+
+
+def test_feature_ranges_fold_numbered_runs_for_display():
+    names = ["log_px", "kl_1", "kl_2", "kl_3", "llr_2", "post_mean_1", "post_mean_2", "post_logvar_1", "png_bits"]
+    assert feature_ranges(names) == ["log_px", "kl_1..3", "llr_2", "post_mean_1..2", "post_logvar_1", "png_bits"]
+    assert feature_ranges(["kl_1", "kl_3"]) == ["kl_1", "kl_3"]  # not consecutive: not folded

@@ -32,7 +32,8 @@ def _hvae():
 def test_vae_statistics_shapes_values_and_the_bound(one_thread):
     x = _images()
     s = st.compute_statistics(_vae(), x, split="val", k=16, batch_size=10)
-    assert s.names == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", "png_bits",
+    units = ("post_mean_1", "post_mean_2", "post_mean_3", "post_logvar_1", "post_logvar_2", "post_logvar_3")
+    assert s.names == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", *units, "png_bits",
                        "complexity")
     assert len(s) == len(x) and all(v.shape == (len(x),) and v.dtype == np.float64 for v in s.columns.values())
     assert all(np.isfinite(v).all() for v in s.columns.values())
@@ -42,7 +43,24 @@ def test_vae_statistics_shapes_values_and_the_bound(one_thread):
     assert (c["kl"] >= 0).all() and (c["recon"] > 0).all() and (c["post_mean_norm"] >= 0).all()
     # -ELBO = recon + KL in expectation: the forward draws and the importance samples agree roughly
     assert abs((c["recon"] + c["kl"]).mean() + c["elbo"].mean()) < 0.05 * abs(c["elbo"].mean()) + 1
-    assert s.features() == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", "png_bits")
+    assert s.features() == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", *units,
+                            "png_bits")
+    # the per-unit columns are the encoder's own mean and log-variance of each image
+    model = _vae()
+    with torch.no_grad():
+        q = model.encode(x.float() / 255)
+    assert np.allclose(np.stack([c[f"post_mean_{j}"] for j in (1, 2, 3)], 1), q.mean.double().numpy(), atol=1e-6)
+    assert np.allclose(np.stack([c[f"post_logvar_{j}"] for j in (1, 2, 3)], 1), q.logvar.double().numpy(),
+                       atol=1e-6)
+    assert np.allclose(c["post_mean_norm"], np.linalg.norm(q.mean.double().numpy(), axis=1))
+
+
+def test_wide_posteriors_keep_their_summaries_only(one_thread):
+    torch.manual_seed(0)
+    wide = build_model(ModelConfig(arch="mlp", latent_dim=st.UNIT_COLUMNS + 1, mlp_hidden=(16,)), SHAPE)
+    s = st.compute_statistics(wide, _images(), split="val", k=2, batch_size=12, samples=1)
+    assert "post_mean_norm" in s.names and not any(n.startswith(("post_mean_", "post_logvar_")) and
+                                                   n[-1].isdigit() for n in s.names)
 
 
 def test_statistics_reuse_the_evaluation_numbers(one_thread):

@@ -45,7 +45,7 @@ from vaelab.log import say
 
 REGRET = "Likelihood Regret"
 DOSE_NOTE = ("Morningstar et al. 2021 (DoSE): -log density of the image's statistics (log p(x), ELBO, "
-             "reconstruction, KL, posterior norms, PNG code length) under a density fitted on validation "
+             "reconstruction, KL, the posterior's norms and per-unit means and log-variances, PNG code length) under a density fitted on validation "
              "images only; the default score")
 REGRET_NOTE = ("Xiao et al. 2020: the gain in L_k (k={k}) when a copy of the encoder is fine-tuned on the "
                "image alone ({steps} Adam steps, lr {lr}); {n} images per set")

@@ -16,6 +16,10 @@ and for any model of vaelab's `Model` protocol (vaelab.models.base), one value p
     complexity        Serra et al.'s complexity-corrected score -log2 p(x) - L(x), bits (derived)
     post_mean_norm    the Euclidean norm of the posterior mean (the top layer's for an HVAE)
     post_logvar_mean  the mean log-variance of the posterior (the top layer's for an HVAE)
+    post_mean_1 ...   the posterior's mean and log-variance of each latent unit (the top layer's for an
+    post_logvar_1 ... HVAE), when it has at most UNIT_COLUMNS units: where the image's code lies among the
+                      codes of the training distribution (the aggregate posterior), the one-layer
+                      counterpart of LPath's statistics along the inference path
     code_norm         an autoencoder's code norm (it has no posterior)
 
 Statistics a model cannot give are skipped: an autoencoder has no log_px, elbo, KL or LLR; a model
@@ -49,7 +53,8 @@ from vaelab.fileio import atomic_write
 from vaelab.models import Model, as_scorer, eval_mode, use_channels_last
 
 FORMAT = "vaelab-image-statistics"
-VERSION = 1
+VERSION = 2  # 2: the per-unit posterior columns
+UNIT_COLUMNS = 64  # per-unit posterior columns for posteriors of at most this many units (two columns each)
 VALIDATION = "val"  # the label of statistics of the run's validation split: the only ones a density is fitted on
 COLUMN_NOTES = {
     "log_px": "importance-sampled bound L_k on log p(x), nats",
@@ -61,6 +66,8 @@ COLUMN_NOTES = {
     "post_mean_norm": "norm of the posterior mean (top layer)",
     "post_logvar_mean": "mean log-variance of the posterior (top layer)",
     "code_norm": "norm of the autoencoder's code",
+    "post_mean_J": "posterior mean of latent unit J (top layer)",
+    "post_logvar_J": "posterior log-variance of latent unit J (top layer)",
 }
 # the protocol entries two sets of statistics must share to be scored by one density
 PROTOCOL_KEYS = ("statistics_version", "k", "seed", "batch_size", "samples", "llr_mode", "discrete", "binary",
@@ -209,8 +216,14 @@ def _forward_statistics(model: Model, images: torch.Tensor, *, samples: int, see
                     for i in range(kl_layers.shape[1]):
                         add(f"kl_{i + 1}", kl_layers[:, i])
             if out.posterior is not None:
-                add("post_mean_norm", out.posterior.mean[:b].flatten(1).double().norm(dim=1))
-                add("post_logvar_mean", out.posterior.logvar[:b].flatten(1).double().mean(1))
+                mean, logvar = out.posterior.mean[:b].flatten(1).double(), out.posterior.logvar[:b].flatten(1).double()
+                add("post_mean_norm", mean.norm(dim=1))
+                add("post_logvar_mean", logvar.mean(1))
+                if mean.shape[1] <= UNIT_COLUMNS:
+                    for j in range(mean.shape[1]):
+                        add(f"post_mean_{j + 1}", mean[:, j])
+                    for j in range(mean.shape[1]):
+                        add(f"post_logvar_{j + 1}", logvar[:, j])
             elif not model.variational:
                 add("code_norm", out.z[:b].flatten(1).double().norm(dim=1))
     return {name: np.concatenate(v) for name, v in parts.items()}
@@ -322,5 +335,5 @@ def validation_statistics(model: Any, cfg: RunConfig, splits: DatasetSplits, n: 
     return run_statistics(model, cfg, validation_images(cfg, splits, n), VALIDATION, **kwargs)
 
 
-__all__ = ["COLUMN_NOTES", "run_statistics", "validation_images", "validation_statistics", "ImageStatistics", "PROTOCOL_KEYS", "VALIDATION", "cached_statistics",
+__all__ = ["COLUMN_NOTES", "UNIT_COLUMNS", "run_statistics", "validation_images", "validation_statistics", "ImageStatistics", "PROTOCOL_KEYS", "VALIDATION", "cached_statistics",
            "compute_statistics", "images_digest", "statistics_protocol"]
