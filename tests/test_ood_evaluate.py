@@ -175,3 +175,24 @@ def test_report_of_an_evaluation_written_before_the_intervals():
                                                          "n_in": 10, "n_out": 10}}}}}
     text = markdown(old, {})
     assert "| noise | -ELBO | 0.900 | 0.800 | 0.100 | 10 |" in text and "FPR@80%TPR" in text
+
+
+def test_dose_llr_table_takes_the_tables_llr_and_all_takes_every_j(tmp_path, one_thread):
+    from vaelab.evaluation.statistics import ImageStatistics
+
+    hvae = _train(tmp_path / "hvae", "model.kind=hvae", "model.arch=conv", "model.hvae_latents=[2,2,2]",
+                  "model.hvae_channels=8", "train.epochs=1")
+    columns = {}
+    for how in ("table", "all"):
+        out = tmp_path / how
+        assert _evaluate(hvae, out, "noise", extra=["--set", f"eval.dose_llr={how}"]) == 0
+        for name in ("test", "noise"):
+            stats = ImageStatistics.load(next((out / "statistics").glob(f"{name}-*.safetensors")))
+            columns[how, name] = [c for c in stats.names if c.startswith("llr_")]
+        table = json.loads((out / "evaluation.json").read_text())["datasets_eval"]
+        assert "LLR>1" in table["ood"]["noise"]
+    # the default: only LLR>1, the one the table computes anyway (no extra importance pass)
+    assert columns["table", "test"] == columns["table", "noise"] == ["llr_1"]
+    assert columns["all", "test"] == columns["all", "noise"] == ["llr_1", "llr_2"]
+    kept = ImageStatistics.load(next((hvae / "ood").glob("statistics-val-*.safetensors")))  # the last protocol's
+    assert kept.protocol["llr_layers"] == [1, 2] and [c for c in kept.names if c.startswith("llr_")] == ["llr_1", "llr_2"]

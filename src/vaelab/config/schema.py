@@ -257,6 +257,11 @@ class EvalConfig:
                 "and was kept after comparing both by their AUROC on MNIST, an OOD set they are then scored on: "
                 "tuned on MNIST, not chosen on in-distribution data alone (BENCHMARKS.md)"
     )
+    dose_llr: Literal["table", "all"] = _opt(
+        "table", "hvae: the LLR>j statistics of DoSE: table (only the --on table's LLR>k, k = eval.llr_k: reused, "
+                 "no extra cost) or all (every j from 1 to layers - 1: one more importance-sampled pass per image "
+                 "for each j beyond the table's)"
+    )
     dose_images: int = _opt(
         5000, "validation images whose per-image statistics fit the DoSE density and the typicality test (a seeded "
               "choice; never test or OOD images; the default takes the whole default validation split: the density "

@@ -59,10 +59,12 @@ def model_tag(model: Any) -> str:
 
 def statistics_kwargs(cfg: RunConfig, tag: str) -> dict[str, Any]:
     """The run's statistics protocol (`compute_statistics` keywords): k = eval.ood_k, seed = eval.seed, batch
-    size = eval.nll_batch_size, LLR>j as eval.llr_mode says, the model's weights as its tag."""
+    size = eval.nll_batch_size, LLR>j as eval.llr_mode says (j = eval.llr_k alone, or every j with eval.dose_llr
+    = "all"), the model's weights as its tag."""
     ec = cfg.eval
     return {"k": ec.ood_k, "seed": ec.seed, "batch_size": ec.nll_batch_size, "llr_mode": ec.llr_mode,
-            "binary": cfg.data.binarize != "none", "model_tag": tag}
+            "llr_layers": None if ec.dose_llr == "all" else [ec.llr_k], "binary": cfg.data.binarize != "none",
+            "model_tag": tag}
 
 
 def dose_problem(cfg: RunConfig, splits: DatasetSplits) -> str | None:
@@ -118,7 +120,7 @@ def _validation_statistics(model: Any, cfg: RunConfig, splits: DatasetSplits, fo
             cached = ImageStatistics.load(path)
         except CheckpointError:
             cached = None
-        expected = statistics_protocol(model, images, samples=8, llr_layers=None, **kwargs)
+        expected = statistics_protocol(model, images, samples=8, **kwargs)
         if cached is not None and cached.split == VALIDATION and cached.protocol == expected:
             return cached, False
     log(f"  DoSE: statistics of {len(images)} validation images (k={cfg.eval.ood_k}; once per model, kept in "

@@ -83,7 +83,7 @@ def set_statistics(model: Any, cfg: RunConfig, sets: list, estimates: dict[str, 
             try:
                 cached = ImageStatistics.load(path)
                 if cached.split == s.name and cached.protocol == statistics_protocol(
-                        model, s.images, samples=8, llr_layers=None, **kwargs):
+                        model, s.images, samples=8, **kwargs):
                     out[s.name] = cached
                     continue
             except CheckpointError:
