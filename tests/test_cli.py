@@ -64,11 +64,13 @@ def test_train_writes_every_promised_file(tiny_run):
 
 
 def test_sample_reconstruct_interpolate_evaluate(tiny_run, tmp_path, capsys):
-    assert main(["sample", str(tiny_run), "-n", "9", "--temperature", "0.5", "--out", str(tmp_path / "s.png")]) == 0
+    # --raw: the bare grids (the labelled pictures are tested in test_generate.py)
+    raw = ["--raw", "--out"]
+    assert main(["sample", str(tiny_run), "-n", "9", "--temperature", "0.5", *raw, str(tmp_path / "s.png")]) == 0
     assert Image.open(tmp_path / "s.png").size == (3 * 30 + 2, 3 * 30 + 2)
-    assert main(["reconstruct", str(tiny_run), "-n", "8", "--out", str(tmp_path / "r.png")]) == 0
+    assert main(["reconstruct", str(tiny_run), "-n", "8", *raw, str(tmp_path / "r.png")]) == 0
     assert Image.open(tmp_path / "r.png").size[0] == 4 * 30 + 2  # 2 pairs per row
-    assert main(["interpolate", str(tiny_run), "--pairs", "2", "--steps", "7", "--out", str(tmp_path / "i.png")]) == 0
+    assert main(["interpolate", str(tiny_run), "--pairs", "2", "--steps", "7", *raw, str(tmp_path / "i.png")]) == 0
     assert Image.open(tmp_path / "i.png").size == (7 * 30 + 2, 4 * 30 + 2)  # 2 pairs x (lerp, slerp)
     assert main(["evaluate", str(tiny_run), "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out

@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import torch
+from PIL import Image
 
 from vaelab.config import ModelConfig
 from vaelab.models.generate import interpolate, lerp, reconstruct, sample, slerp
-from vaelab.report.images import make_grid, pairs_grid
+from vaelab.report.images import DISPLAY_SCALE, make_grid, pairs_grid, upscale
 from vaelab.models import build_model
 
 
@@ -103,3 +105,103 @@ def test_latent_frame_units_per_model():
     frame = latent_frame(ae, torch.zeros(3, 6))
     torch.testing.assert_close(frame.loc, codes.mean(0))
     torch.testing.assert_close(frame.scale, codes.std(0))
+
+
+# --------------------------------------------------------------------------- the pictures `vaelab sample`,
+# `reconstruct` and `interpolate` write: the bare grid enlarged DISPLAY_SCALE times under a caption
+
+PRETRAINED = "pretrained:fashion-mnist-vae"  # shipped with vaelab: 28x28 tiles, no training needed
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _placed(picture: np.ndarray, raw: np.ndarray) -> tuple[int, int]:
+    """Where (top, left) the raw grid, enlarged DISPLAY_SCALE times, sits in the picture (bottom-aligned)."""
+    big = upscale(raw, DISPLAY_SCALE)
+    top = picture.shape[0] - big.shape[0]
+    for left in range(picture.shape[1] - big.shape[1] + 1):
+        if np.array_equal(picture[top:, left:left + big.shape[1]], big):
+            return top, left
+    raise AssertionError("the enlarged grid is not in the picture")
+
+
+def _captions(monkeypatch) -> list:
+    """Record the title of every picture the commands label (the real labelling still draws it)."""
+    import vaelab.cli.generate as generate
+
+    seen = []
+    for name in ("label_grid", "labelled_square", "labelled_pairs"):
+        real = getattr(generate, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs.get("title"))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(generate, name, spy)
+    return seen
+
+
+def test_sample_writes_a_captioned_2x_picture_and_raw_keeps_the_bare_grid(tmp_path, monkeypatch, one_thread):
+    from vaelab.cli import main
+
+    args = ["sample", PRETRAINED, "-n", "9", "--temperature", "0.5", "--seed", "3"]
+    assert main([*args, "--raw", "--out", str(tmp_path / "raw.png")]) == 0
+    raw = _png(tmp_path / "raw.png")
+    assert raw.shape == (3 * 30 + 2, 3 * 30 + 2)  # 28-px tiles, 2 px apart, one pixel per pixel
+    seen = _captions(monkeypatch)
+    assert main([*args, "--out", str(tmp_path / "pic.png")]) == 0
+    pic = _png(tmp_path / "pic.png")
+    top, left = _placed(pic, raw)
+    assert left == 0 and pic.shape[0] == top + 2 * raw.shape[0] and pic.shape[1] >= 2 * raw.shape[1]
+    assert top >= 3 * 10 and pic[:top].min() < 128  # a header band of three lines, with dark text in it
+    title = " / ".join(seen[0])
+    for words in (PRETRAINED, "9 samples", "temperature 0.5", "seed 3", "std x 0.5", "checkpoint best (epoch 10)"):
+        assert words in title, words
+    assert "EMA" not in title  # the shipped model was trained without train.ema
+    # the same seed draws the same picture
+    assert main([*args, "--out", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "pic.png").read_bytes()
+
+
+def test_reconstruct_and_interpolate_pictures_are_labelled(tmp_path, monkeypatch, fashion_mnist_dir, one_thread):
+    from vaelab.cli import main
+
+    recon = ["reconstruct", PRETRAINED, "-n", "8", "--seed", "1"]
+    paths = ["interpolate", PRETRAINED, "--pairs", "2", "--steps", "7", "--split", "val"]
+    for args, name in ((recon, "r"), (paths, "i")):
+        assert main([*args, "--raw", "--out", str(tmp_path / f"{name}-raw.png")]) == 0
+    seen = _captions(monkeypatch)
+    for args, name in ((recon, "r"), (paths, "i")):
+        assert main([*args, "--out", str(tmp_path / f"{name}.png")]) == 0
+    raw, pic = _png(tmp_path / "r-raw.png"), _png(tmp_path / "r.png")
+    assert raw.shape[1] == 4 * 30 + 2  # 2 pairs per row
+    top, left = _placed(pic, raw)
+    assert left == 0 and top > 0 and pic[:top].min() < 128  # title and the image/recon column heads
+    assert "8 test images beside their reconstructions" in seen[0][0] and "seed 1" in seen[0][1]
+    raw, pic = _png(tmp_path / "i-raw.png"), _png(tmp_path / "i.png")
+    assert raw.shape == (4 * 30 + 2, 7 * 30 + 2)  # 2 pairs x (lerp, slerp)
+    top, left = _placed(pic, raw)
+    assert top > 0 and pic[:top].min() < 128  # title, A and B over the end columns
+    assert left > 0 and pic[top:, :left].min() < 128  # row labels: the method and the two images
+    for r in range(4):  # a label beside every row
+        y = top + DISPLAY_SCALE * (2 + r * 30)
+        assert pic[y:y + DISPLAY_SCALE * 28, :left].min() < 128, r
+    title = " / ".join(seen[1])
+    assert "two val images" in title and "lerp (linear) and slerp (spherical)" in title and "7 steps" in title
+
+
+def test_the_caption_names_a_run_directory_and_its_moving_average(tmp_path, monkeypatch, one_thread):
+    from vaelab import load_config, train
+    from vaelab.cli import main
+
+    cfg = load_config(overrides=["data.dataset=digits", "data.image_size=8", "data.val_size=100", "model.arch=mlp",
+                                 "model.mlp_hidden=[16]", "train.epochs=1", "train.grid_every=0", "train.grid_size=4",
+                                 "eval.nll_images=0", "train.ema=0.9"])
+    train(cfg, tmp_path / "ema-run", log=lambda m: None, progress=False)
+    seen = _captions(monkeypatch)
+    assert main(["sample", str(tmp_path / "ema-run"), "-n", "4", "--checkpoint", "last"]) == 0
+    title = " / ".join(seen[0])
+    assert title.startswith("ema-run: 4 samples") and "checkpoint last (epoch 1), EMA weights (decay 0.9)" in title
+    pic = _png(tmp_path / "ema-run" / "images" / "samples_seed0_t1.png")  # the default place
+    assert pic.shape[0] > DISPLAY_SCALE * (2 * 26 + 2) and pic[:30].min() < 128  # 8-px tiles shown at 24 px, x2

@@ -342,3 +342,76 @@ def test_the_evaluate_section_says_which_evaluation_it_shows_and_lists_the_other
     assert "This section shows <code>eval-ood/evaluation.json (checkpoint best, epoch 1" in text
     assert "1 other evaluation(s)" in text and "<details>" not in text
     assert "Out-of-distribution detection" in text
+
+
+# --------------------------------------------------------------------------- the whole-split NLL estimates
+
+WHOLE_KEYS = ("nelbo_whole", "whole_n", "subset_offset", "nll_whole_estimate", "nll_whole_estimate_stderr")
+
+
+def _nll_result(whole: bool = True) -> dict:
+    """An evaluation's "nll" part: three splits of 5,000 images, NLL on 100 of each (the val row as the terminal
+    prints it: subset -ELBO 465.38, whole split 465.31: offset +0.07; whole-split NLL 448.96 ± 1.49)."""
+    splits = {}
+    for name, nll, nelbo, nelbo_whole in [("train", 445.0, 461.0, 462.0), ("val", 449.03, 465.38, 465.31),
+                                          ("test", 450.0, 466.0, 465.5)]:
+        row = {"n": 100, "nll": nll, "stderr": 1.4, "nelbo": nelbo, "bits_per_dim": nll / (784 * np.log(2)),
+               "ess": 3.0, "images_per_s": 10.0, "protocol": {"pixel_likelihood": "Bernoulli"}}
+        if whole:
+            row |= {"nll_minus_nelbo_stderr": 0.3, "nelbo_whole": nelbo_whole, "whole_n": 5000,
+                    "subset_offset": nelbo - nelbo_whole, "nll_whole_estimate": nll - (nelbo - nelbo_whole),
+                    "nll_whole_estimate_stderr": 1.49}
+        splits[name] = row
+    out = {"k": 5, "images": 100, "gap_test_minus_train": 5.0, "gap_stderr": 1.98, "splits": splits}
+    return out | ({"gap_whole_estimate": 3.5, "gap_whole_estimate_stderr": 2.11} if whole else {})
+
+
+def test_the_markdown_report_shows_the_whole_split_estimates_and_renders_without_them():
+    from vaelab.report.markdown import markdown
+
+    text = markdown({"nll": _nll_result()}, {})
+    assert "| split | subset n | subset -ELBO | split n | whole-split -ELBO | offset | whole-split NLL | ± se | " \
+           "bits/dim |" in text
+    # 448.96 nats over 784 pixels: 0.8262 bits/dim
+    assert "| val | 100 | 465.38 | 5000 | 465.31 | +0.07 | 448.96 | 1.49 | 0.8262 |" in text
+    assert "| train | 100 | 461.00 | 5000 | 462.00 | -1.00 | 446.00 | 1.49 | 0.8207 |" in text
+    assert "(test - train): **3.50 ± 2.11** nats" in text and "Nats per image" in text
+    assert "Generalization gap of the NLL (test - train): **5.00 ± 1.98** nats" in text
+    # an evaluation written before the estimates: the NLL table, and one line instead of theirs
+    old = markdown({"nll": _nll_result(whole=False)}, {})
+    assert "| test | 100 | 450.00 | 1.40 | 466.00 |" in old
+    assert "whole-split NLL |" not in old and "Whole-split NLL estimates: not in this evaluation" in old
+    # subsets that are the whole splits: nothing to carry over
+    nll = _nll_result()
+    for row in nll["splits"].values():
+        row["whole_n"] = row["n"]
+    assert "measured on the whole splits" in markdown({"nll": nll}, {})
+
+
+def test_the_page_shows_the_whole_split_estimates_of_both_evaluations(vae_run, tmp_path):
+    from vaelab.report.html import read_run_files
+    from vaelab.report.html.sections import evaluate_section, evaluation_section
+
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run, ignore=shutil.ignore_patterns("checkpoints", "report.html"))
+    for name, section in (("evaluation.json", evaluation_section(read_run_files(run)).body),
+                          ("evaluation_best.json", evaluate_section(read_run_files(run), "best").body)):
+        nll = json.loads((run / name).read_text())["nll"]
+        assert "whole-split NLL" in section and "offset" in section, name
+        for split, row in nll["splits"].items():
+            assert row["n"] == 50 < row["whole_n"], (name, split)  # a subset of each split
+            for value in (f"{row['nelbo_whole']:.2f}", f"{row['subset_offset']:+.2f}",
+                          f"{row['nll_whole_estimate']:.2f}", f"{row['nll_whole_estimate_stderr']:.2f}"):
+                assert f">{value}</td>" in section, (name, split, value)
+        assert f"{nll['gap_whole_estimate']:.2f} ± {nll['gap_whole_estimate_stderr']:.2f}" in section, name
+    # the same run evaluated before the estimates existed: the page renders, with a one-line note
+    for name in ("evaluation.json", "evaluation_best.json", "eval-best/evaluation.json"):
+        result = json.loads((run / name).read_text())
+        for row in result["nll"]["splits"].values():
+            for key in WHOLE_KEYS:
+                row.pop(key)
+        result["nll"].pop("gap_whole_estimate")
+        (run / name).write_text(json.dumps(result))
+    for section in (evaluation_section(read_run_files(run)).body, evaluate_section(read_run_files(run), "best").body):
+        assert "not in this evaluation" in section and "whole-split NLL</th>" not in section
+        assert "Importance-sampled" in section

@@ -1,17 +1,33 @@
-"""`vaelab sample`, `reconstruct` and `interpolate`: what a trained run generates, as PNG grids."""
+"""`vaelab sample`, `reconstruct` and `interpolate`: what a trained run generates, as PNG grids.
+
+Each picture is drawn as the run's own images/ are (`vaelab.report.images.label_grid`): the grid enlarged
+DISPLAY_SCALE times under a title naming the run, its weights and the choices behind the images (temperature,
+seed, split, pairs), with column and row labels where they help. `--raw` writes the bare grid instead, one
+pixel per pixel and no labels (what these commands wrote before), for a program that reads the tiles back.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vaelab.cli.common import MAX_IMAGES, _add_run_args, _formatter, _load, _positive, _run_data, _seed
 from vaelab.errors import VaelabError
-from vaelab.report.images import make_grid, pairs_grid, save_png, square_grid
+from vaelab.report.figures import sample_source
+from vaelab.report.images import grid_shape, label_grid, labelled_pairs, labelled_square, make_grid, pairs_grid, \
+    save_png, square_grid
+from vaelab.runs import Run
 
 _DATA_DIR_HELP = "where the run's dataset lives on this machine (for a folder: run, the directory holding it)"
+_RAW_HELP = "write the bare grid: one pixel per pixel, no title or labels"
+
+
+def _add_picture_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--out", metavar="PNG", help=f"output file (default: {default_out})")
+    p.add_argument("--raw", action="store_true", help=_RAW_HELP)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier (default 1.0)")
-    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/samples_seedS_tT.png)")
+    _add_picture_args(p, "RUN/images/samples_seedS_tT.png")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="inputs beside their reconstructions, as a PNG grid",
@@ -34,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     p.add_argument("--seed", type=int, default=0, help="which images: a random choice with this seed")
     p.add_argument("--data-dir", metavar="DIR", help=_DATA_DIR_HELP)
-    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/reconstructions_SPLIT.png)")
+    _add_picture_args(p, "RUN/images/reconstructions_SPLIT.png")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("interpolate", help="walk the latent space between pairs of images",
@@ -49,12 +65,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random pairs")
     p.add_argument("--data-dir", metavar="DIR", help=_DATA_DIR_HELP)
-    p.add_argument("--out", metavar="PNG", help="output file (default: RUN/images/interpolations_SPLIT.png)")
+    _add_picture_args(p, "RUN/images/interpolations_SPLIT.png")
     p.set_defaults(func=cmd_interpolate)
 
 
 def _pick(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def _run_name(args: argparse.Namespace, run: Run) -> str:
+    """The run as the user named it: "pretrained:NAME" (or another such name) as given, a directory by its name."""
+    given = str(args.run)
+    if ":" in given and not Path(given).exists():
+        return given
+    return run.path.resolve().name or str(run.path)
+
+
+def _weights(args: argparse.Namespace, run: Run) -> str:
+    """Which weights drew the picture: the checkpoint, its epoch, and whether they are the moving average."""
+    epoch = run.meta.get("epoch")
+    ema = run.config.train.ema
+    return (f"checkpoint {args.checkpoint}" + (f" (epoch {epoch})" if epoch is not None else "")
+            + (f", EMA weights (decay {ema:g})" if ema else ""))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -65,7 +97,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = _load(args)
     images = run.sample(args.n, temperature=args.temperature, seed=args.seed)
     out = Path(args.out) if args.out else run.path / "images" / f"samples_seed{args.seed}_t{args.temperature:g}.png"
-    save_png(square_grid(images), out)
+    grid = square_grid(images)
+    if not args.raw:
+        grid = labelled_square(grid, args.n, title=[
+            f"{_run_name(args, run)}: {args.n} samples, temperature {args.temperature:g}, seed {args.seed}",
+            f"{sample_source(run.model)} (std x {args.temperature:g}), decoded means", _weights(args, run)])
+    save_png(grid, out)
     print(f"wrote {args.n} samples (seed {args.seed}, temperature {args.temperature:g}) to {out}")
     return 0
 
@@ -80,7 +117,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     idx = _pick(len(split), min(args.n, len(split)), args.seed)
     x = split.images[idx].float() / 255
     out = Path(args.out) if args.out else run.path / "images" / f"reconstructions_{args.split}.png"
-    save_png(pairs_grid(x, run.reconstruct(x)), out)
+    grid = pairs_grid(x, run.reconstruct(x))
+    if not args.raw:
+        grid = labelled_pairs(grid, len(idx), "image", "recon", title=[
+            f"{_run_name(args, run)}: {len(idx)} {args.split} images beside their reconstructions",
+            f"picked with seed {args.seed}; {_weights(args, run)}"])
+    save_png(grid, out)
     print(f"wrote {len(idx)} {args.split} images beside their reconstructions to {out}")
     return 0
 
@@ -123,6 +165,24 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         for m in methods:
             rows.append(run.interpolate(x0, x1, steps=args.steps, method=m).cpu())
     out = Path(args.out) if args.out else run.path / "images" / f"interpolations_{args.split}.png"
-    save_png(make_grid(torch.cat(rows), nrow=args.steps), out)
+    grid = make_grid(torch.cat(rows), nrow=args.steps)
+    if not args.raw:
+        grid = _label_interpolations(grid, args, run, pairs, methods)
+    save_png(grid, out)
     print(f"wrote {len(pairs)} interpolation(s) ({', '.join(methods)}; one row each) to {out}")
     return 0
+
+
+def _label_interpolations(grid: np.ndarray, args: argparse.Namespace, run: Run, pairs: list[tuple[int, int]],
+                          methods: list[str]) -> np.ndarray:
+    """The interpolation grid enlarged: a row label per path (method and the two image indices), the end
+    columns marked A and B, under a title saying what the rows are."""
+    labels = [f"{m} {i}-{j}" for i, j in pairs for m in methods]
+    rows, cols = grid_shape(len(labels) * args.steps, args.steps)
+    what = ("lerp (linear) and slerp (spherical) paths, alternating" if len(methods) == 2 else
+            f"{methods[0]} ({'linear' if methods[0] == 'lerp' else 'spherical'}) paths")
+    picked = "the images of --index" if args.index else f"random pairs (seed {args.seed})"
+    return label_grid(grid, rows, cols, column_labels=["A"] + [""] * (cols - 2) + ["B"], row_labels=labels,
+                      title=[f"{_run_name(args, run)}: paths between the codes of two {args.split} images",
+                             f"rows: {what}, {args.steps} steps; {picked}",
+                             "A, B: the two images' reconstructions", _weights(args, run)])

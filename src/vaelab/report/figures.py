@@ -4,7 +4,8 @@ What is drawn, and from which fixed choices (`seed` is train.seed; the HTML repo
 so `vaelab report --seed 0` shows exactly the images of the run's images/ folder):
 
 - samples: train.grid_size images decoded from fixed prior draws (a generator seeded with seed + 2), at
-  temperature 1 (images/samples.png, and the per-epoch grids) and, on the page, 0.7 (the same draws, shrunk);
+  temperature 1 (images/samples.png, labelled, and the plain per-epoch grids) and, on the page, 0.7 (the same
+  draws, shrunk);
 - the shown test images: max(2, train.grid_size // 2) of them, `spread_index(..., seed + 4)` (test files
   may be grouped by class, so "the first k" would show one class);
 - reconstructions of the shown images, beside them;
@@ -31,7 +32,8 @@ from vaelab.config import RunConfig
 from vaelab.data import DatasetSplits, ImageSet, spread_index, to_float
 from vaelab.models import Model, eval_mode
 from vaelab.models.generate import interpolate, latent_frame, reconstruct, sample
-from vaelab.report.images import grid_shape, label_grid, labelled_pairs, make_grid, pairs_grid, save_png, square_grid
+from vaelab.report.images import (grid_shape, label_grid, labelled_pairs, labelled_square, make_grid, pairs_grid,
+                                  save_png, square_grid)
 
 # offsets from the base seed; +2 and +4 are what training has always used for its final images
 SAMPLE_SEED, MAP_SEED, SHOWN_SEED = 2, 3, 4
@@ -67,8 +69,27 @@ def samples(model: Model, config: RunConfig, temperature: float = 1.0, seed: int
 
 
 def sample_grid(model: Model, config: RunConfig, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
-    """The sample grid as a uint8 array: images/samples.png, the per-epoch grids and the page's first grid."""
+    """The plain sample grid as a uint8 array: the per-epoch grids (samples_epoch_NNN.png, TensorBoard)."""
     return square_grid(samples(model, config, temperature, seed))
+
+
+def sample_source(model: Model) -> str:
+    """Where a model's samples come from, in a few words (the titles of sample pictures)."""
+    if not model.variational:
+        return "codes drawn from the Gaussian fitted to the training codes"
+    if model.n_layers > 1:
+        return "every latent layer drawn from its prior"
+    return "codes drawn from the prior"
+
+
+def sample_figure(model: Model, config: RunConfig, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
+    """`sample_grid` as a picture: enlarged, under a title saying what it shows (images/samples.png and the
+    page's sample grids)."""
+    seed = base_seed(config) if seed is None else seed
+    n = config.train.grid_size
+    return labelled_square(sample_grid(model, config, temperature, seed), n,
+                           title=[f"{n} samples: {sample_source(model)}, decoded means",
+                                  f"temperature {temperature:g} (std x {temperature:g}), seed {seed + SAMPLE_SEED}"])
 
 
 # --------------------------------------------------------------------------- the shown test images
@@ -148,10 +169,11 @@ def interpolations(model: Model, x: torch.Tensor, pairs: int = INTERPOLATION_PAI
 
 def write_run_images(model: Model, splits: DatasetSplits, config: RunConfig, images_dir: str | Path) -> list[Path]:
     """The run's final images (samples.png, reconstructions.png, interpolations.png) in `images_dir`; returns
-    the paths written. The last two are labelled and enlarged (`reconstruction_figure`, `Interpolations.figure`);
-    samples.png is the plain grid, as the per-epoch samples_epoch_NNN.png. interpolations.png is left out when the test split has fewer than 2 images."""
+    the paths written. Each is labelled and enlarged (`sample_figure`, `reconstruction_figure`,
+    `Interpolations.figure`); the per-epoch samples_epoch_NNN.png stay plain grids (`sample_grid`).
+    interpolations.png is left out when the test split has fewer than 2 images."""
     images_dir = Path(images_dir)
-    written = [save_png(sample_grid(model, config), images_dir / "samples.png")]
+    written = [save_png(sample_figure(model, config), images_dir / "samples.png")]
     x = shown_images(splits.test, config, model_device(model))
     written.append(save_png(reconstruction_figure(model, x), images_dir / "reconstructions.png"))
     paths = interpolations(model, x)
@@ -254,6 +276,7 @@ def latent_map(codes: torch.Tensor | np.ndarray) -> LatentMap:
 __all__ = [
     "INTERPOLATION_PAIRS", "INTERPOLATION_STEPS", "Interpolations", "LatentMap", "MAP_IMAGES", "TRAVERSAL_DIMS",
     "TRAVERSAL_VALUES", "Traversal", "base_seed", "interpolations", "latent_codes", "latent_map", "map_index",
-    "model_device", "reconstruction_figure", "reconstruction_grid", "sample_grid", "samples", "shown_images", "shown_index",
+    "model_device", "reconstruction_figure", "reconstruction_grid", "sample_figure", "sample_grid", "sample_source",
+    "samples", "shown_images", "shown_index",
     "traversal", "write_run_images",
 ]

@@ -44,9 +44,14 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: floa
     return out[0] if c == 1 else out.transpose(1, 2, 0)
 
 
+def square_columns(n: int) -> int:
+    """Columns of the `square_grid` of n images."""
+    return int(math.ceil(math.sqrt(n)))
+
+
 def square_grid(images: torch.Tensor) -> np.ndarray:
     """A grid as close to square as possible."""
-    return make_grid(images, nrow=int(math.ceil(math.sqrt(len(images)))))
+    return make_grid(images, nrow=square_columns(len(images)))
 
 
 def pairs_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
@@ -169,6 +174,12 @@ def labelled_pairs(grid: np.ndarray, n: int, left: str = "image", right: str = "
     """A `pairs_grid` of n originals, enlarged, each column headed `left` or `right` under `title`."""
     rows, cols = grid_shape(2 * n, pairs_columns(n))
     return label_grid(grid, rows, cols, title=title, column_labels=[left, right] * (cols // 2))
+
+
+def labelled_square(grid: np.ndarray, n: int, title: str | Sequence[str] = ()) -> np.ndarray:
+    """A `square_grid` of n images (samples, say), enlarged, under `title`."""
+    rows, cols = grid_shape(n, square_columns(n))
+    return label_grid(grid, rows, cols, title=title)
 
 
 def labelled_side_by_side(left: np.ndarray, right: np.ndarray, left_title: str | Sequence[str],

@@ -83,6 +83,50 @@ def _ood_extras(data: dict[str, Any]) -> list[str]:
     return lines + ([""] if data.get("ood_notes") else [])
 
 
+def whole_split_lines(nll: dict[str, Any], heading: str = "###") -> list[str]:
+    """Each NLL subset against its whole split (`vaelab.evaluation.suite.whole_split_estimates`): the subset's and
+    the whole split's -ELBO, the offset between them, the whole split's NLL estimated from the subset's, and the
+    gap of those estimates. An evaluation written before they were computed gets a one-line note instead."""
+    splits = nll.get("splits") if isinstance(nll.get("splits"), dict) else {}
+    rows = {name: r for name, r in splits.items() if isinstance(r, dict) and "nll_whole_estimate" in r}
+    if not rows:
+        return ["Whole-split NLL estimates: not in this evaluation (written before vaelab computed them; "
+                "`vaelab evaluate` adds them).", ""]
+    if all(r["n"] >= r["whole_n"] for r in rows.values()):
+        return ["The NLL above was measured on the whole splits: no subset to correct.", ""]
+    lines = [f"{heading} Whole splits: the NLL of each subset carried over to its split", "",
+             "The -ELBO is known for every image of a split, the NLL only for the subset: whole-split NLL = subset "
+             "NLL - offset, where the offset is the subset's -ELBO minus the whole split's (± se: of NLL - (-ELBO) "
+             "on the subset and of the whole split's -ELBO). Nats per image; bits/dim = nats / (pixels x ln 2).", ""]
+    table = []
+    for name, r in rows.items():
+        per_nat = r["bits_per_dim"] / r["nll"] if r.get("bits_per_dim") is not None and r.get("nll") else None
+        table.append([name, r["n"], _f(r["nelbo"]), r["whole_n"], _f(r["nelbo_whole"]), f"{r['subset_offset']:+.2f}",
+                      _f(r["nll_whole_estimate"]), _f(r["nll_whole_estimate_stderr"]),
+                      _f(r["nll_whole_estimate"] * per_nat, 4) if per_nat is not None else "-"])
+    lines += _table(["split", "subset n", "subset -ELBO", "split n", "whole-split -ELBO", "offset",
+                     "whole-split NLL", "± se", "bits/dim"], table)
+    if "gap_whole_estimate" in nll:
+        lines += [f"Generalization gap of the whole-split NLL estimates (test - train): "
+                  f"**{_f(nll['gap_whole_estimate'])} ± {_f(nll.get('gap_whole_estimate_stderr'))}** nats.", ""]
+    return lines
+
+
+def _nll_lines(nll: dict[str, Any]) -> list[str]:
+    """The importance-sampled NLL per split (a subset of each, or the whole), its gap, and the whole-split
+    estimates."""
+    lines = ["## Importance-sampled negative log-likelihood", "",
+             f"k = {nll['k']} samples per image on {nll['images']} images per split; "
+             f"{next(iter(nll['splits'].values()))['protocol'].get('pixel_likelihood', '')}.", ""]
+    lines += _table(["split", "n", "NLL", "± se", "-ELBO (same samples)", "bits/dim", "mean ESS", "images/s"],
+                    [[k, s["n"], _f(s["nll"]), _f(s["stderr"]), _f(s["nelbo"]), _f(s["bits_per_dim"], 4),
+                      _f(s["ess"], 1), _f(s["images_per_s"])] for k, s in nll["splits"].items()])
+    if nll.get("gap_test_minus_train") is not None:
+        se = f" ± {_f(nll['gap_stderr'])}" if nll.get("gap_stderr") is not None else ""
+        lines += [f"Generalization gap of the NLL (test - train): **{_f(nll['gap_test_minus_train'])}{se}** nats.", ""]
+    return lines + whole_split_lines(nll)
+
+
 def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
     """The report as Markdown text; `images` maps plot names to file names in the same folder."""
     lines = [f"# vaelab evaluation: {result.get('run', '')}", ""]
@@ -99,16 +143,8 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
                         [[k, s["n"], _f(s["nelbo"]), _f(s["recon"]), _f(s["kl"]), _f(s["stderr"]),
                           _f(s["bits_per_dim"], 4)] for k, s in splits.items()])
         lines += [f"Generalization gap (test - train -ELBO): **{_f(result.get('gap_test_minus_train'))}** nats.", ""]
-    nll = result.get("nll")
-    if nll:
-        lines += ["## Importance-sampled negative log-likelihood", "",
-                  f"k = {nll['k']} samples per image on {nll['images']} images per split; "
-                  f"{next(iter(nll['splits'].values()))['protocol'].get('pixel_likelihood', '')}.", ""]
-        lines += _table(["split", "n", "NLL", "± se", "-ELBO (same samples)", "bits/dim", "mean ESS", "images/s"],
-                        [[k, s["n"], _f(s["nll"]), _f(s["stderr"]), _f(s["nelbo"]), _f(s["bits_per_dim"], 4),
-                          _f(s["ess"], 1), _f(s["images_per_s"])] for k, s in nll["splits"].items()])
-        if nll.get("gap_test_minus_train") is not None:
-            lines += [f"Generalization gap of the NLL (test - train): **{_f(nll['gap_test_minus_train'])}** nats.", ""]
+    if result.get("nll"):
+        lines += _nll_lines(result["nll"])
     data = result.get("datasets_eval")
     if data:
         lines += ["## Unseen datasets", "", f"k = {data['k']}; at most {data['images_per_set']} images per dataset.", ""]

@@ -15,7 +15,7 @@ import torch
 
 from vaelab.data import DatasetSplits, ImageSet
 from vaelab.report.figures import (Interpolations, LatentMap, Traversal, base_seed, interpolations, latent_codes,
-                                   latent_map, map_index, reconstruction_figure, sample_grid, shown_images,
+                                   latent_map, map_index, reconstruction_figure, sample_figure, shown_images,
                                    traversal)
 from vaelab.report.html.page import Picture, Section, figure, grid_png, plot_png
 from vaelab.report import plots
@@ -64,7 +64,7 @@ def sample_pictures(run: Run, seed: int) -> list[Picture]:
     base = base_seed(run.config, seed)
     pictures = []
     for t in SAMPLE_TEMPERATURES:
-        grid = sample_grid(run.model, run.config, temperature=t, seed=base)
+        grid = sample_figure(run.model, run.config, temperature=t, seed=base)
         same = _same_as_run(seed, "samples.png") if t == 1.0 else ""
         pictures.append(Picture(grid_png(grid), f"{run.config.train.grid_size} samples at temperature {t:g}{same}: "
                                 f"{_sample_source(run)}, its standard deviation scaled by {t:g}; decoded means",

@@ -13,7 +13,7 @@ from typing import Any
 from vaelab.config import to_toml
 from vaelab.report.html.page import Picture, Section, esc, figure, fmt, markdown_to_html, note, plot_png, table
 from vaelab.report.html.runfiles import RunFiles, best_epoch, config_dict
-from vaelab.report.markdown import markdown
+from vaelab.report.markdown import markdown, whole_split_lines
 from vaelab.report import plots
 from vaelab.runs import Run
 
@@ -107,7 +107,8 @@ def curves_section(files: RunFiles, run: Run | None) -> Section:
 
 
 def evaluation_section(files: RunFiles) -> Section:
-    """The final evaluation training wrote (evaluation.json): loss terms per split, the gap, NLL, sample FD."""
+    """The final evaluation training wrote (evaluation.json): loss terms per split, the gap, NLL (with the
+    whole-split estimates), sample FD."""
     ev = files.evaluation
     if ev is None:
         if files.status != "finished":
@@ -143,6 +144,8 @@ def evaluation_section(files: RunFiles) -> Section:
         if isinstance(nll.get("gap_test_minus_train"), (int, float)):
             parts.append(f"<p>Generalization gap of the NLL (test − train): <strong>"
                          f"{fmt(nll['gap_test_minus_train'])} ± {fmt(nll.get('gap_stderr'))}</strong> nats.</p>")
+        parts.append(markdown_to_html("\n".join(whole_split_lines(nll, heading="####")), lambda alt, target: "",
+                                      heading_offset=0))
     fd = ev.get("samples")
     if isinstance(fd, dict) and "fd_samples_test" in fd:
         parts.append(f"<h3>Sample fidelity</h3><p>Fréchet distance of samples to the test images: <strong>"
