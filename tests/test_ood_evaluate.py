@@ -78,7 +78,9 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert data["timing"]["images"] == 300 and all(v >= 0 for v in per_1000.values()) and len(per_1000) == 3
     # the scorer and the validation statistics are kept in the run; each set's statistics in the evaluation
     stored = _stored(vae_run)
-    assert [n.rsplit(".", 1)[1] for n in stored if n.startswith("dose-")] == ["json", "safetensors"]
+    dose_files = sorted(n for n in stored if n.startswith("dose-"))
+    key = next(n for n in dose_files if n.endswith(".json")).rsplit(".", 1)[0]
+    assert dose_files == [f"{key}-reference.safetensors", f"{key}.json", f"{key}.safetensors"]
     assert any(n.startswith("statistics-val-") for n in stored)
     assert len(list((out / "statistics").glob("*.safetensors"))) == 3
     report = (out / "report.md").read_text()
@@ -96,6 +98,7 @@ def test_a_second_evaluation_reuses_the_stored_scorer(vae_run, tmp_path, monkeyp
 
     monkeypatch.setattr(oodrun, "fit_dose", refuse)
     monkeypatch.setattr(oodrun, "compute_statistics", refuse)
+    monkeypatch.setattr(oodrun, "held_out_scores", refuse)  # the held-out reference scores are kept too
     assert _evaluate(vae_run, tmp_path / "b", "noise") == 0
     a, b = (json.loads((tmp_path / d / "evaluation.json").read_text())["datasets_eval"] for d in "ab")
     assert a["ood_intervals"]["noise"]["DoSE"] == b["ood_intervals"]["noise"]["DoSE"]
@@ -118,7 +121,7 @@ def test_the_fit_sees_the_validation_slice_only(vae_run, tmp_path, monkeypatch, 
         assert main(["evaluate", str(vae_run), "--on", on, *FAST, "--set", f"eval.ood_images={n}",
                      "--out", str(tmp_path / f"ev{i}")]) == 0
         scorers.append([p.read_bytes() for p in sorted((vae_run / "ood").glob("dose-*.safetensors"))])
-    assert len(seen) == 2 and scorers[0] == scorers[1] and len(scorers[0]) == 1
+    assert len(seen) == 2 and scorers[0] == scorers[1] and len(scorers[0]) == 2  # the scorer, its reference
     run = load_run(vae_run)
     cfg = run.config
     splits = load_dataset(cfg.data)

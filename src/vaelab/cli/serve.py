@@ -16,7 +16,9 @@ the path between two test images, each latent dimension, and an uploaded image's
 likelihood and out-of-distribution verdict against the training data. Open the printed URL.
 
 At start-up it scores --reference-images training and test images (importance sampling with --k
-samples each) to place uploads among them; this takes a few seconds. Ctrl-C stops it."""
+samples each) to place uploads among them, and reads the run's DoSE scorer from RUN/ood/ (on a run's
+first start it is fitted on the validation images' statistics and kept there: about 100 s on 2 CPU cores
+for the default VAE, about 10 s on later starts). Ctrl-C stops it."""
 
 EPILOG = """\
 JSON API (GET unless noted; images are PNG data URIs at the model's size):

@@ -7,6 +7,7 @@ first of them to need it computes and stores, inside the run directory:
 
     RUN/ood/statistics-val-TAG.safetensors   the validation slice's statistics (safetensors)
     RUN/ood/dose-KEY.json, .safetensors      the fitted scorer (JSON and safetensors, no pickle)
+    RUN/ood/dose-KEY-reference.safetensors   the validation images' held-out scores (`RunDose.reference`)
 
 TAG is a hash of the model's weights, KEY a hash of the statistics' protocol (the weights, k, seed, the
 images) and the fit's seed: another checkpoint, another protocol or other validation images get their own
@@ -131,6 +132,28 @@ def _validation_statistics(model: Any, cfg: RunConfig, splits: DatasetSplits, fo
     return stats, True
 
 
+def _held_out_reference(scorer: DoseScorer, validation: ImageStatistics, folder: Path | None, name: str, seed: int,
+                        fitted: bool, log: Log) -> np.ndarray:
+    """The held-out DoSE score of each validation image: read from RUN/ood/NAME-reference.safetensors when the
+    scorer was read from the run and the file holds one score per validation image, else computed (5 refits)
+    and kept there. It is a function of the scorer's choice and the validation statistics, which NAME names."""
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / f"{name}-reference.safetensors" if folder is not None else None
+    if path is not None and not fitted and path.is_file():
+        try:
+            stored = load_file(str(path)).get("reference")
+            if stored is not None and stored.shape == (len(validation),):
+                return stored
+        except Exception:  # safetensors' SafetensorError for a damaged file: computed again below
+            pass
+    reference = held_out_scores(scorer, validation, folds=HELD_OUT_FOLDS, seed=seed)
+    if path is not None:
+        _saved(lambda: save_file({"reference": np.ascontiguousarray(reference)}, str(path)),
+               "the held-out DoSE scores", log)
+    return reference
+
+
 def run_dose(model: Any, cfg: RunConfig, splits: DatasetSplits, run_dir: str | Path | None, *,
              tag: str | None = None, device: torch.device | str = "cpu", log: Log = say) -> RunDose:
     """The run's DoSE scorer: read from RUN/ood/ when it was fitted before with this protocol, else fitted
@@ -160,7 +183,7 @@ def run_dose(model: Any, cfg: RunConfig, splits: DatasetSplits, run_dir: str | P
         if folder is not None:
             _saved(lambda: scorer.save(folder, name), "the DoSE scorer", log)
     t0 = time.perf_counter()
-    reference = held_out_scores(scorer, validation, folds=HELD_OUT_FOLDS, seed=seed)
+    reference = _held_out_reference(scorer, validation, folder, name, seed, fitted, log)
     held_s = time.perf_counter() - t0
     info = {"density": scorer.describe(), "family": scorer.family, "chosen": scorer.selection.get("chosen"),
             "features": list(scorer.features), "validation_images": len(validation),
