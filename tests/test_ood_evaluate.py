@@ -199,3 +199,16 @@ def test_dose_llr_table_takes_the_tables_llr_and_all_takes_every_j(tmp_path, one
     assert columns["all", "test"] == columns["all", "noise"] == ["llr_1", "llr_2"]
     kept = ImageStatistics.load(next((hvae / "ood").glob("statistics-val-*.safetensors")))  # the last protocol's
     assert kept.protocol["llr_layers"] == [1, 2] and [c for c in kept.names if c.startswith("llr_")] == ["llr_1", "llr_2"]
+
+
+def test_a_damaged_reference_file_is_computed_again(vae_run, tmp_path, one_thread):
+    from safetensors.numpy import load_file
+
+    assert _evaluate(vae_run, tmp_path / "a", "noise") == 0
+    path = next((vae_run / "ood").glob("dose-*-reference.safetensors"))
+    good = load_file(str(path))["reference"]
+    path.write_bytes(b"not a safetensors file")
+    assert _evaluate(vae_run, tmp_path / "b", "noise") == 0
+    assert np.array_equal(load_file(str(path))["reference"], good)  # recomputed bit for bit, and kept again
+    a, b = (json.loads((tmp_path / d / "evaluation.json").read_text())["datasets_eval"] for d in "ab")
+    assert a["dose"]["threshold_99"] == b["dose"]["threshold_99"]
