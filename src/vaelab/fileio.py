@@ -10,6 +10,7 @@ damaged target nor a stray temporary file.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from vaelab.errors import DataError
@@ -49,3 +50,17 @@ def atomic_write(path: str | Path, data: bytes, what: str = "the output") -> Pat
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_copy(src: str | Path, dest: str | Path) -> Path:
+    """Copy the file `src` to `dest` atomically (a temporary file beside `dest`, then a rename), making its
+    folder; links are followed, so `dest` is a real file. Returns `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

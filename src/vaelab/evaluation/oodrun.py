@@ -37,6 +37,7 @@ from vaelab.errors import CheckpointError, ConfigError
 from vaelab.evaluation.dose import DoseScorer, fit_dose, held_out_scores, images_needed
 from vaelab.evaluation.statistics import (VALIDATION, ImageStatistics, compute_statistics, statistics_protocol,
                                           validation_images)
+from vaelab.fileio import atomic_write
 from vaelab.log import say
 
 OOD_DIR = "ood"  # inside the run directory
@@ -137,7 +138,7 @@ def _held_out_reference(scorer: DoseScorer, validation: ImageStatistics, folder:
     """The held-out DoSE score of each validation image: read from RUN/ood/NAME-reference.safetensors when the
     scorer was read from the run and the file holds one score per validation image, else computed (5 refits)
     and kept there. It is a function of the scorer's choice and the validation statistics, which NAME names."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file, save
 
     path = folder / f"{name}-reference.safetensors" if folder is not None else None
     if path is not None and not fitted and path.is_file():
@@ -149,8 +150,8 @@ def _held_out_reference(scorer: DoseScorer, validation: ImageStatistics, folder:
             pass
     reference = held_out_scores(scorer, validation, folds=HELD_OUT_FOLDS, seed=seed)
     if path is not None:
-        _saved(lambda: save_file({"reference": np.ascontiguousarray(reference)}, str(path)),
-               "the held-out DoSE scores", log)
+        _saved(lambda: atomic_write(path, save({"reference": np.ascontiguousarray(reference)}),
+                                    "the held-out DoSE scores"), "the held-out DoSE scores", log)
     return reference
 
 

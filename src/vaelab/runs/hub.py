@@ -25,7 +25,6 @@ or `hf auth login`; HF_ENDPOINT).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -36,6 +35,7 @@ from typing import Any, Iterator
 
 from vaelab._version import __version__
 from vaelab.errors import CheckpointError, VaelabError
+from vaelab.fileio import atomic_copy
 from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.runs.load import model_from_checkpoint
 from vaelab.runs.pretrained import RUN_FILES, cache_dir, summarize
@@ -317,14 +317,7 @@ def _pulled_files(snapshot: Path, ref: str) -> list[str]:
 
 def _copy_files(snapshot: Path, dest: Path, files: list[str]) -> None:
     for rel in files:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
-        try:
-            shutil.copyfile(snapshot / rel, tmp)  # follows the cache's links: real files, which may be written
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_copy(snapshot / rel, dest / rel)  # follows the cache's links: real files, which may be written
 
 
 def verify_run(folder: Path, ref: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from vaelab.data.download import download_file, offline, sha256_file
 from vaelab.errors import CheckpointError, DownloadError
+from vaelab.fileio import atomic_copy, atomic_write
 
 PREFIX = "pretrained:"
 HF_PREFIX = "hf:"  # a run shared on the Hugging Face Hub (vaelab.runs.hub)
@@ -122,13 +123,7 @@ def _copy_verified(src: Path, dest: Path, sha256: str, what: str) -> None:
     if sha256_file(src) != sha256:
         raise CheckpointError(f"{what} ({src}) does not match the registry's SHA-256; the installation is "
                               "damaged: reinstall vaelab")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_copy(src, dest)
 
 
 def _fetch(url: str, rel: str, dest: Path, sha256: str, log: Callable[[str], None] | None) -> None:
@@ -211,9 +206,7 @@ def listing() -> list[dict[str, Any]]:
 def write_registry(root: Path, registry: dict[str, Any]) -> None:
     """Write `root/registry.json` (sorted, indented: reviewable diffs)."""
     text = json.dumps(registry, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    tmp = root / f".{REGISTRY}.part-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, root / REGISTRY)
+    atomic_write(root / REGISTRY, text.encode("utf-8"), "the registry")
 
 
 def copy_run(run_dir: Path, dest: Path) -> dict[str, dict[str, Any]]:
