@@ -33,8 +33,10 @@ def test_vae_statistics_shapes_values_and_the_bound(one_thread):
     x = _images()
     s = st.compute_statistics(_vae(), x, split="val", k=16, batch_size=10)
     units = ("post_mean_1", "post_mean_2", "post_mean_3", "post_logvar_1", "post_logvar_2", "post_logvar_3")
-    assert s.names == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", *units, "png_bits",
-                       "complexity")
+    prefer = tuple(f"prefer_{t}" for t in ("hflip", "vflip", "rot180", "rot90", "rot270", "transpose",
+                                            "antitranspose"))
+    assert s.names == ("log_px", "elbo", "recon", "kl", "post_mean_norm", "post_logvar_mean", *units, *prefer,
+                       "png_bits", "complexity")
     assert len(s) == len(x) and all(v.shape == (len(x),) and v.dtype == np.float64 for v in s.columns.values())
     assert all(np.isfinite(v).all() for v in s.columns.values())
     c = s.columns

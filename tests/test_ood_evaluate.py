@@ -59,7 +59,7 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
         assert set(data["ood"][name]) == OLD_SCORES and "fpr_at_80_tpr" in data["ood"][name]["-ELBO"]
     assert data["default_score"] == "DoSE"
     for name, scores in data["ood_intervals"].items():
-        assert set(scores) == OLD_SCORES | {"DoSE"}
+        assert set(scores) == OLD_SCORES | {"DoSE", "DoSE density"}
         for m in scores.values():
             for metric in ("auroc", "auprc", "fpr_at_95_tpr"):
                 assert 0 <= m[metric]["low"] <= m[metric]["value"] <= m[metric]["high"] <= 1
@@ -70,6 +70,10 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert data["ood_intervals"]["noise"]["DoSE"]["auroc"]["value"] > 0.99
     assert data["ood_intervals"]["noise"]["DoSE"]["fpr_at_95_tpr"]["value"] < 0.05
     assert data["dose"]["validation_images"] == 143 and 0 <= data["dose"]["flagged_at_99"]["test"] <= 0.1
+    # the orientation test's transforms are chosen on validation images and named in the record and the note
+    chosen = data["dose"]["orientation"]["transforms"]
+    assert chosen and set(chosen) <= {"hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"}
+    assert ", ".join(chosen) in data["score_notes"]["DoSE"]
     assert data["dose"]["flagged_at_99"]["noise"] > 0.9
     typ = data["typicality"]["rows"]
     assert set(typ) == {"1", "5", "10", "25"} and typ["25"]["batches_in"] == 4

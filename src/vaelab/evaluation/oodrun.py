@@ -7,16 +7,23 @@ first of them to need it computes and stores, inside the run directory:
 
     RUN/ood/statistics-val-TAG.safetensors   the validation slice's statistics (safetensors)
     RUN/ood/dose-KEY.json, .safetensors      the fitted scorer (JSON and safetensors, no pickle)
-    RUN/ood/dose-KEY-reference.safetensors   the validation images' held-out scores (`RunDose.reference`)
+    RUN/ood/dose-KEY-reference.safetensors   the validation images' held-out scores (`RunDose.density_reference`)
 
 TAG is a hash of the model's weights, KEY a hash of the statistics' protocol (the weights, k, seed, the
 images) and the fit's seed: another checkpoint, another protocol or other validation images get their own
 files, and a stale file is never reused. A run evaluated before DoSE existed simply has no such files yet:
 they are made on demand. A run directory that cannot be written is scored all the same (nothing cached).
 
-`RunDose.reference` holds each validation image's DoSE score under a density that did not see it
-(`dose.held_out_scores`, 5 folds): the yardstick a new image's DoSE score is compared with (its percentile,
-the threshold at the 99th percentile).
+`RunDose.density_reference` holds each validation image's DoSE density score under a density that did
+not see it (`dose.held_out_scores`, 5 folds).
+
+The run's score, `RunDose.score` (the "DoSE" of every table), joins two tests with Tippett's rule
+(vaelab.evaluation.orientation): the DoSE density's upper-tail p-value among those held-out scores, and
+the orientation test's lower-tail p-value among the validation images' smallest preference for their own
+orientation, over the transforms the model resists on validation images. A model with no such transform
+(an autoencoder, or data with no way up) is scored by the density alone. `RunDose.reference`, the same
+score of each validation image, is the yardstick a new image is compared with (its percentile, the
+threshold at the 99th percentile). `RunDose.density_score` is the density alone ("DoSE density").
 """
 
 from __future__ import annotations
@@ -35,13 +42,16 @@ from vaelab.config import RunConfig
 from vaelab.data import DatasetSplits
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.evaluation.dose import DoseScorer, fit_dose, held_out_scores, images_needed
+from vaelab.evaluation.orientation import (PREFERENCE_RATE, combined_score, held_out_tail_log_p,
+                                          orientation_statistic, orientation_transforms, tail_log_p)
 from vaelab.evaluation.statistics import (VALIDATION, ImageStatistics, compute_statistics, statistics_protocol,
                                           validation_images)
 from vaelab.fileio import atomic_write
 from vaelab.log import say
 
 OOD_DIR = "ood"  # inside the run directory
-DOSE = "DoSE"  # the score's name in every table
+DOSE = "DoSE"  # the score's name in every table: the density of statistics joined with the orientation test
+DOSE_DENSITY = "DoSE density"  # the density alone (Morningstar et al. 2021)
 FLAG_PERCENTILE = 99.0  # an image is flagged at or above this percentile of in-distribution images (fixed a priori)
 HELD_OUT_FOLDS = 5
 
@@ -84,15 +94,40 @@ def dose_problem(cfg: RunConfig, splits: DatasetSplits) -> str | None:
 
 @dataclass
 class RunDose:
-    """The run's fitted scorer, the validation statistics it was fitted on and their held-out scores."""
+    """The run's fitted scorer, the validation statistics it was fitted on, their held-out density scores
+    and the orientation test's transforms (see the module docstring)."""
 
     scorer: DoseScorer
     validation: ImageStatistics
-    reference: np.ndarray  # held-out DoSE score of each validation image
+    density_reference: np.ndarray  # held-out DoSE density score of each validation image
     info: dict[str, Any] = field(default_factory=dict)
+    transforms: tuple[str, ...] = ()  # the orientation test's preference columns; () = the density alone
+
+    def __post_init__(self) -> None:
+        self.orientation_reference = (orientation_statistic(self.validation.columns, self.transforms)
+                                      if self.transforms else None)
+        self.reference = (combined_score([held_out_tail_log_p(self.density_reference),
+                                          held_out_tail_log_p(-self.orientation_reference)])
+                          if self.transforms else self.density_reference)
+
+    def _combine(self, density: np.ndarray, stats: ImageStatistics) -> np.ndarray:
+        if not self.transforms:
+            return density
+        low = -orientation_statistic(stats.columns, self.transforms)  # high = no preferred way up
+        return combined_score([tail_log_p(self.density_reference, density),
+                               tail_log_p(-self.orientation_reference, low)])
+
+    def density_score(self, stats: ImageStatistics) -> np.ndarray:
+        """The DoSE density's score of each image: -log density (higher = more out-of-distribution)."""
+        return self.scorer.score(stats)
+
+    def score(self, stats: ImageStatistics) -> np.ndarray:
+        """The run's OOD score of each image (higher = more out-of-distribution): -log of the smaller of the
+        density's and the orientation test's p-values, or the density score when there is no orientation test."""
+        return self._combine(self.scorer.score(stats), stats)
 
     def threshold(self, percentile: float = FLAG_PERCENTILE) -> float:
-        """The DoSE score at `percentile` of the held-out validation scores: flagged at or above it."""
+        """The score at `percentile` of the validation images' scores: flagged at or above it."""
         return float(np.percentile(self.reference, percentile))
 
 
@@ -194,10 +229,14 @@ def run_dose(model: Any, cfg: RunConfig, splits: DatasetSplits, run_dir: str | P
                 "validation_statistics": round(stats_s, 3), "fit": round(fit_s, 3), "held_out": round(held_s, 3)},
             "fit": "on statistics of a seeded slice of the validation split only; family and size chosen by "
                    "held-out likelihood on that slice"}
-    run = RunDose(scorer, validation, reference, info)
+    transforms = orientation_transforms(validation.columns)
+    info["orientation"] = {"transforms": [t.removeprefix("prefer_") for t in transforms],
+                           "rule": "the grid symmetries whose image the model scores below the original's in at "
+                                   f"least {PREFERENCE_RATE:.0%} of the validation images"}
+    run = RunDose(scorer, validation, reference, info, transforms)
     info["threshold_99"] = run.threshold()
     return run
 
 
-__all__ = ["DOSE", "FLAG_PERCENTILE", "OOD_DIR", "RunDose", "dose_problem", "model_tag", "run_dose",
+__all__ = ["DOSE", "DOSE_DENSITY", "FLAG_PERCENTILE", "OOD_DIR", "RunDose", "dose_problem", "model_tag", "run_dose",
            "statistics_kwargs"]

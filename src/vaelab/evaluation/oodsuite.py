@@ -36,7 +36,7 @@ from vaelab.data import DatasetSplits, spread_index
 from vaelab.errors import CheckpointError
 from vaelab.evaluation.intervals import detection_intervals
 from vaelab.evaluation.ood import PUBLISHED_AUROC_2DP, balanced_index, roc_points
-from vaelab.evaluation.oodrun import (DOSE, FLAG_PERCENTILE, RunDose, dose_problem, model_tag, run_dose,
+from vaelab.evaluation.oodrun import (DOSE, DOSE_DENSITY, FLAG_PERCENTILE, RunDose, dose_problem, model_tag, run_dose,
                                       statistics_kwargs)
 from vaelab.evaluation.regret import likelihood_regret
 from vaelab.evaluation.statistics import ImageStatistics, compute_statistics, statistics_protocol, validation_images
@@ -44,9 +44,12 @@ from vaelab.evaluation.typicality import BATCH_SIZES, fit_typicality
 from vaelab.log import say
 
 REGRET = "Likelihood Regret"
-DOSE_NOTE = ("Morningstar et al. 2021 (DoSE): -log density of the image's statistics (log p(x), ELBO, "
-             "reconstruction, KL, the posterior's norms and per-unit means and log-variances, PNG code length) under a density fitted on validation "
-             "images only; the default score")
+DOSE_DENSITY_NOTE = ("Morningstar et al. 2021 (DoSE): -log density of the image's statistics (log p(x), ELBO, "
+                     "reconstruction, KL, the posterior's norms and per-unit means and log-variances, PNG code "
+                     "length) under a density fitted on validation images only")
+DOSE_NOTE = ("the default score: DoSE density joined with the orientation test (does the model prefer the image to "
+             "its flips and rotations?) by Tippett's rule, -log of the smaller p-value among validation images; "
+             "the density alone when the model resists no transform ({transforms})")
 REGRET_NOTE = ("Xiao et al. 2020: the gain in L_k (k={k}) when a copy of the encoder is fine-tuned on the "
                "image alone ({steps} Adam steps, lr {lr}); {n} images per set")
 PUBLISHED_2DP = PUBLISHED_AUROC_2DP  # Fashion-MNIST (in) -> MNIST (out), two decimals
@@ -196,7 +199,8 @@ def extend_datasets(model: Any, cfg: RunConfig, splits: DatasetSplits, sets: lis
     if dose is not None:
         t0 = time.perf_counter()
         for name, s in stats.items():
-            per_image[name][DOSE] = dose.scorer.score(s)
+            per_image[name][DOSE] = dose.score(s)
+            per_image[name][DOSE_DENSITY] = dose.density_score(s)
         score_s = time.perf_counter() - t0
         threshold = dose.threshold()
         data["dose"] = {**dose.info, "flagged_at_99": {name: float((per_image[name][DOSE] >= threshold).mean())
@@ -208,7 +212,10 @@ def extend_datasets(model: Any, cfg: RunConfig, splits: DatasetSplits, sets: lis
         data["score_notes"][REGRET] = REGRET_NOTE.format(k=ec.ood_k, steps=ec.regret_steps, lr=ec.regret_lr,
                                                          n=ec.regret_images)
     if dose is not None:
-        data["score_notes"][DOSE] = DOSE_NOTE
+        data["score_notes"][DOSE] = DOSE_NOTE.format(
+            transforms="orientation test over " + ", ".join(dose.info["orientation"]["transforms"])
+            if dose.transforms else "here: no orientation test")
+        data["score_notes"][DOSE_DENSITY] = DOSE_DENSITY_NOTE
     validation = _validation_for_typicality(model, cfg, splits, dose, tag, device)
     if validation is not None:
         data["typicality"] = typicality_record(validation, stats, test, cfg)

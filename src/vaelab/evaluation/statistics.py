@@ -21,6 +21,9 @@ and for any model of vaelab's `Model` protocol (vaelab.models.base), one value p
                       codes of the training distribution (the aggregate posterior), the one-layer
                       counterpart of LPath's statistics along the inference path
     code_norm         an autoencoder's code norm (it has no posterior)
+    prefer_T          ELBO(x) - ELBO(T x) for each symmetry T of the pixel grid (flips, rotations): how much
+                      the model prefers the image the way up it came (vaelab.evaluation.orientation). Not a
+                      density feature: the orientation test combines its own one-sided p-value with DoSE's
 
 Statistics a model cannot give are skipped: an autoencoder has no log_px, elbo, KL or LLR; a model
 known only through `log_weights` (a ForeignScorer) gives log_px, elbo and the complexity terms. The
@@ -48,12 +51,13 @@ from vaelab.errors import CheckpointError, ConfigError
 from vaelab.evaluation.likelihood import (NLL_SEED, ImportanceEstimate, LikelihoodRatio, importance_sampled,
                                           llr_scores)
 from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
+from vaelab.evaluation.orientation import PREFIX, preference_statistics
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.fileio import atomic_write
 from vaelab.models import Model, as_scorer, eval_mode, use_channels_last
 
 FORMAT = "vaelab-image-statistics"
-VERSION = 2  # 2: the per-unit posterior columns
+VERSION = 3  # 2: the per-unit posterior columns; 3: the orientation preferences
 UNIT_COLUMNS = 64  # per-unit posterior columns for posteriors of at most this many units (two columns each)
 VALIDATION = "val"  # the label of statistics of the run's validation split: the only ones a density is fitted on
 COLUMN_NOTES = {
@@ -68,6 +72,7 @@ COLUMN_NOTES = {
     "code_norm": "norm of the autoencoder's code",
     "post_mean_J": "posterior mean of latent unit J (top layer)",
     "post_logvar_J": "posterior log-variance of latent unit J (top layer)",
+    "prefer_T": "ELBO(x) - ELBO(T x) for the grid symmetry T (flip, rotation), nats",
 }
 # the protocol entries two sets of statistics must share to be scored by one density
 PROTOCOL_KEYS = ("statistics_version", "k", "seed", "batch_size", "samples", "llr_mode", "discrete", "binary",
@@ -106,9 +111,11 @@ class ImageStatistics:
         return tuple(self.columns)
 
     def features(self) -> tuple[str, ...]:
-        """The columns a density is fitted on: every one that is not a function of the others."""
+        """The columns a density is fitted on: every one that is not a function of the others, and not an
+        orientation preference (the orientation test's own, one-sided)."""
         layered = any(n.startswith("kl_") for n in self.columns)
-        return tuple(n for n in self.columns if n != "complexity" and not (n == "kl" and layered))
+        return tuple(n for n in self.columns if n != "complexity" and not (n == "kl" and layered)
+                     and not n.startswith(PREFIX))
 
     def matrix(self, names: Sequence[str]) -> np.ndarray:
         """(N, len(names)) float64, columns in the order given."""
@@ -239,8 +246,8 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     them: binarized once when it binarizes). See the module docstring for the columns.
 
     `k`, `seed`, `batch_size`: the importance sampler's (the same three give the numbers of `vaelab
-    evaluate --on`); `samples`: forward draws averaged for recon and KL; `llr_mode`: how L>j takes its
-    j lowest layers from the prior ("mode": the conditional prior's mean, "sample": a draw);
+    evaluate --on`); `samples`: forward draws averaged for recon and KL, and the ELBO draws of each
+    orientation preference; `llr_mode`: how L>j takes its j lowest layers from the prior ("mode": the conditional prior's mean, "sample": a draw);
     `llr_layers`: the j of LLR>j (None: every j from 1 to layers - 1); `binary`: whether L(x) is the
     code length of a 1-bit PNG (None: decided from the images); `model_tag`: what identifies the model
     in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused.
@@ -276,6 +283,10 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     if isinstance(scorer, Model):
         cols.update(_forward_statistics(scorer, x8, samples=samples, seed=seed, batch_size=batch_size,
                                         device=device))
+        if scorer.variational:
+            say(f"  {split}: orientation preferences ({samples} draws per image and transform) ...")
+            cols.update(preference_statistics(scorer, x8, samples=samples, seed=seed + 2, batch_size=batch_size,
+                                              device=device))
     cols["png_bits"] = png_code_length_bits(x8, binary=protocol["binary"] and x8.shape[1] == 1).astype(np.float64)
     if "log_px" in cols:
         cols["complexity"] = complexity_corrected_score(-cols["log_px"], cols["png_bits"])

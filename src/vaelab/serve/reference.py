@@ -118,7 +118,7 @@ class Scoring:
         same = kw["k"] == self.k and kw["seed"] == NLL_SEED and kw["batch_size"] == 64
         stats = compute_statistics(self.model, scored, split="upload", device=self.device,
                                    estimate=est if same else None, **kw)
-        return self.dose.scorer.score(stats)
+        return self.dose.score(stats)
 
 
 def reference_images(split: ImageSet, name: str, n: int, seed: int,

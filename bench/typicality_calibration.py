@@ -1,0 +1,135 @@
+"""How often the typicality test flags in-distribution batches: its false-alarm rate against alpha.
+
+    python bench/typicality_calibration.py RUN [--images 0] [--shuffles 20]
+
+The typicality test (vaelab.evaluation.typicality; Nalisnick et al. 2019) is fitted on the run's
+validation slice only (eval.dose_images images, as `vaelab evaluate` fits it) and should flag about
+alpha = 1% of in-distribution batches. A table over 1,000 test images has only 200 batches of M = 5,
+too few to tell 1% from 4%. This benchmark judges
+
+- the **whole test split** (or --images of it), cut into disjoint batches of M = 1, 5, 10, 25 in
+  --shuffles seeded ways: the first cut's count of flagged batches with its exact (Clopper-Pearson)
+  95% interval, the mean over the cuts, and how many alarms were on the low-NLL side;
+- a **control**: the test fitted on one seeded half of the validation slice and judged on the other
+  half, where nothing but the method can be off;
+
+and prints the mean and spread of -log p(x) on the validation slice and the test split, since a
+difference between those two samples, not the method, is what moves the false-alarm rate.
+Statistics are cached under --cache (default RUN/eval-typicality/). Writes JSON
+(bench/results/typicality_calibration.json by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+
+import vaelab
+from vaelab import load_run
+from vaelab.data import load_dataset
+from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics, validation_images
+from vaelab.evaluation.typicality import ALPHA, BATCH_SIZES, disjoint_batches, fit_typicality
+from vaelab.evaluation.unseen import load_eval_set
+from vaelab.runs.load import find_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def false_alarms(val: ImageStatistics, judged: ImageStatistics, m: int, shuffles: int) -> dict:
+    """The test for batches of m fitted on `val`, judged on disjoint batches of `judged` cut `shuffles` ways."""
+    t = fit_typicality(val, m)
+    nll = -judged.matrix([t.column])[:, 0]
+    rates, low = [], 0
+    for s in range(shuffles):
+        means = nll[disjoint_batches(len(nll), m, 1000 + s)].mean(axis=1)
+        flagged = np.abs(means - t.entropy) > t.threshold
+        rates.append(float(flagged.mean()))
+        if s == 0:
+            first, batches = int(flagged.sum()), len(means)
+            low = int((flagged & (means < t.entropy)).sum())
+    ci = binomtest(first, batches, ALPHA).proportion_ci(0.95, method="exact")
+    return {"m": m, "batches": batches, "flagged": first, "rate": first / batches, "ci95": [ci.low, ci.high],
+            "low_side": low, "mean_rate_over_shuffles": float(np.mean(rates)), "shuffles": shuffles,
+            "entropy": t.entropy, "threshold": t.threshold}
+
+
+def nll_summary(stats: ImageStatistics) -> dict:
+    v = -stats.columns["log_px"]
+    return {"n": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)), "se": float(v.std(ddof=1) / len(v) ** .5),
+            "q99": float(np.quantile(v, 0.99)), "q999": float(np.quantile(v, 0.999))}
+
+
+def table(title: str, rows: list[dict]) -> str:
+    head = f"{'M':>3}{'batches':>9}{'flagged':>9}{'rate':>8}  {'exact 95% interval':<18}{'low side':>9}{'mean of cuts':>14}"
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['m']:>3}{r['batches']:>9}{r['flagged']:>9}{r['rate']:8.4f}  "
+                     f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]  {r['low_side']:>7}{r['mean_rate_over_shuffles']:14.4f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--checkpoint", default="best")
+    ap.add_argument("--images", type=int, default=0, help="test images judged (0: the whole test split)")
+    ap.add_argument("--shuffles", type=int, default=20, help="seeded cuts of the judged images into batches")
+    ap.add_argument("--cache", default=None, help="where the statistics go (default RUN/eval-typicality)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "typicality_calibration.json"))
+    args = ap.parse_args()
+
+    run = load_run(args.run, checkpoint=args.checkpoint)
+    cfg, ec = run.config, run.config.eval
+    splits = load_dataset(cfg.data)
+    tag = hashlib.sha256((find_checkpoint(args.run, args.checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+    cache = Path(args.cache) if args.cache else Path(run.path) / "eval-typicality"
+    protocol = dict(k=ec.ood_k, seed=ec.seed, batch_size=ec.nll_batch_size, llr_mode=ec.llr_mode,
+                    model_tag=tag[:16], binary=cfg.data.binarize != "none")
+    n_test = args.images or len(splits.test)
+    images = {VALIDATION: validation_images(cfg, splits),
+              "test": load_eval_set("test", cfg, splits, n_test, ec.seed + 10).images}
+    stats = {}
+    for name, x in images.items():
+        t0 = time.perf_counter()
+        stats[name] = cached_statistics(cache / f"statistics-{name}.safetensors", run.model, x, split=name, **protocol)
+        print(f"{name}: {len(x)} images, statistics in {time.perf_counter() - t0:.1f} s (0: cached)", flush=True)
+    val, test = stats[VALIDATION], stats["test"]
+    halves = np.random.default_rng(ec.seed).permutation(len(val))
+    fit_half, judged_half = val.subset(halves[: len(val) // 2]), val.subset(halves[len(val) // 2:])
+    judged_half = ImageStatistics("val-half", judged_half.columns, judged_half.protocol)
+    rows = {"test": [false_alarms(val, test, m, args.shuffles) for m in BATCH_SIZES],
+            "control": [false_alarms(fit_half, judged_half, m, args.shuffles) for m in BATCH_SIZES]}
+    nll = {"validation": nll_summary(val), "test": nll_summary(test)}
+    print()
+    print(table(f"typicality test (alpha {ALPHA}) fitted on {len(val)} validation images, judged on {len(test)} "
+                f"test images:", rows["test"]))
+    print()
+    print(table(f"control: fitted on {len(fit_half)} validation images, judged on the other {len(judged_half)}:",
+                rows["control"]))
+    print()
+    for name, s in nll.items():
+        print(f"-log p(x) on the {name} images: mean {s['mean']:.2f} ± {s['se']:.2f} (se), sd {s['sd']:.2f}, "
+              f"99% quantile {s['q99']:.1f}, 99.9% {s['q999']:.1f} (n {s['n']})")
+    result = {"run": str(args.run), "checkpoint": args.checkpoint, "date": time.strftime("%Y-%m-%d"),
+              "alpha": ALPHA, "k": ec.ood_k, "images": {"validation": len(val), "test": len(test)},
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch": torch.__version__, "vaelab": vaelab.__version__},
+              "false_alarms": rows, "nll": nll}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

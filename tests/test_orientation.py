@@ -1,0 +1,98 @@
+"""The orientation test (vaelab.evaluation.orientation): the grid's symmetries, the preferences with common
+random numbers, the validation-only choice of transforms, and the tail p-values Tippett's rule combines."""
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.evaluation import orientation as ori
+
+
+def _asymmetric(h=5, w=5):
+    return torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+
+
+def test_square_grids_get_the_seven_other_elements_of_the_dihedral_group():
+    x = _asymmetric()
+    names = ori.grid_symmetries(tuple(x.shape))
+    assert len(names) == 7
+    images = [x] + [ori.SYMMETRIES[n](x) for n in names]
+    keys = {tuple(im.flatten().tolist()) for im in images}
+    assert len(keys) == 8  # all distinct: none is the identity, none repeats another
+    for a in names:  # closed under composition: a group of eight
+        for b in names:
+            assert tuple(ori.SYMMETRIES[a](ori.SYMMETRIES[b](x)).flatten().tolist()) in keys
+    rect = _asymmetric(4, 6)
+    assert ori.grid_symmetries(tuple(rect.shape)) == ("hflip", "vflip", "rot180")
+    assert all(ori.SYMMETRIES[n](rect).shape == rect.shape for n in ori.RECTANGLE)
+
+
+class _TopHeavy:
+    """A stand-in model whose ELBO rewards bright top rows, plus noise drawn from the generator."""
+
+    variational = True
+
+    def log_weights(self, x, s, generator=None):
+        rows = torch.linspace(1.0, -1.0, x.shape[-2]).view(1, 1, -1, 1)
+        score = (x.float() * rows).flatten(1).sum(1)
+        return score + 50.0 * torch.randn(s, x.shape[0], generator=generator)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    training = False
+
+
+def test_preferences_share_their_draws_and_point_the_right_way():
+    top = torch.zeros(2, 1, 6, 6)
+    top[:, :, :2] = 1.0  # bright on top: the model's favourite way up
+    flat = torch.full((2, 1, 6, 6), 0.5)  # every symmetry leaves it as it is
+    prefs = ori.preference_statistics(_TopHeavy(), torch.cat([top, flat]), samples=4, seed=3, batch_size=4)
+    assert set(prefs) == {ori.PREFIX + n for n in ori.SYMMETRIES}
+    # the same draws for x and T x: the noise (sd 50 per draw) cancels exactly where T x == x
+    assert all(np.array_equal(v[2:], np.zeros(2)) for v in prefs.values())
+    assert (prefs["prefer_vflip"][:2] > 0).all() and (prefs["prefer_rot180"][:2] > 0).all()
+    assert np.allclose(prefs["prefer_hflip"][:2], 0)  # mirroring left-right keeps the rows
+    upside_down = ori.preference_statistics(_TopHeavy(), top.flip(-2), samples=4, seed=3, batch_size=4)
+    assert (upside_down["prefer_vflip"] < 0).all()  # it prefers its own flip: the orientation test's signal
+
+
+def test_transforms_are_kept_when_the_model_resists_them_on_validation_images():
+    rng = np.random.default_rng(0)
+    columns = {"prefer_vflip": rng.normal(30, 10, 1000),  # preferred in ~99.9%
+               "prefer_hflip": rng.normal(5, 10, 1000),  # ~69%: the data is nearly mirror-symmetric
+               "recon": rng.normal(0, 1, 1000)}
+    assert ori.orientation_transforms(columns) == ("prefer_vflip",)
+    assert ori.orientation_transforms({"recon": columns["recon"]}) == ()
+    stat = ori.orientation_statistic(columns, ("prefer_vflip", "prefer_hflip"))
+    assert np.array_equal(stat, np.minimum(columns["prefer_vflip"], columns["prefer_hflip"]))
+
+
+def test_tail_p_values_count_inside_and_keep_their_order_beyond():
+    ref = np.arange(1.0, 101.0)  # 1..100
+    lp = ori.tail_log_p(ref, np.array([0.0, 50.0, 100.0]))
+    assert np.allclose(np.exp(lp), [101 / 101, 52 / 101, 2 / 101])  # (count of ref >= x, + 1) / (n + 1)
+    far = ori.tail_log_p(ref, np.array([101.0, 150.0, 1e6]))
+    assert np.isfinite(far).all() and far[0] < np.log(1 / 101) and far[0] > far[1] > far[2]
+    assert np.array_equal(ori.combined_score([np.log([0.5, 0.01]), np.log([0.02, 0.3])]), -np.log([0.02, 0.01]))
+
+
+def test_held_out_p_values_make_the_combined_score_calibrated():
+    """A fresh in-distribution image is judged against validation images' combined scores: flagged at the 99th
+    percentile about 1% of the time, although two tests take part (the p-values of the reference are held out)."""
+    rng = np.random.default_rng(1)
+    n, fresh = 2000, 200_000
+    dens_ref, orient_ref = rng.gumbel(size=n), rng.normal(size=n)
+    reference = ori.combined_score([ori.held_out_tail_log_p(dens_ref), ori.held_out_tail_log_p(orient_ref)])
+    new = ori.combined_score([ori.tail_log_p(dens_ref, rng.gumbel(size=fresh)),
+                              ori.tail_log_p(orient_ref, rng.normal(size=fresh))])
+    rate = float(np.mean(new >= np.percentile(reference, 99)))
+    assert 0.007 < rate < 0.014
+    # an in-sample reference (each image among its own) would stop at log(n + 1) and flag too much past the top
+    in_sample = ori.combined_score([ori.tail_log_p(dens_ref, dens_ref), ori.tail_log_p(orient_ref, orient_ref)])
+    assert in_sample.max() <= np.log(n + 1) + 1e-9 < reference.max()
+    with pytest.raises(ValueError, match="at least 3"):
+        ori.held_out_tail_log_p(np.array([1.0, 2.0]))
