@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 import vaelab
 from vaelab import load_run
 from vaelab.data import load_dataset
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics, validation_images
-from vaelab.evaluation.typicality import ALPHA, BATCH_SIZES, disjoint_batches, fit_typicality
+from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, false_alarm_interval,
+                                          fit_typicality)
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import find_checkpoint
 
@@ -56,20 +56,22 @@ def false_alarms(val: ImageStatistics, judged: ImageStatistics, m: int, shuffles
         if s == 0:
             first, batches = int(flagged.sum()), len(means)
             low = int((flagged & (means < t.entropy)).sum())
-    ci = binomtest(first, batches, ALPHA).proportion_ci(0.95, method="exact")
-    return {"m": m, "batches": batches, "flagged": first, "rate": first / batches, "ci95": [ci.low, ci.high],
+    return {"m": m, "batches": batches, "flagged": first, "rate": first / batches,
+            "ci95": list(false_alarm_interval(first, batches)),
             "low_side": low, "mean_rate_over_shuffles": float(np.mean(rates)), "shuffles": shuffles,
             "entropy": t.entropy, "threshold": t.threshold}
 
 
 def nll_summary(stats: ImageStatistics) -> dict:
     v = -stats.columns["log_px"]
-    return {"n": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)), "se": float(v.std(ddof=1) / len(v) ** .5),
+    sd = float(v.std(ddof=1))
+    return {"n": len(v), "mean": float(v.mean()), "sd": sd, "se": sd / len(v) ** .5,
             "q99": float(np.quantile(v, 0.99)), "q999": float(np.quantile(v, 0.999))}
 
 
 def table(title: str, rows: list[dict]) -> str:
-    head = f"{'M':>3}{'batches':>9}{'flagged':>9}{'rate':>8}  {'exact 95% interval':<18}{'low side':>9}{'mean of cuts':>14}"
+    head = (f"{'M':>3}{'batches':>9}{'flagged':>9}{'rate':>8}  {'exact 95% interval':<18}{'low side':>9}"
+            f"{'mean of cuts':>14}")
     lines = [title, head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['m']:>3}{r['batches']:>9}{r['flagged']:>9}{r['rate']:8.4f}  "

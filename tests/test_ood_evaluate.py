@@ -77,6 +77,8 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert data["dose"]["flagged_at_99"]["noise"] > 0.9
     typ = data["typicality"]["rows"]
     assert set(typ) == {"1", "5", "10", "25"} and typ["25"]["batches_in"] == 4
+    lo, hi = typ["5"]["fpr_in_ci95"]  # the false alarms over 20 batches, with their exact interval, printed
+    assert lo <= typ["5"]["fpr_in"] <= hi and f"exact 95% interval [{lo:.3f}, {hi:.3f}]" in text
     assert typ["5"]["sets"]["noise"]["flagged"] == 1.0 and 0 <= typ["1"]["fpr_in"] <= 0.1
     per_1000 = data["timing"]["seconds_per_1000_images"]
     assert data["timing"]["images"] == 300 and all(v >= 0 for v in per_1000.values()) and len(per_1000) == 3

@@ -8,8 +8,8 @@ from vaelab.errors import ConfigError
 from vaelab.evaluation.intervals import detection_intervals, format_intervals_table
 from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
-from vaelab.evaluation.typicality import (disjoint_batches, fit_typicality, format_typicality_table,
-                                          typicality_table)
+from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_typicality,
+                                          format_typicality_table, typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -24,6 +24,28 @@ def test_false_positive_rate_is_near_its_nominal_level(m):
     assert len(flagged) == 4000
     # nominal 5%; H and the threshold come from 2,000 images each, so a little above it is expected
     assert 0.03 < flagged.mean() < 0.08
+
+
+@pytest.mark.parametrize("m", [1, 5, 25])
+def test_skewed_nlls_keep_the_one_percent_level(m):
+    """Real NLLs have a long right tail (a few images cost far more nats); the bootstrap threshold follows the
+    tail, so the test still flags about alpha = 1% of in-distribution batches."""
+    rng = np.random.default_rng(7)
+    val = ImageStatistics("val", {"log_px": -(150 + rng.gamma(4.0, 20.0, 5000))})
+    test = fit_typicality(val, m, bootstrap=20_000, seed=4)
+    fresh = ImageStatistics("test", {"log_px": -(150 + rng.gamma(4.0, 20.0, 10_000 * m))})
+    assert 0.006 < test.flags(fresh).mean() < 0.016
+
+
+def test_false_alarm_interval_is_exact_and_printed():
+    assert false_alarm_interval(2, 200) == pytest.approx((0.00121, 0.03565), abs=1e-4)  # Clopper-Pearson
+    lo, hi = false_alarm_interval(0, 40)
+    assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / 40))
+    table = typicality_table(_nll_stats("val", 500, 250.0, 1), _nll_stats("test", 500, 250.0, 2),
+                             {"far": _nll_stats("far", 500, 320.0, 3)}, sizes=(5,), resamples=50)
+    row = table[5]
+    assert row["fpr_in_ci95"][0] <= row["fpr_in"] <= row["fpr_in_ci95"][1]
+    assert f"[{row['fpr_in_ci95'][0]:.3f}, {row['fpr_in_ci95'][1]:.3f}]" in format_typicality_table(table)
 
 
 def test_ood_batches_are_flagged_more_with_larger_batches():

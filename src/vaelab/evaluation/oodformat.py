@@ -66,8 +66,10 @@ def format_typicality(result: dict[str, Any]) -> list[str]:
     head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
     for m, row in typ["rows"].items():
+        ci = row.get("fpr_in_ci95")  # absent from evaluations made before it was recorded
+        span = f", exact 95% interval [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
-                     f"(false-positive rate; nominal {row['test']['alpha']})")
+                     f"(false-positive rate{span}; nominal {row['test']['alpha']})")
         for name, r in row["sets"].items():
             lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['flagged']:9.3f}  "
                          f"{interval_text(r['auroc']):<22}{interval_text(r[FPR_KEY]):<22}")

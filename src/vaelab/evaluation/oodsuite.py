@@ -40,7 +40,7 @@ from vaelab.evaluation.oodrun import (DOSE, DOSE_DENSITY, FLAG_PERCENTILE, RunDo
                                       statistics_kwargs)
 from vaelab.evaluation.regret import likelihood_regret
 from vaelab.evaluation.statistics import ImageStatistics, compute_statistics, statistics_protocol, validation_images
-from vaelab.evaluation.typicality import BATCH_SIZES, fit_typicality
+from vaelab.evaluation.typicality import BATCH_SIZES, false_alarm_interval, fit_typicality
 from vaelab.log import say
 
 REGRET = "Likelihood Regret"
@@ -141,8 +141,9 @@ def typicality_record(validation: ImageStatistics, stats: dict[str, ImageStatist
             continue
         t = fit_typicality(validation, m, seed=ec.seed)
         eps_in = t.batch_statistic(stats[test])
-        row = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": float((eps_in > t.threshold).mean()),
-               "sets": {}}
+        flagged = int((eps_in > t.threshold).sum())
+        row = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
+               "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
         for name, s in stats.items():
             if name == test or len(s) < m:
                 continue

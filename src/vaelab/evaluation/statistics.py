@@ -247,7 +247,8 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
 
     `k`, `seed`, `batch_size`: the importance sampler's (the same three give the numbers of `vaelab
     evaluate --on`); `samples`: forward draws averaged for recon and KL, and the ELBO draws of each
-    orientation preference; `llr_mode`: how L>j takes its j lowest layers from the prior ("mode": the conditional prior's mean, "sample": a draw);
+    orientation preference; `llr_mode`: how L>j takes its j lowest layers from the prior ("mode": the
+    conditional prior's mean, "sample": a draw);
     `llr_layers`: the j of LLR>j (None: every j from 1 to layers - 1); `binary`: whether L(x) is the
     code length of a 1-bit PNG (None: decided from the images); `model_tag`: what identifies the model
     in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused.

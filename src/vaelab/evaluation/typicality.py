@@ -66,6 +66,15 @@ class TypicalityTest:
         return asdict(self)
 
 
+def false_alarm_interval(flagged: int, batches: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a false-alarm rate seen as `flagged` of `batches` independent
+    batches: how little a rate over few batches says (2 of 200 is 1.0%, with an interval of 0.1% to 3.6%)."""
+    from scipy.stats import binomtest  # scipy comes with scikit-learn
+
+    ci = binomtest(int(flagged), int(batches)).proportion_ci(confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def disjoint_batches(n: int, m: int, seed: int) -> np.ndarray:
     """(n // m, m) indices: a seeded permutation of range(n) cut into batches of m (the rest left out)."""
     if m < 1:
@@ -118,8 +127,9 @@ def typicality_table(validation: ImageStatistics, test: ImageStatistics, others:
     for m in sizes:
         t = fit_typicality(validation, m, alpha=alpha, bootstrap=bootstrap, seed=seed, column=column)
         eps_in = t.batch_statistic(test)
-        row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in),
-                               "fpr_in": float((eps_in > t.threshold).mean()), "sets": {}}
+        flagged = int((eps_in > t.threshold).sum())
+        row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
+                               "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
         for name, stats in others.items():
             eps_out = t.batch_statistic(stats)
             row["sets"][name] = {"batches": len(eps_out), "tpr": float((eps_out > t.threshold).mean()),
@@ -135,8 +145,10 @@ def format_typicality_table(table: dict[int, dict[str, Any]], title: str = "") -
     head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
     for m, row in table.items():
+        lo, hi = row["fpr_in_ci95"]
         lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
-                     f"(alpha {row['test']['alpha']}, threshold {row['test']['threshold']:.2f} nats)")
+                     f"[{lo:.3f}, {hi:.3f}] (alpha {row['test']['alpha']}, threshold "
+                     f"{row['test']['threshold']:.2f} nats)")
         for name, r in row["sets"].items():
             met = r["metrics"]
             lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['tpr']:9.3f}  {str(met.auroc):<22}"
@@ -144,5 +156,6 @@ def format_typicality_table(table: dict[int, dict[str, Any]], title: str = "") -
     return "\n".join(lines)
 
 
-__all__ = ["ALPHA", "BATCH_SIZES", "TypicalityTest", "disjoint_batches", "fit_typicality",
+__all__ = ["ALPHA", "BATCH_SIZES", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
+           "fit_typicality",
            "format_typicality_table", "typicality_table"]

@@ -11,8 +11,9 @@ first use and kept in RUN/ood/). An upload is then placed among them:
   the complexity-corrected score does not;
 - its reconstruction error (mean squared, pixels in [0, 1]) against training images: the only yardstick
   of a model without a likelihood (an autoencoder);
-- its DoSE score (Morningstar et al. 2021, the best of vaelab's scores: -log density of its statistics)
-  against the held-out DoSE scores of validation images;
+- its DoSE score (vaelab's default OOD score: Morningstar et al. 2021's density of its statistics joined
+  with the orientation test, `vaelab.evaluation.oodrun.RunDose.score`) against the same score of the
+  validation images, each computed from p-values that left the image out;
 - each of those numbers against validation images: what judges it.
 
 The verdict is the worst of them: each number flags the image at or above the 99.5th percentile
@@ -63,13 +64,13 @@ class Measures:
     nll: np.ndarray | None = None  # -L_k, nats per image
     png_bits: np.ndarray | None = None  # L(x): PNG code length of the scored image, bits
     ood: np.ndarray | None = None  # S(x) = nll / ln 2 - png_bits, bits per image
-    dose: np.ndarray | None = None  # DoSE score: -log density of the image's statistics (None: no scorer)
+    dose: np.ndarray | None = None  # DoSE score (density and orientation test; None: no scorer)
 
 
 @dataclass(frozen=True)
 class Reference:
     """What uploads are compared with: training images (NLL, reconstruction error), test images (OOD score),
-    validation images (every number) and the held-out DoSE scores of the validation images."""
+    validation images (every number) and the held-out DoSE scores of the validation images (RunDose.reference)."""
 
     train: Measures
     test: Measures
