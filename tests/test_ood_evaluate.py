@@ -74,6 +74,7 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     chosen = data["dose"]["orientation"]["transforms"]
     assert chosen and set(chosen) <= {"hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"}
     assert ", ".join(chosen) in data["score_notes"]["DoSE"]
+    assert f"joined with the orientation test over {', '.join(chosen)}" in text
     assert data["dose"]["flagged_at_99"]["noise"] > 0.9
     typ = data["typicality"]["rows"]
     assert set(typ) == {"1", "5", "10", "25"} and typ["25"]["batches_in"] == 4
@@ -127,7 +128,9 @@ def test_the_fit_sees_the_validation_slice_only(vae_run, tmp_path, monkeypatch, 
         assert main(["evaluate", str(vae_run), "--on", on, *FAST, "--set", f"eval.ood_images={n}",
                      "--out", str(tmp_path / f"ev{i}")]) == 0
         scorers.append([p.read_bytes() for p in sorted((vae_run / "ood").glob("dose-*.safetensors"))])
-    assert len(seen) == 2 and scorers[0] == scorers[1] and len(scorers[0]) == 2  # the scorer, its reference
+        record = json.loads((tmp_path / f"ev{i}" / "evaluation.json").read_text())["datasets_eval"]["dose"]
+        scorers[-1].append(record["orientation"])  # the orientation test's transforms: chosen on validation alone
+    assert len(seen) == 2 and scorers[0] == scorers[1] and len(scorers[0]) == 3  # scorer, reference, transforms
     run = load_run(vae_run)
     cfg = run.config
     splits = load_dataset(cfg.data)

@@ -49,8 +49,12 @@ def _dose_lines(result: dict[str, Any]) -> list[str]:
         return []
     flagged = ", ".join(f"{name} {100 * v:.1f}%" for name, v in d.get("flagged_at_99", {}).items())
     where = "read from" if not d.get("fitted") else "fitted and stored in"
+    turns = (d.get("orientation") or {}).get("transforms")  # absent from evaluations made before it existed
+    joined = (f"; joined with the orientation test over {', '.join(turns)} (the transforms the model resists on "
+              "validation images)" if turns else "; no orientation test (the model resists no flip or rotation)"
+              if turns is not None else "")
     return [f"DoSE: {d['density']}; chosen by held-out likelihood among {d['candidates']} candidates on "
-            f"{d['validation_images']} validation images only ({where} {d.get('scorer') or 'memory'})",
+            f"{d['validation_images']} validation images only ({where} {d.get('scorer') or 'memory'}){joined}",
             f"DoSE flags at the 99th percentile of held-out validation scores ({d['threshold_99']:.2f}): {flagged}"]
 
 
