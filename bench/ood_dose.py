@@ -1,4 +1,5 @@
-"""DoSE against the likelihood and the complexity-corrected score, and the typicality test for batches.
+"""The DoSE density (without the orientation test of `vaelab evaluate`) against the likelihood and the
+complexity-corrected score, and the typicality test for batches.
 
     python bench/ood_dose.py RUN --mnist-dir ../shared/data/mnist-10k --val-images 2000 --images 1000 --k 100
 
@@ -41,20 +42,21 @@ from vaelab.evaluation.intervals import detection_intervals, format_intervals_ta
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.evaluation.ood import PUBLISHED_AUROC
 from vaelab.evaluation.statistics import VALIDATION, cached_statistics, validation_images
-from vaelab.evaluation.typicality import format_typicality_table, typicality_table
+from vaelab.evaluation.oodformat import format_typicality
+from vaelab.evaluation.typicality import typicality_table
 from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.runs.load import find_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS = ["noise", "constant", "inverted", "flipped", "digits"]
 # published Fashion-MNIST -> MNIST AUROCs of single-model methods (issue 18; Morningstar et al. 2021 for DoSE)
-PUBLISHED = {("mnist", "-log p(x)"): PUBLISHED_AUROC["hvae_log_px"], ("mnist", "DoSE"): 1.00}
+PUBLISHED = {("mnist", "-log p(x)"): PUBLISHED_AUROC["hvae_log_px"], ("mnist", "DoSE density"): 1.00}
 
 
 def scores_of(stats, scorer) -> dict[str, np.ndarray]:
     """The per-image OOD scores (higher = more OOD) compared in the table."""
     c = stats.columns
-    out = {"DoSE": scorer.score(stats), "-log p(x)": -c["log_px"], "-ELBO": -c["elbo"],
+    out = {"DoSE density": scorer.score(stats), "-log p(x)": -c["log_px"], "-ELBO": -c["elbo"],
            "complexity-corrected": c["complexity"]}
     out |= {f"LLR>{name.split('_')[1]}": c[name] for name in c if name.startswith("llr_")}
     return out
@@ -133,9 +135,7 @@ def main() -> int:
                                  published=PUBLISHED if trained_on == "fashion-mnist" else None))
     typ = typicality_table(stats[VALIDATION], stats["test"], others, resamples=args.resamples, seed=cfg.eval.seed)
     print()
-    print(format_typicality_table(typ, title="typicality test for batches of M images (Nalisnick et al. 2019), "
-                                             "alpha 0.01, fitted on validation images only; flagged = fraction "
-                                             "of batches beyond the threshold:"))
+    print("\n".join(format_typicality({"typicality": typ})))
     fresh = [name for name, done in timing["computed"].items() if done]
     n_scored = sum(len(stats[name]) for name in fresh)
     stat_s = sum(timing["seconds"][name] for name in fresh)
@@ -158,9 +158,7 @@ def main() -> int:
                 round(1000 * fit_s / len(stats[VALIDATION]), 1)},
         "statistics_seconds": {name: round(v, 2) for name, v in timing["seconds"].items()},
         "ood": {name: {score: m.as_dict() for score, m in r.items()} for name, r in rows.items()},
-        "typicality": {m: {"fpr_in": r["fpr_in"], "batches_in": r["batches_in"], "test": r["test"],
-                           "sets": {n: {"tpr": v["tpr"], "batches": v["batches"], **v["metrics"].as_dict()}
-                                    for n, v in r["sets"].items()}} for m, r in typ.items()},
+        "typicality": typ,
         "published_auroc_fmnist_to_mnist": {"HVAE log p(x) (Havtorn et al. 2021)": PUBLISHED_AUROC["hvae_log_px"],
                                             "HVAE LLR>1 (Havtorn et al. 2021)": PUBLISHED_AUROC["hvae_llr_gt1"],
                                             "DoSE (Morningstar et al. 2021)": 1.00},

@@ -8,8 +8,8 @@ from vaelab.errors import ConfigError
 from vaelab.evaluation.intervals import detection_intervals, format_intervals_table
 from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
-from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_typicality,
-                                          format_typicality_table, typicality_table)
+from vaelab.evaluation.oodformat import format_typicality
+from vaelab.evaluation.typicality import disjoint_batches, false_alarm_interval, fit_typicality, typicality_table
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -43,21 +43,26 @@ def test_false_alarm_interval_is_exact_and_printed():
     assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / 40))
     table = typicality_table(_nll_stats("val", 500, 250.0, 1), _nll_stats("test", 500, 250.0, 2),
                              {"far": _nll_stats("far", 500, 320.0, 3)}, sizes=(5,), resamples=50)
-    row = table[5]
+    row = table["rows"]["5"]
     assert row["fpr_in_ci95"][0] <= row["fpr_in"] <= row["fpr_in_ci95"][1]
-    assert f"[{row['fpr_in_ci95'][0]:.3f}, {row['fpr_in_ci95'][1]:.3f}]" in format_typicality_table(table)
+    text = "\n".join(format_typicality({"typicality": table}))
+    assert f"exact 95% interval [{row['fpr_in_ci95'][0]:.3f}, {row['fpr_in_ci95'][1]:.3f}]" in text
 
 
 def test_ood_batches_are_flagged_more_with_larger_batches():
     val = _nll_stats("val", 2000, 250.0, 1)
     table = typicality_table(val, _nll_stats("test", 1000, 250.0, 2), {"mnist": _nll_stats("mnist", 1000, 235.0, 3)},
                              resamples=100)
-    tprs = [table[m]["sets"]["mnist"]["tpr"] for m in (1, 5, 10, 25)]
+    rows = table["rows"]
+    tprs = [rows[str(m)]["sets"]["mnist"]["flagged"] for m in (1, 5, 10, 25)]
     assert tprs == sorted(tprs) and tprs[-1] > 0.7 and tprs[0] < 0.2  # a shift of 0.75 sd per image
-    assert table[25]["sets"]["mnist"]["metrics"].auroc.value > 0.99
-    assert all(table[m]["fpr_in"] < 0.1 for m in table)
-    text = format_typicality_table(table)
+    assert rows["25"]["sets"]["mnist"]["auroc"]["value"] > 0.99
+    assert all(row["fpr_in"] < 0.1 for row in rows.values()) and table["skipped_sizes"] == []
+    text = "\n".join(format_typicality({"typicality": table}))
     assert "mnist" in text and "test (in)" in text
+    # sizes the images cannot fill are listed, not fitted
+    small = typicality_table(val, _nll_stats("test", 20, 250.0, 2), {}, sizes=(5, 25), resamples=10)
+    assert list(small["rows"]) == ["5"] and small["skipped_sizes"] == [25]
 
 
 def test_too_likely_batches_are_flagged_too():

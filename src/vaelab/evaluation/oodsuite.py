@@ -40,7 +40,7 @@ from vaelab.evaluation.oodrun import (DOSE, DOSE_DENSITY, FLAG_PERCENTILE, RunDo
                                       statistics_kwargs)
 from vaelab.evaluation.regret import likelihood_regret
 from vaelab.evaluation.statistics import ImageStatistics, compute_statistics, statistics_protocol, validation_images
-from vaelab.evaluation.typicality import BATCH_SIZES, false_alarm_interval, fit_typicality
+from vaelab.evaluation.typicality import typicality_table
 from vaelab.log import say
 
 REGRET = "Likelihood Regret"
@@ -133,27 +133,8 @@ def typicality_record(validation: ImageStatistics, stats: dict[str, ImageStatist
                       cfg: RunConfig) -> dict[str, Any]:
     """The typicality test for each batch size M that the sets allow (fitted on validation statistics)."""
     ec = cfg.eval
-    rows: dict[str, Any] = {}
-    skipped = []
-    for m in BATCH_SIZES:
-        if len(validation) < max(20, 2 * m) or len(stats[test]) < m:
-            skipped.append(m)
-            continue
-        t = fit_typicality(validation, m, seed=ec.seed)
-        eps_in = t.batch_statistic(stats[test])
-        flagged = int((eps_in > t.threshold).sum())
-        row = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
-               "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
-        for name, s in stats.items():
-            if name == test or len(s) < m:
-                continue
-            eps_out = t.batch_statistic(s)
-            m_ = detection_intervals(eps_in, eps_out, resamples=ec.ood_resamples, seed=ec.seed).as_dict()
-            m_.pop("bootstrap")
-            row["sets"][name] = {**m_, "batches": len(eps_out), "flagged": float((eps_out > t.threshold).mean())}
-        rows[str(m)] = row
-    return {"rows": rows, "skipped_sizes": skipped, "column": "log_px",
-            "fit": "H and the threshold from validation images only (two halves)"}
+    others = {name: s for name, s in stats.items() if name != test}
+    return typicality_table(validation, stats[test], others, seed=ec.seed, resamples=ec.ood_resamples)
 
 
 def _regret(model: Any, cfg: RunConfig, sets: list, per_image: dict, device: torch.device | str,

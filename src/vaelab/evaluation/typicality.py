@@ -117,45 +117,35 @@ def fit_typicality(validation: ImageStatistics, /, m: int, *, alpha: float = ALP
 
 def typicality_table(validation: ImageStatistics, test: ImageStatistics, others: dict[str, ImageStatistics], *,
                      sizes: Sequence[int] = BATCH_SIZES, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
-                     seed: int = TYPICALITY_SEED, column: str = "log_px",
-                     resamples: int = 1000) -> dict[int, dict[str, Any]]:
-    """For each batch size M: the test fitted on `validation`, the fraction of disjoint test-split batches
-    it flags (its false-positive rate, near alpha when the test split is in-distribution), and for each
-    other set the fraction of its batches flagged (TPR) and the AUROC, AUPRC and FPR at 95% TPR of eps
-    over batches (test batches negative), with bootstrap intervals."""
-    out: dict[int, dict[str, Any]] = {}
+                     seed: int = TYPICALITY_SEED, column: str = "log_px", resamples: int = 1000) -> dict[str, Any]:
+    """The typicality test's record (JSON-ready; `vaelab evaluate --on` keeps it as "typicality" and
+    vaelab.evaluation.oodformat prints it). For each batch size M the images allow (else listed in
+    "skipped_sizes"): the test fitted on `validation`, the fraction of disjoint test batches it flags (its
+    false-positive rate, near alpha when the test set is in-distribution) with its exact 95% interval, and for
+    each other set the fraction of its batches flagged and the AUROC, AUPRC and FPR at 95% TPR of eps over
+    batches (test batches negative), with bootstrap intervals."""
+    rows: dict[str, Any] = {}
+    skipped = []
     for m in sizes:
+        if len(validation) < max(20, 2 * m) or len(test) < m:
+            skipped.append(m)
+            continue
         t = fit_typicality(validation, m, alpha=alpha, bootstrap=bootstrap, seed=seed, column=column)
         eps_in = t.batch_statistic(test)
         flagged = int((eps_in > t.threshold).sum())
         row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
                                "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
         for name, stats in others.items():
+            if len(stats) < m:
+                continue
             eps_out = t.batch_statistic(stats)
-            row["sets"][name] = {"batches": len(eps_out), "tpr": float((eps_out > t.threshold).mean()),
-                                 "metrics": detection_intervals(eps_in, eps_out, resamples=resamples, seed=seed)}
-        out[m] = row
-    return out
-
-
-def format_typicality_table(table: dict[int, dict[str, Any]], title: str = "") -> str:
-    """One line per (M, dataset): batches, the fraction flagged, AUROC [95% interval] over batches."""
-    lines = [title] if title else []
-    w = max([12] + [len(name) + 2 for row in table.values() for name in row["sets"]])  # names fit
-    head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
-    lines += [head, "-" * len(head)]
-    for m, row in table.items():
-        lo, hi = row["fpr_in_ci95"]
-        lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
-                     f"[{lo:.3f}, {hi:.3f}] (alpha {row['test']['alpha']}, threshold "
-                     f"{row['test']['threshold']:.2f} nats)")
-        for name, r in row["sets"].items():
-            met = r["metrics"]
-            lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['tpr']:9.3f}  {str(met.auroc):<22}"
-                         f"{str(met.fpr):<22}")
-    return "\n".join(lines)
+            metrics = detection_intervals(eps_in, eps_out, resamples=resamples, seed=seed).as_dict()
+            metrics.pop("bootstrap")
+            row["sets"][name] = {**metrics, "batches": len(eps_out), "flagged": float((eps_out > t.threshold).mean())}
+        rows[str(m)] = row
+    return {"rows": rows, "skipped_sizes": skipped, "column": column,
+            "fit": "H and the threshold from validation images only (two halves)"}
 
 
 __all__ = ["ALPHA", "BATCH_SIZES", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "fit_typicality",
-           "format_typicality_table", "typicality_table"]
+           "fit_typicality", "typicality_table"]
