@@ -151,8 +151,14 @@ def test_load_run_hf_pulls_into_the_cache(hub, trained, tmp_path):
     assert branch.path == cache / result.commit
     assert json.loads((branch.path / "evaluation.json").read_text())["note"] == "second"
     assert "note" not in json.loads((load_run("hf:alice/digits-vae").path / "evaluation.json").read_text())
-    # a damaged copy in the cache is put right on the next load
-    (run.path / "checkpoints" / "best" / "model.safetensors").write_bytes(b"broken")
+    # a second load leaves the cached files as they are (nothing written again) ...
+    weights = run.path / "checkpoints" / "best" / "model.safetensors"
+    stamps = {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file()}
+    os.utime(weights, ns=(1, 1))  # an old stamp: a rewrite would change it
+    assert _same_weights(load_run("hf:alice/digits-vae"), run) and weights.stat().st_mtime_ns == 1
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != weights)
+    # ... and a damaged copy in the cache is put right on the next load
+    weights.write_bytes(b"broken")
     assert _same_weights(load_run("hf:alice/digits-vae"), run)
 
 

@@ -24,6 +24,7 @@ or `hf auth login`; HF_ENDPOINT).
 
 from __future__ import annotations
 
+import filecmp
 import json
 import re
 import shutil
@@ -317,7 +318,10 @@ def _pulled_files(snapshot: Path, ref: str) -> list[str]:
 
 def _copy_files(snapshot: Path, dest: Path, files: list[str]) -> None:
     for rel in files:
-        atomic_copy(snapshot / rel, dest / rel)  # follows the cache's links: real files, which may be written
+        target = dest / rel
+        if target.is_file() and filecmp.cmp(snapshot / rel, target, shallow=False):
+            continue  # already there from an earlier load of this commit: not written again
+        atomic_copy(snapshot / rel, target)  # follows the cache's links: real files, which may be written
 
 
 def verify_run(folder: Path, ref: str) -> None:
