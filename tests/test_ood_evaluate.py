@@ -13,7 +13,7 @@ from vaelab import load_config, load_run, train
 from vaelab.cli import main
 from vaelab.data import load_dataset
 from vaelab.evaluation import oodrun
-from vaelab.evaluation.statistics import images_digest, validation_images
+from vaelab.evaluation.statistics import ImageStatistics, images_digest, validation_images
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.report.markdown import markdown
 
@@ -94,6 +94,22 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert "FPR@95%TPR" in report and "**DoSE** (default)" in report and "Typicality test" in report
     rows = list(csv.DictReader((out / "per_image_scores.csv").open()))
     assert len(rows) == 300 and "DoSE" in rows[0]
+
+
+def test_the_orientation_test_can_be_turned_off(vae_run, tmp_path, one_thread):
+    """eval.dose_orientation = false: DoSE is the density alone, and no preference is computed or stored."""
+    out = tmp_path / "off"
+    assert _evaluate(vae_run, out, "flipped", extra=["--set", "eval.dose_orientation=false"]) == 0
+    data = json.loads((out / "evaluation.json").read_text())["datasets_eval"]
+    rows = data["ood_intervals"]["flipped"]
+    assert rows["DoSE"]["auroc"] == rows["DoSE density"]["auroc"] and data["dose"]["orientation"]["transforms"] == []
+    assert "off, eval.dose_orientation = false" in data["score_notes"]["DoSE"]
+    sets = [ImageStatistics.load(f) for f in (out / "statistics").glob("*.safetensors")]
+    val = [ImageStatistics.load(f) for f in (vae_run / "ood").glob("statistics-val-*")]
+    val = [v for v in val if not v.protocol["orientation"]]  # beside the default's, kept under its own name
+    assert len(sets) == 2 and len(val) == 1
+    assert all(not s.protocol["orientation"] and not any(c.startswith("prefer_") for c in s.columns)
+               for s in sets + val)
 
 
 def test_a_second_evaluation_reuses_the_stored_scorer(vae_run, tmp_path, monkeypatch, one_thread):

@@ -262,6 +262,11 @@ class EvalConfig:
                  "no extra cost) or all (every j from 1 to layers - 1: one more importance-sampled pass per image "
                  "for each j beyond the table's)"
     )
+    dose_orientation: bool = _opt(
+        True, "join DoSE with the orientation test (does the model prefer the image to its own flips and rotations? "
+              "7 x 8 ELBO draws per image, about half an importance-sampled pass at k=100): the default score is then "
+              "the smaller of the two p-values; false: the density alone, and the preferences are not computed"
+    )
     dose_images: int = _opt(
         5000, "validation images whose per-image statistics fit the DoSE density and the typicality test (a seeded "
               "choice; never test or OOD images; the default takes the whole default validation split: the density "

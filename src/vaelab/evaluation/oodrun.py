@@ -72,11 +72,11 @@ def model_tag(model: Any) -> str:
 def statistics_kwargs(cfg: RunConfig, tag: str) -> dict[str, Any]:
     """The run's statistics protocol (`compute_statistics` keywords): k = eval.ood_k, seed = eval.seed, batch
     size = eval.nll_batch_size, LLR>j as eval.llr_mode says (j = eval.llr_k alone, or every j with eval.dose_llr
-    = "all"), the model's weights as its tag."""
+    = "all"), the model's weights as its tag, the orientation preferences when eval.dose_orientation."""
     ec = cfg.eval
     return {"k": ec.ood_k, "seed": ec.seed, "batch_size": ec.nll_batch_size, "llr_mode": ec.llr_mode,
             "llr_layers": None if ec.dose_llr == "all" else [ec.llr_k], "binary": cfg.data.binarize != "none",
-            "model_tag": tag}
+            "model_tag": tag, "orientation": ec.dose_orientation}
 
 
 def dose_problem(cfg: RunConfig, splits: DatasetSplits) -> str | None:

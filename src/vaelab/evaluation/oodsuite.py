@@ -194,9 +194,11 @@ def extend_datasets(model: Any, cfg: RunConfig, splits: DatasetSplits, sets: lis
         data["score_notes"][REGRET] = REGRET_NOTE.format(k=ec.ood_k, steps=ec.regret_steps, lr=ec.regret_lr,
                                                          n=ec.regret_images)
     if dose is not None:
+        turns = dose.info["orientation"]["transforms"]
         data["score_notes"][DOSE] = DOSE_NOTE.format(
-            transforms="orientation test over " + ", ".join(dose.info["orientation"]["transforms"])
-            if dose.transforms else "here: no orientation test")
+            transforms="orientation test over " + ", ".join(turns) if turns
+            else "here: off, eval.dose_orientation = false" if not ec.dose_orientation
+            else "here: the model resists none")
         data["score_notes"][DOSE_DENSITY] = DOSE_DENSITY_NOTE
     validation = _validation_for_typicality(model, cfg, splits, dose, tag, device)
     if validation is not None:

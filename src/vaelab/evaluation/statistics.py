@@ -76,7 +76,7 @@ COLUMN_NOTES = {
 }
 # the protocol entries two sets of statistics must share to be scored by one density
 PROTOCOL_KEYS = ("statistics_version", "k", "seed", "batch_size", "samples", "llr_mode", "discrete", "binary",
-                 "model")
+                 "model", "orientation")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def _llr_layers(model: Any, llr_layers: Sequence[int] | None) -> list[int]:
 
 def statistics_protocol(model: Any, images: torch.Tensor, *, k: int, seed: int, batch_size: int, samples: int,
                         llr_mode: str, llr_layers: Sequence[int] | None, model_tag: str = "",
-                        binary: bool | None = None) -> dict[str, Any]:
+                        binary: bool | None = None, orientation: bool = True) -> dict[str, Any]:
     """What `compute_statistics` will record for these arguments (without computing anything); `binary`
     None is decided from the images (all 0 or 255)."""
     scorer = as_scorer(model)
@@ -191,7 +191,7 @@ def statistics_protocol(model: Any, images: torch.Tensor, *, k: int, seed: int, 
         binary = bool(((images == 0) | (images == 255)).all())
     return {"statistics_version": VERSION, "k": int(k), "seed": int(seed), "batch_size": int(batch_size),
             "samples": int(samples), "llr_mode": llr_mode, "llr_layers": _llr_layers(scorer, llr_layers),
-            "discrete": True, "binary": bool(binary),
+            "discrete": True, "binary": bool(binary), "orientation": bool(orientation),
             "model": model_tag or type(getattr(scorer, "obj", scorer)).__name__, "n": int(len(images)),
             "images_sha256": images_digest(images)}
 
@@ -239,7 +239,7 @@ def _forward_statistics(model: Model, images: torch.Tensor, *, samples: int, see
 def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, seed: int = NLL_SEED,
                        batch_size: int = 64, samples: int = 8, llr_mode: str = "mode",
                        llr_layers: Sequence[int] | None = None, binary: bool | None = None,
-                       device: torch.device | str = "cpu", model_tag: str = "",
+                       device: torch.device | str = "cpu", model_tag: str = "", orientation: bool = True,
                        log: Callable[[str], None] | None = None, estimate: ImportanceEstimate | None = None,
                        ratios: dict[int, LikelihoodRatio] | None = None) -> ImageStatistics:
     """Every statistic the model can give of each image (uint8 (N, C, H, W), prepared as the run scores
@@ -251,7 +251,8 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     conditional prior's mean, "sample": a draw);
     `llr_layers`: the j of LLR>j (None: every j from 1 to layers - 1); `binary`: whether L(x) is the
     code length of a 1-bit PNG (None: decided from the images); `model_tag`: what identifies the model
-    in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused.
+    in the protocol (e.g. its checkpoint's hash), so cached statistics of another model are not reused;
+    `orientation`: whether the prefer_T columns are computed (7 or 3 transforms x `samples` ELBO draws).
 
     `estimate` and `ratios` ({j: LLR>j}): the importance-sampled pass (and LLR>j) of these images when the
     caller already made it with the same k, seed, batch size and device (`vaelab evaluate --on` does): they
@@ -263,7 +264,8 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     x8 = _prepare(images)
     scorer = as_scorer(model)
     protocol = statistics_protocol(scorer, x8, k=k, seed=seed, batch_size=batch_size, samples=samples,
-                                   llr_mode=llr_mode, llr_layers=llr_layers, model_tag=model_tag, binary=binary)
+                                   llr_mode=llr_mode, llr_layers=llr_layers, model_tag=model_tag, binary=binary,
+                                   orientation=orientation)
     say = log or (lambda _msg: None)
     cols: dict[str, np.ndarray] = {}
     if scorer.variational:
@@ -284,7 +286,7 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
     if isinstance(scorer, Model):
         cols.update(_forward_statistics(scorer, x8, samples=samples, seed=seed, batch_size=batch_size,
                                         device=device))
-        if scorer.variational:
+        if scorer.variational and orientation:
             say(f"  {split}: orientation preferences ({samples} draws per image and transform) ...")
             cols.update(preference_statistics(scorer, x8, samples=samples, seed=seed + 2, batch_size=batch_size,
                                               device=device))
@@ -297,14 +299,14 @@ def compute_statistics(model: Any, images: Any, *, split: str, k: int = 100, see
 def cached_statistics(path: str | Path, model: Any, images: Any, *, split: str, k: int = 100,
                       seed: int = NLL_SEED, batch_size: int = 64, samples: int = 8, llr_mode: str = "mode",
                       llr_layers: Sequence[int] | None = None, model_tag: str = "", binary: bool | None = None,
-                      **kwargs: Any) -> ImageStatistics:
+                      orientation: bool = True, **kwargs: Any) -> ImageStatistics:
     """The statistics in `path` when they were computed with the same protocol of the same images and
     split (a damaged or different file is recomputed); else `compute_statistics(...)`, saved to `path`.
     `kwargs`: compute_statistics' other arguments (device, log)."""
     path = Path(path)
     x8 = _prepare(images)
     protocol = dict(k=k, seed=seed, batch_size=batch_size, samples=samples, llr_mode=llr_mode,
-                    llr_layers=llr_layers, model_tag=model_tag, binary=binary)
+                    llr_layers=llr_layers, model_tag=model_tag, binary=binary, orientation=orientation)
     if path.is_file():
         expect = statistics_protocol(model, x8, **protocol)
         try:
