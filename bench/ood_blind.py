@@ -24,6 +24,16 @@ kept sealed until a change made after seeing the first batch was fixed:
 - shifted: a test image moved 7 to 10 px in a random direction (the rest black);
 - silhouettes: a test image with every pixel above 30 set to white.
 
+A third batch (`--batch 3`), committed before any score of it was seen, checks a change chosen after
+seeing the first two (the orientation statistic added to the density's columns):
+
+- lines: one to three straight lines, 1 to 4 px wide, from edge to edge;
+- rings: one or two circles of random centre and radius, 1 to 3 px wide;
+- dots: 5 to 30 white squares of 1 to 3 px;
+- edges: the gradient magnitude of the photographs' crops (a line drawing of a photograph);
+- mosaic: four test images shrunk to quarters, side by side;
+- rotated45: a test image turned 45 degrees (not one of the grid's symmetries).
+
 Each set is written as a folder of PNG files (the run's image size, 8-bit gray) and scored the way a
 user would: `vaelab evaluate RUN --on folder:DIR/letters ...` in a subprocess. The table is every score's
 AUROC and FPR at 95% TPR against the run's test split, and the share flagged at the 99th percentile of
@@ -49,8 +59,9 @@ from vaelab.runs.load import load_run, load_run_data
 
 SEED = 20261207
 BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
-           2: ("symbols", "scribbles", "blobs", "checkers", "shifted", "silhouettes")}
-FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes")  # made from the run's test images
+           2: ("symbols", "scribbles", "blobs", "checkers", "shifted", "silhouettes"),
+           3: ("lines", "rings", "dots", "edges", "mosaic", "rotated45")}
+FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes", "mosaic", "rotated45")  # made from the run's test images
 SCORES = ("DoSE", "DoSE density", "-log p(x)", "complexity-corrected")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SYMBOLS = "!?#$%&*+=<>@{}[]()/\\|~^"
@@ -185,6 +196,73 @@ def zoomed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Ima
     size = test.shape[-1]
     q = size // 4
     return [Image.fromarray(test[i], "L").crop((q, q, size - q, size - q)).resize((size, size), Image.BILINEAR)
+            for i in rng.choice(len(test), size=n, replace=False)]
+
+
+def lines(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    out = []
+    for _ in range(n):
+        image = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(1, 4))):
+            a, b = rng.uniform(0, size - 1, size=2)
+            ends = [(0.0, float(a)), (float(size - 1), float(b))] if rng.random() < 0.5 else \
+                [(float(a), 0.0), (float(b), float(size - 1))]
+            draw.line(ends, fill=255, width=int(rng.integers(1, 5)))
+        out.append(image)
+    return out
+
+
+def rings(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    out = []
+    for _ in range(n):
+        image = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(1, 3))):
+            cx, cy = rng.uniform(0.3 * size, 0.7 * size, size=2)
+            r = rng.uniform(0.15 * size, 0.45 * size)
+            draw.ellipse((float(cx - r), float(cy - r), float(cx + r), float(cy + r)), outline=255,
+                         width=int(rng.integers(1, 4)))
+        out.append(image)
+    return out
+
+
+def dots(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    out = []
+    for _ in range(n):
+        a = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(5, 31))):
+            w = int(rng.integers(1, 4))
+            y, x = (int(v) for v in rng.integers(0, size - w, size=2))
+            a[y:y + w, x:x + w] = 255
+        out.append(Image.fromarray(a, "L"))
+    return out
+
+
+def edges(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    out = []
+    for photo in photos(rng, n, size):
+        a = np.asarray(photo, dtype=np.float64)
+        gy, gx = np.gradient(a)
+        g = np.hypot(gx, gy)
+        out.append(Image.fromarray(np.round(255 * g / max(g.max(), 1e-9)).astype(np.uint8), "L"))
+    return out
+
+
+def mosaic(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    size = test.shape[-1]
+    half = size // 2
+    out = []
+    for quad in rng.choice(len(test), size=(n, 4), replace=True):
+        tiles = [np.asarray(Image.fromarray(test[i], "L").resize((half, half), Image.BILINEAR)) for i in quad]
+        a = np.zeros((size, size), np.uint8)
+        a[:half, :half], a[:half, half:2 * half], a[half:2 * half, :half], a[half:2 * half, half:2 * half] = tiles
+        out.append(Image.fromarray(a, "L"))
+    return out
+
+
+def rotated45(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(test[i], "L").rotate(45 if rng.random() < 0.5 else -45, resample=Image.BILINEAR)
             for i in rng.choice(len(test), size=n, replace=False)]
 
 
