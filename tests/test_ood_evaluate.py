@@ -4,6 +4,7 @@ outputs (old keys kept, new keys added), the scorer kept in the run and reused, 
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,7 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert chosen and set(chosen) <= {"hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"}
     assert ", ".join(chosen) in data["score_notes"]["DoSE"]
     assert f"joined with the orientation test over {', '.join(chosen)}" in text
+    assert data["dose"]["features"][-1] == "orientation"  # the density holds the orientation statistic too
     assert data["dose"]["flagged_at_99"]["noise"] > 0.9
     typ = data["typicality"]["rows"]
     assert set(typ) == {"1", "5", "10", "25"} and typ["25"]["batches_in"] == 4
@@ -104,6 +106,7 @@ def test_the_orientation_test_can_be_turned_off(vae_run, tmp_path, one_thread):
     rows = data["ood_intervals"]["flipped"]
     assert rows["DoSE"]["auroc"] == rows["DoSE density"]["auroc"] and data["dose"]["orientation"]["transforms"] == []
     assert "off, eval.dose_orientation = false" in data["score_notes"]["DoSE"]
+    assert "orientation" not in data["dose"]["features"]
     sets = [ImageStatistics.load(f) for f in (out / "statistics").glob("*.safetensors")]
     val = [ImageStatistics.load(f) for f in (vae_run / "ood").glob("statistics-val-*")]
     val = [v for v in val if not v.protocol["orientation"]]  # beside the default's, kept under its own name
@@ -230,7 +233,8 @@ def test_a_damaged_reference_file_is_computed_again(vae_run, tmp_path, one_threa
     from safetensors.numpy import load_file
 
     assert _evaluate(vae_run, tmp_path / "a", "noise") == 0
-    path = next((vae_run / "ood").glob("dose-*-reference.safetensors"))
+    scorer = Path(json.loads((tmp_path / "a" / "evaluation.json").read_text())["datasets_eval"]["dose"]["scorer"])
+    path = scorer.with_name(scorer.stem + "-reference.safetensors")  # this protocol's (other tests keep others)
     good = load_file(str(path))["reference"]
     path.write_bytes(b"not a safetensors file")
     assert _evaluate(vae_run, tmp_path / "b", "noise") == 0

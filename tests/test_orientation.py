@@ -96,3 +96,19 @@ def test_held_out_p_values_make_the_combined_score_calibrated():
     assert in_sample.max() <= np.log(n + 1) + 1e-9 < reference.max()
     with pytest.raises(ValueError, match="at least 3"):
         ori.held_out_tail_log_p(np.array([1.0, 2.0]))
+
+
+def test_the_density_gets_the_orientation_statistic_as_one_more_column():
+    from vaelab.evaluation.oodrun import ORIENTATION, with_orientation
+    from vaelab.evaluation.statistics import ImageStatistics
+
+    rng = np.random.default_rng(0)
+    cols = {"elbo": rng.normal(size=6), "prefer_vflip": rng.normal(size=6), "prefer_rot90": rng.normal(size=6),
+            "prefer_hflip": rng.normal(size=6)}
+    stats = ImageStatistics("val", cols, {"k": 10})
+    moved = with_orientation(stats, ("prefer_vflip", "prefer_rot90"))
+    expected = np.minimum(cols["prefer_vflip"], cols["prefer_rot90"])  # hflip is not one of the transforms
+    assert np.array_equal(moved.columns[ORIENTATION], expected)
+    assert moved.features() == ("elbo", ORIENTATION) and moved.protocol == stats.protocol
+    assert stats.features() == ("elbo",)  # the original is left as it was
+    assert with_orientation(stats, ()) is stats  # no transform the model resists: the density alone

@@ -46,7 +46,8 @@ from vaelab.log import say
 REGRET = "Likelihood Regret"
 DOSE_DENSITY_NOTE = ("Morningstar et al. 2021 (DoSE): -log density of the image's statistics (log p(x), ELBO, "
                      "reconstruction, KL, the posterior's norms and per-unit means and log-variances, PNG code "
-                     "length) under a density fitted on validation images only")
+                     "length, and the orientation test's statistic when there is one) under a density fitted on "
+                     "validation images only")
 DOSE_NOTE = ("the default score: DoSE density joined with the orientation test (does the model prefer the image to "
              "its flips and rotations?) by Tippett's rule, -log of the smaller p-value among validation images; "
              "the density alone when the model resists no transform ({transforms})")
