@@ -51,6 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -81,6 +82,19 @@ def glyphs(rng: np.random.Generator, n: int, size: int, alphabet: str) -> list[I
     return out
 
 
+def drawn(rng: np.random.Generator, n: int, size: int, strokes: tuple[int, int],
+          stroke: Callable[[ImageDraw.ImageDraw, np.random.Generator, int], None]) -> list[Image.Image]:
+    """n black images, each with rng.integers(*strokes) strokes drawn by `stroke` (in white)."""
+    out = []
+    for _ in range(n):
+        image = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(*strokes))):
+            stroke(draw, rng, size)
+        out.append(image)
+    return out
+
+
 def letters(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
     return glyphs(rng, n, size, LETTERS)
 
@@ -89,16 +103,13 @@ def symbols(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
     return glyphs(rng, n, size, SYMBOLS)
 
 
+def _scribbles_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    points = [tuple(float(v) for v in p) for p in rng.uniform(3, size - 4, size=(int(rng.integers(3, 7)), 2))]
+    draw.line(points, fill=255, width=int(rng.integers(2, 4)), joint="curve")
+
+
 def scribbles(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
-    out = []
-    for _ in range(n):
-        image = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(2, 5))):
-            points = [tuple(float(v) for v in p) for p in rng.uniform(3, size - 4, size=(int(rng.integers(3, 7)), 2))]
-            draw.line(points, fill=255, width=int(rng.integers(2, 4)), joint="curve")
-        out.append(image)
-    return out
+    return drawn(rng, n, size, (2, 5), _scribbles_stroke)
 
 
 def blobs(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
@@ -140,26 +151,23 @@ def silhouettes(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Imag
             for i in rng.choice(len(test), size=n, replace=False)]
 
 
+def _shapes_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    x0, y0 = rng.uniform(0, 0.6 * size, size=2)
+    w, h = rng.uniform(0.25 * size, 0.6 * size, size=2)
+    box = (float(x0), float(y0), float(min(x0 + w, size - 1)), float(min(y0 + h, size - 1)))
+    fill, width = (255, 1) if rng.random() < 0.5 else (None, int(rng.integers(1, 4)))
+    kind = rng.integers(3)
+    if kind == 0:
+        draw.ellipse(box, fill=fill, outline=255, width=width)
+    elif kind == 1:
+        draw.rectangle(box, fill=fill, outline=255, width=width)
+    else:
+        points = [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])]
+        draw.polygon(points, fill=fill, outline=255, width=width)
+
+
 def shapes(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
-    out = []
-    for _ in range(n):
-        image = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(1, 4))):
-            x0, y0 = rng.uniform(0, 0.6 * size, size=2)
-            w, h = rng.uniform(0.25 * size, 0.6 * size, size=2)
-            box = (float(x0), float(y0), float(min(x0 + w, size - 1)), float(min(y0 + h, size - 1)))
-            fill, width = (255, 1) if rng.random() < 0.5 else (None, int(rng.integers(1, 4)))
-            kind = rng.integers(3)
-            if kind == 0:
-                draw.ellipse(box, fill=fill, outline=255, width=width)
-            elif kind == 1:
-                draw.rectangle(box, fill=fill, outline=255, width=width)
-            else:
-                points = [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])]
-                draw.polygon(points, fill=fill, outline=255, width=width)
-        out.append(image)
-    return out
+    return drawn(rng, n, size, (1, 4), _shapes_stroke)
 
 
 def gratings(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
@@ -199,32 +207,26 @@ def zoomed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Ima
             for i in rng.choice(len(test), size=n, replace=False)]
 
 
+def _lines_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    a, b = rng.uniform(0, size - 1, size=2)
+    ends = [(0.0, float(a)), (float(size - 1), float(b))] if rng.random() < 0.5 else \
+        [(float(a), 0.0), (float(b), float(size - 1))]
+    draw.line(ends, fill=255, width=int(rng.integers(1, 5)))
+
+
 def lines(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
-    out = []
-    for _ in range(n):
-        image = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(1, 4))):
-            a, b = rng.uniform(0, size - 1, size=2)
-            ends = [(0.0, float(a)), (float(size - 1), float(b))] if rng.random() < 0.5 else \
-                [(float(a), 0.0), (float(b), float(size - 1))]
-            draw.line(ends, fill=255, width=int(rng.integers(1, 5)))
-        out.append(image)
-    return out
+    return drawn(rng, n, size, (1, 4), _lines_stroke)
+
+
+def _rings_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    cx, cy = rng.uniform(0.3 * size, 0.7 * size, size=2)
+    r = rng.uniform(0.15 * size, 0.45 * size)
+    draw.ellipse((float(cx - r), float(cy - r), float(cx + r), float(cy + r)), outline=255,
+                 width=int(rng.integers(1, 4)))
 
 
 def rings(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
-    out = []
-    for _ in range(n):
-        image = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(1, 3))):
-            cx, cy = rng.uniform(0.3 * size, 0.7 * size, size=2)
-            r = rng.uniform(0.15 * size, 0.45 * size)
-            draw.ellipse((float(cx - r), float(cy - r), float(cx + r), float(cy + r)), outline=255,
-                         width=int(rng.integers(1, 4)))
-        out.append(image)
-    return out
+    return drawn(rng, n, size, (1, 3), _rings_stroke)
 
 
 def dots(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
