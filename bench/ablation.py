@@ -15,20 +15,16 @@ baseline's. JSON goes to --out.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-import vaelab
 from vaelab import load_config, load_run, train
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import importance_sampled
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
@@ -101,17 +97,14 @@ def main() -> None:
         print(f"{r['variant']:<14}{r['test_nll']:10.2f}{r['test_stderr']:7.2f}{d:8.2f}{dse:7.2f}"
               f"{r['gap']:11.2f}{r['gap_stderr']:7.2f}{t:8.2f}")
     out = {
-        "command": "python bench/ablation.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                   f"{torch.get_num_threads()} torch threads", "vaelab": vaelab.__version__, "torch": torch.__version__,
+        **provenance("bench/ablation.py"),
         "protocol": {"dataset": splits.name, "nll_test_images": args.nll_images, "k": args.k,
                      "note": "test NLL on one fixed random test subset (same images and importance samples for "
                              "every variant; d NLL paired); the gap is the -ELBO of the whole test split minus "
                              "that of the whole training split"},
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
 
-import vaelab
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def free_port() -> int:
@@ -71,14 +68,10 @@ def main(argv=None) -> int:
     print(f"\n{'processes x threads':<22}{'images/s':>10}{'ratio':>8}")
     for k, v in med.items():
         print(f"{k:<22}{v:>10.0f}{v / med[base]:>8.2f}")
-    out = {"benchmark": "ddp_scaling", "date": time.strftime("%Y-%m-%d %H:%M"),
-           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                       "vaelab": vaelab.__version__},
+    out = {"benchmark": "ddp_scaling", **provenance("bench/ddp_scaling.py", argv),
            "images": args.images, "global_batch": args.batch_size, "images_per_s": rates,
            "median_images_per_s": med, "ratio_to_first": {k: v / med[base] for k, v in med.items()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -11,18 +11,17 @@ has a small standard error: an ablation of the EMA that costs no training. Write
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.runs import find_checkpoint, model_from_checkpoint
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def main() -> int:
@@ -53,14 +52,13 @@ def main() -> int:
     diff = log_px["ema"] - log_px["model"]  # > 0: the average explains the test images better
     se = float(diff.std(unbiased=True) / math.sqrt(len(diff)))
     result = {"run": str(args.run), "epoch": ckpt.meta.get("epoch"), "ema_decay": cfg.train.ema, "k": args.k,
-              "images": len(x), "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
+              "images": len(x), **provenance("bench/ema_gain.py"),
               "nll": {name: float(-v.mean()) for name, v in log_px.items()},
               "nll_gain_of_ema": float(diff.mean()), "nll_gain_stderr_paired": se}
     print(f"EMA ({cfg.train.ema}) lowers the test NLL by {diff.mean():.2f} ± {se:.2f} nats (paired, "
           f"{len(x)} images) at epoch {ckpt.meta.get('epoch')}")
     out = Path(args.out or f"bench/results/ema_gain-{Path(args.run).name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_result(out, result)
     print(f"wrote {out}")
     return 0
 

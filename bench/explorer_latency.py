@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -168,12 +167,10 @@ def main() -> int:
                   + f"; onnxruntime / pytorch {speed[f'batch {n}']['onnxruntime'] / speed[f'batch {n}']['pytorch']:.2f}")
     print(f"export (decoder + encoder, ONNX + TorchScript, each verified): {export_s:.1f} s; sizes {sizes}")
 
-    out = {"run": args.run, "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "startup_s": startup,
+    out = {"run": args.run, **provenance("bench/explorer_latency.py"), "startup_s": startup,
            "reference_images": args.reference_images, "endpoints_alone": alone, "load": load,
-           "export_s": export_s, "export_bytes": sizes, "decoder_images_per_s": speed, "command": " ".join(sys.argv)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+           "export_s": export_s, "export_bytes": sizes, "decoder_images_per_s": speed}
+    write_result(args.out, out, indent=2)
     print(f"wrote {args.out}")
     return 0
 

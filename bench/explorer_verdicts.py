@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-import vaelab
 from vaelab import load_run
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import load_run_data
 from vaelab.serve.app import ExplorerApp
 from vaelab.serve.reference import UNUSUAL
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,14 +78,9 @@ def main() -> int:
         r = rows[s.name]
         print(f"{s.name:<14}{r['uploads']:>8} uploads  unusual {r['unusual']:>4} ({100 * r['share']:5.1f}%)  "
               f"named by: {', '.join(f'{k} {v}' for k, v in sorted(r['named_by'].items())) or '-'}", flush=True)
-    result = {"run": str(args.run), "date": time.strftime("%Y-%m-%d"), "rows": rows,
-              "dose_transforms": app.dose.info.get("orientation") if app.dose is not None else None,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "vaelab": vaelab.__version__}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    result = {"run": str(args.run), **provenance("bench/explorer_verdicts.py"), "rows": rows,
+              "dose_transforms": app.dose.info.get("orientation") if app.dose is not None else None}
+    out = write_result(args.out, result)
     print(f"wrote {out}")
     return 0
 

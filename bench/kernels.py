@@ -17,7 +17,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,6 +24,7 @@ from vaelab import load_config
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.models import build_model
 from vaelab.models.conv import FoldConvTranspose2d
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def median_ms(fn, repeats: int = 21) -> float:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": 1, "torch": torch.__version__}
+    out: dict = {**provenance("bench/kernels.py", argv), "threads": 1}
     model = build_model(load_config().model, (1, 28, 28)).eval()
     x = (torch.rand(16, 1, 28, 28) < 0.3).to(torch.uint8) * 255
     chunk = {c: [] for c in (4096, 512)}
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
             out["decoder_decodes_per_s"] = {"eager": 512e3 / eager, "compiled": 512e3 / median_ms(lambda: compiled(z))}
 
     print(json.dumps(out, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from vaelab import load_run
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
         "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0",
@@ -124,9 +124,7 @@ def main() -> None:
         print(f"trial {trial:2d}: {trial_kills} kill(s)  identical={identical}  metrics lines={len(lines)}"
               f"  leftovers={leftovers or '-'}", flush=True)
     result = {
-        "command": "python bench/kill_resume.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-                                                      f"{os.cpu_count()} cores", "torch": torch.__version__,
+        **provenance("bench/kill_resume.py"),
         "checkpoint_steps": args.checkpoint_steps, "reference_wall_s": round(wall, 1),
         "reference_startup_s": round(startup, 1), "trials": args.trials, "kills": kills, "phases": dict(phases),
         "all_identical": all(r["identical"] for r in rows),
@@ -137,8 +135,7 @@ def main() -> None:
         print(f"  {n:3d}  {phase}")
     print(f"final weights bit-identical to the uninterrupted run in {sum(r['identical'] for r in rows)}"
           f"/{len(rows)} trials")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
 
 
 if __name__ == "__main__":

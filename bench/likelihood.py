@@ -22,10 +22,7 @@ It prints a table and writes JSON (and the plot) to bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-import vaelab
 from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import estimate_nll, importance_sampled
 from vaelab.objectives import bernoulli_log_likelihood, log_normal_diag, log_standard_normal
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 PUBLISHED = [  # test NLL on dynamically binarized Fashion-MNIST, nats (Norouzi et al. 2020, Exemplar VAE, table)
     ("VAE, Gaussian prior", 228.70), ("VampPrior", 227.35), ("Exemplar VAE", 226.75),
@@ -79,9 +76,7 @@ def main() -> int:
     splits = load_dataset(dc)
     views = {name: eval_view(splits.split(name), name, dc.binarize, dc.binarize_seed) for name in ("train", "val", "test")}
     test = views["test"].images
-    result: dict = {"run": str(run.path), "epoch": run.meta.get("epoch"), "date": time.strftime("%Y-%m-%d"),
-                    "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                                "cores": os.cpu_count(), "torch": torch.__version__, "vaelab": vaelab.__version__}}
+    result: dict = {"run": str(run.path), "epoch": run.meta.get("epoch"), **provenance("bench/likelihood.py")}
 
     # 1. speed, alternating, same images; and agreement per image
     x = test[spread_index(len(test), args.speed_images, 1)]
@@ -150,8 +145,7 @@ def main() -> int:
         print(f"  {name:<52}{value:8.2f}")
     print(f"generalization gap of the NLL (test - train, {nll['train']['n']} train images): "
           f"{result['gap_test_minus_train']:.2f} nats")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out} and {plot}")
     return 0
 

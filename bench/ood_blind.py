@@ -45,8 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -57,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vaelab.runs.load import load_run, load_run_data
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 SEED = 20261207
 BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
@@ -328,15 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         fpr = row["DoSE"]["fpr_at_95_tpr"]["value"]
         share = row["flagged_at_99"]
         print(f"{name:<10} {made[name]:>5} {cells} {fpr:>12.3f} {share if share is None else f'{share:.1%}':>8}")
-    out = {"benchmark": "ood_blind", "run": args.run, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "command": " ".join(["python", "bench/ood_blind.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"benchmark": "ood_blind", "run": args.run, **provenance("bench/ood_blind.py", argv),
            "evaluate": " ".join(command), "batch": args.batch, "seed": SEED, "sets": made, "rows": rows,
            "test_flagged_at_99": flagged.get("test"), "dose": result["dose"].get("orientation"),
-           "seconds": round(time.perf_counter() - t0, 1),
-           "machine": {"platform": platform.platform(), "cores": os.cpu_count(),
-                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_result(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import vaelab
 from vaelab import load_run
 from vaelab.data import load_dataset
 from vaelab.evaluation.dose import fit_dose
@@ -46,6 +41,7 @@ from vaelab.evaluation.oodformat import format_typicality
 from vaelab.evaluation.typicality import typicality_table
 from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.runs.load import find_checkpoint
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS = ["noise", "constant", "inverted", "flipped", "digits"]
@@ -141,10 +137,8 @@ def main() -> int:
     stat_s = sum(timing["seconds"][name] for name in fresh)
     result = {
         "run": str(args.run), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),
-        "trained_on": trained_on, "model": cfg.model.kind, "date": time.strftime("%Y-%m-%d"), "k": args.k,
+        "trained_on": trained_on, "model": cfg.model.kind, **provenance("bench/ood_dose.py"), "k": args.k,
         "images": {name: len(s) for name, s in stats.items()}, "sources": timing["sources"],
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__, "vaelab": vaelab.__version__},
         "protocol": {"fit": "DoSE and the typicality test see the validation slice only; test and OOD sets are "
                             "scored after the fit", "statistics": stats["test"].protocol | {"images_sha256": None},
                      "features": list(scorer.features)},
@@ -163,9 +157,7 @@ def main() -> int:
                                             "HVAE LLR>1 (Havtorn et al. 2021)": PUBLISHED_AUROC["hvae_llr_gt1"],
                                             "DoSE (Morningstar et al. 2021)": 1.00},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_result(args.out, result)
     log(f"\nstatistics: {result['seconds_per_1000_images']}")
     log(f"wrote {out}; statistics and the DoSE scorer in {cache}")
     return 0

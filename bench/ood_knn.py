@@ -16,12 +16,9 @@ separate the sets either: "same pixels, wrong meaning". Writes JSON (bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +27,7 @@ from sklearn.neighbors import NearestNeighbors
 from vaelab.evaluation.ood import detection_values
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import load_run, load_run_data
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def flat(images: torch.Tensor) -> np.ndarray:
@@ -62,13 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         auroc, auprc, fpr = detection_values(s_in, score(spec, i + 1))
         rows.append({"set": spec, "auroc": auroc, "auprc": auprc, "fpr_at_95_tpr": fpr})
         print(f"{spec:<34} {auroc:7.3f} {auprc:7.3f} {fpr:7.3f}")
-    result = {"command": " ".join(["python", "bench/ood_knn.py", *sys.argv[1:]]), "run": args.run,
+    result = {**provenance("bench/ood_knn.py", argv), "run": args.run,
               "score": f"mean distance to the {args.neighbours} nearest of {len(splits.train)} training images, "
                        "8-bit pixels in [0, 1]",
-              "images": args.images, "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-              "machine": platform.platform(), "date": time.strftime("%Y-%m-%d")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+              "images": args.images, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -13,22 +13,17 @@ and reports AUROC, AUPRC and FPR at 80% TPR of each score beside the published a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-import vaelab
 from vaelab import load_run
 from vaelab.data import load_dataset
 from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.evaluation.ood import PUBLISHED_AUROC, balanced_index, detection_metrics
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def main() -> int:
@@ -55,11 +50,8 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     seed = cfg.eval.seed
     result = {"run": str(run.path), "checkpoint": args.checkpoint, "epoch": run.meta.get("epoch"),
-              "date": time.strftime("%Y-%m-%d"), "k": args.k, "images": {"test": len(test.images),
-                                                                         "mnist": len(mnist.images)},
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "vaelab": vaelab.__version__},
+              **provenance("bench/ood_llr.py"), "k": args.k,
+              "images": {"test": len(test.images), "mnist": len(mnist.images)},
               "published": {"log p(x)": PUBLISHED_AUROC["hvae_log_px"], "LLR>1": PUBLISHED_AUROC["hvae_llr_gt1"]},
               "bounds": {}, "ood": {}}
     bounds: dict[str, dict[str, np.ndarray]] = {"test": {}, "mnist": {}}
@@ -89,9 +81,7 @@ def main() -> int:
     print(f"  published (Havtorn et al. 2021): log p(x) {PUBLISHED_AUROC['hvae_log_px']}, "
           f"LLR>1 {PUBLISHED_AUROC['hvae_llr_gt1']}")
     result["bounds"] = {key: {name: float(v.mean()) for name, v in d.items()} for key, d in bounds.items()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_result(args.out, result)
     print(f"wrote {out}")
     return 0
 

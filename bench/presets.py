@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 
-import vaelab
 from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import estimate_nll
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 PUBLISHED = {  # test NLL, dynamically binarized Fashion-MNIST, nats per image (the table)
     "VAE": 228.70, "VampPrior": 227.35, "Exemplar VAE": 226.75, "HVAE": 227.37, "conv HVAE": 225.38,
@@ -93,10 +90,7 @@ def main() -> int:
         return 0
     if not args.runs:
         ap.error("name at least one NAME=RUN (or --plot JSON...)")
-    result = {"date": time.strftime("%Y-%m-%d"), "k": args.k, "published": PUBLISHED,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "vaelab": vaelab.__version__},
+    result = {**provenance("bench/presets.py"), "k": args.k, "published": PUBLISHED,
               "runs": {}}
     splits_cache = {}
     for spec in args.runs:
@@ -142,8 +136,7 @@ def main() -> int:
               f"({t_sum.n} images), train NLL {r_sum.nll:.2f} ± {r_sum.stderr:.2f} ({r_sum.n} images), "
               f"gap {gap:+.2f} ± {gap_se:.2f}; {t_sum.bits_per_dim:.4f} bits/dim, ESS {t_sum.ess:.1f}", flush=True)
         result["runs"][name] = entry
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))  # after each run: a long benchmark keeps what it measured
+        write_result(out, result)  # after each run: a long benchmark keeps what it measured
 
     print(f"\ntest NLL, k={args.k}, nats per image (lower is better):")
     for name, e in result["runs"].items():

@@ -31,7 +31,6 @@ import base64
 import http.client
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -42,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 PRETRAINED = "pretrained:fashion-mnist-vae"
 READY = re.compile(r"ready in ([0-9.]+) s")
@@ -189,13 +189,10 @@ def main() -> int:
             summary[target][phase] = {f"median_{k}": statistics.median(v) for k, v in cols.items() if v}
             print(f"{target:32s}{phase:6s}" + "".join(f"{median_row(v) if v else '-':>24s}" for v in cols.values()))
 
-    out = {"benchmark": "serve_startup", "date": time.strftime("%Y-%m-%d %H:%M"),
-           "command": "python bench/serve_startup.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-           "python": platform.python_version(), "omp_num_threads": threads, "repeats": args.repeats,
+    out = {"benchmark": "serve_startup", **provenance("bench/serve_startup.py"),
+           "omp_num_threads": threads, "repeats": args.repeats,
            "summary": summary, "starts": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -36,7 +36,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,13 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import PlainVAE, make_loader, plain_epoch, plain_loss  # noqa: E402
 
-import vaelab  # noqa: E402
 from vaelab import load_config  # noqa: E402
 from vaelab.data import eval_view, load_dataset  # noqa: E402
 from vaelab.evaluation.likelihood import importance_sampled  # noqa: E402
 from vaelab.training.loss import training_loss  # noqa: E402
-from vaelab.models import build_model, eval_mode  # noqa: E402
+from vaelab.models import build_model  # noqa: E402
 from vaelab.training.loop import Trainer  # noqa: E402
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 IMPLS = ("plain", "pythae", "vaelab")
 
@@ -438,18 +437,14 @@ def main(argv=None) -> int:
     splits = load_dataset(load_config().data, log=lambda m: None)
     t_start = time.perf_counter()
     result: dict = {
-        "benchmark": "speed", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "vaelab": vaelab.__version__, "python": platform.python_version()},
+        "benchmark": "speed", **provenance("bench/speed.py", argv),
         "pythae": None,
     }
     if use_pythae:
         from importlib.metadata import version
 
         result["pythae"] = version("pythae")
-    print(f"checking that the fast paths compute the plain paths' numbers ...", flush=True)
+    print("checking that the fast paths compute the plain paths' numbers ...", flush=True)
     result["same_numbers"] = check_same_numbers(splits)
     print(f"  ok: training loss {result['same_numbers']['train_loss']}")
     result["matmul_peak_gflops"] = peak = matmul_peak()
@@ -481,9 +476,7 @@ def main(argv=None) -> int:
     print(f"(FLOPs per image: training {flops['train_plain'] / 1e6:.1f} M plain and pythae, "
           f"{flops['train_vaelab'] / 1e6:.1f} M vaelab; evaluation at k={args.k}: "
           f"{flops['eval_plain'] / 1e9:.2f} G textbook, {flops['eval_vaelab'] / 1e9:.2f} G vaelab)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result, indent=2)
     print(f"wrote {out}")
     return 0
 

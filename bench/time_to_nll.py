@@ -21,9 +21,6 @@ Contenders:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,15 +29,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import copy_into_plain  # noqa: E402
 from train_throughput import PlainVAE, make_loader, plain_epoch  # noqa: E402
 
-import vaelab  # noqa: E402
 from vaelab import load_config  # noqa: E402
 from vaelab.data import eval_view, load_dataset, spread_index  # noqa: E402
 from vaelab.evaluation.likelihood import importance_sampled  # noqa: E402
 from vaelab.models import build_model  # noqa: E402
 from vaelab.training.loop import Trainer  # noqa: E402
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 def plain_into_vaelab(plain: PlainVAE, vae) -> None:
@@ -143,14 +139,9 @@ def main(argv=None) -> int:
                      "ratio_to_plain": None if t is None else t / t_plain})
         print(f"{name:<44}{epochs if epochs else '-':>7}{t if t else float('nan'):>9.0f}"
               f"{(t / t_plain) if t else float('nan'):>9.2f}")
-    out = {"benchmark": "time_to_nll", "date": time.strftime("%Y-%m-%d %H:%M"),
-           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "vaelab": vaelab.__version__},
+    out = {"benchmark": "time_to_nll", **provenance("bench/time_to_nll.py", argv),
            "target_nll": target, "nll_images": args.nll_images, "k": args.k, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -19,10 +19,6 @@ with a fixed seed, one posterior sample per image).
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vaelab
 from vaelab import load_config
 from vaelab.data import eval_view, load_dataset
 from vaelab.evaluation.elbo import evaluate_images
 from vaelab.training.loop import Trainer
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 
 # --------------------------------------------------------------------------- the plain PyTorch baseline
@@ -178,11 +174,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     splits = load_dataset(load_config().data)
     result = {
-        "benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "vaelab": vaelab.__version__,
-                    "python": platform.python_version()},
-        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "benchmark": "train_throughput", **provenance("bench/train_throughput.py", argv),
         "throughput": throughput(splits, args.images, args.repeats),
     }
     tp = result["throughput"]
@@ -202,9 +194,7 @@ def main(argv=None) -> int:
         print(f"  plain PyTorch loop (60,000 training images): {q['plain']['test_nelbo']:.2f}")
         print(f"  vaelab defaults (55,000 + 5,000 validation, best epoch {q['vaelab']['best_epoch']}): "
               f"{q['vaelab']['test_nelbo']:.2f} ± {q['vaelab']['stderr']:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, result, indent=2)
     print(f"\nwrote {out}")
     return 0
 

@@ -23,16 +23,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import vaelab
 from vaelab import load_run
 from vaelab.data import load_dataset
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics, validation_images
@@ -40,6 +35,7 @@ from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, 
                                           fit_typicality)
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import find_checkpoint
+from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,14 +117,10 @@ def main() -> int:
     for name, s in nll.items():
         print(f"-log p(x) on the {name} images: mean {s['mean']:.2f} ± {s['se']:.2f} (se), sd {s['sd']:.2f}, "
               f"99% quantile {s['q99']:.1f}, 99.9% {s['q999']:.1f} (n {s['n']})")
-    result = {"run": str(args.run), "checkpoint": args.checkpoint, "date": time.strftime("%Y-%m-%d"),
+    result = {"run": str(args.run), "checkpoint": args.checkpoint, **provenance("bench/typicality_calibration.py"),
               "alpha": ALPHA, "k": ec.ood_k, "images": {"validation": len(val), "test": len(test)},
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "vaelab": vaelab.__version__},
               "false_alarms": rows, "nll": nll}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_result(args.out, result)
     print(f"wrote {out}")
     return 0
 

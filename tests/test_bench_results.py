@@ -1,0 +1,63 @@
+"""The benchmarks' shared result writing (bench/_results.py), and that every benchmark still imports.
+
+The benchmarks are scripts, not part of the package, and most take minutes; they are not run here. What
+a refactor of them can break without a run (a name imported from the wrong place, a helper renamed) is
+caught by importing each one.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+# Scripts that do their work on import (a device job) or need a fuzzing engine CI does not install.
+NOT_IMPORTABLE = {"gpu_vae_long_vamp.py", "fuzz_atheris.py"}
+
+
+@pytest.fixture
+def results(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _results
+    return _results
+
+
+def test_provenance_names_the_command_date_and_machine(results):
+    p = results.provenance("bench/ood_blind.py", ["RUN", "--batch", "2"])
+    assert p["command"] == "python bench/ood_blind.py RUN --batch 2"
+    assert len(p["date"]) == len("2026-12-07 14:20")
+    assert {"cpu", "cores", "threads", "torch", "vaelab", "python", "omp_num_threads"} <= set(p["machine"])
+
+
+def test_the_command_defaults_to_this_process_arguments(results, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench/x.py", "--out", "r.json"])
+    assert results.command("bench/x.py") == "python bench/x.py --out r.json"
+
+
+def test_write_result_makes_the_folder_and_replaces_the_file_whole(results, tmp_path):
+    out = tmp_path / "deep" / "r.json"
+    assert results.write_result(out, {"a": 1, "path": Path("x")}) == out
+    assert json.loads(out.read_text()) == {"a": 1, "path": "x"}
+    results.write_result(out, {"b": [1, 2]}, indent=2)
+    assert json.loads(out.read_text()) == {"b": [1, 2]}
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left beside it
+
+
+def test_write_result_refuses_a_directory(results, tmp_path):
+    from vaelab.errors import DataError
+    with pytest.raises(DataError, match="is a directory"):
+        results.write_result(tmp_path, {"a": 1})
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")
+                                          if p.name not in NOT_IMPORTABLE and not p.name.startswith("_")))
+def test_every_benchmark_imports(script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while defined
+    spec.loader.exec_module(module)
+    assert callable(getattr(module, "main", None)), f"{script} has no main()"
