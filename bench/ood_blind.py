@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="bench/results/blind-sets", help="where the PNG folders are written "
                                                                        "(kept out of git)")
     ap.add_argument("--eval-out", default=None, help="the evaluation's folder (default: SETS/eval-RUNNAME)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed on to `vaelab evaluate` (repeatable), e.g. eval.dose_images=2000 to score with "
+                         "the DoSE scorer the run's own tables were fitted with")
     ap.add_argument("--out", default="bench/results/ood_blind.json")
     args = ap.parse_args(argv)
     sets = Path(args.sets).resolve()
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_out = Path(args.eval_out or sets / f"eval-{Path(args.run.replace(':', '-')).name}")
     command = ["vaelab", "evaluate", args.run, "--on", *[f"folder:{sets / name}" for name in BATCHES[args.batch]],
                "--nll-images", "0", "--set", "eval.gap_images=0", "--set", f"eval.ood_images={args.images}",
-               "--out", str(eval_out)]
+               *[a for kv in args.set for a in ("--set", kv)], "--out", str(eval_out)]
     print("$", " ".join(command), flush=True)
     subprocess.run([str(Path(sys.executable).with_name("vaelab")), *command[1:]], check=True)
     result = json.loads((eval_out / "evaluation.json").read_text())["datasets_eval"]
