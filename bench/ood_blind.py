@@ -290,6 +290,15 @@ def make_sets(run_spec: str, folder: Path, n: int, batch: int = 1) -> dict[str, 
     return made
 
 
+def evaluate_command(run: str, sets: Path, batch: int, images: int, settings: list[str],
+                     eval_out: Path) -> list[str]:
+    """The `vaelab evaluate` line that scores one batch's folders: OOD only (no NLL, no gap), IMAGES per
+    set, then the user's own settings (KEY=VALUE each), so that theirs come last."""
+    return ["vaelab", "evaluate", run, "--on", *[f"folder:{sets / name}" for name in BATCHES[batch]],
+            "--nll-images", "0", "--set", "eval.gap_images=0", "--set", f"eval.ood_images={images}",
+            *[a for kv in settings for a in ("--set", kv)], "--out", str(eval_out)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a run directory or pretrained:NAME")
@@ -307,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     made = make_sets(args.run, sets, args.images, args.batch)
     eval_out = Path(args.eval_out or sets / f"eval-{Path(args.run.replace(':', '-')).name}")
-    command = ["vaelab", "evaluate", args.run, "--on", *[f"folder:{sets / name}" for name in BATCHES[args.batch]],
-               "--nll-images", "0", "--set", "eval.gap_images=0", "--set", f"eval.ood_images={args.images}",
-               *[a for kv in args.set for a in ("--set", kv)], "--out", str(eval_out)]
+    command = evaluate_command(args.run, sets, args.batch, args.images, args.set, eval_out)
     print("$", " ".join(command), flush=True)
     subprocess.run([str(Path(sys.executable).with_name("vaelab")), *command[1:]], check=True)
     result = json.loads((eval_out / "evaluation.json").read_text())["datasets_eval"]

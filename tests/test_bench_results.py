@@ -61,3 +61,17 @@ def test_every_benchmark_imports(script, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while defined
     spec.loader.exec_module(module)
     assert callable(getattr(module, "main", None)), f"{script} has no main()"
+
+
+def test_the_blind_check_passes_settings_on_to_vaelab_evaluate(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_ood_blind_cmd", BENCH / "ood_blind.py")
+    blind = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, blind)
+    spec.loader.exec_module(blind)
+    cmd = blind.evaluate_command("RUN", tmp_path, 3, 300, ["eval.dose_images=2000", "eval.seed=1"], tmp_path / "e")
+    assert cmd[:4] == ["vaelab", "evaluate", "RUN", "--on"]
+    assert [c for c in cmd if c.startswith("folder:")] == [f"folder:{tmp_path / n}" for n in blind.BATCHES[3]]
+    sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+    assert sets == ["eval.gap_images=0", "eval.ood_images=300", "eval.dose_images=2000", "eval.seed=1"]
+    assert cmd[-2:] == ["--out", str(tmp_path / "e")]
