@@ -24,7 +24,7 @@ import torch
 from vaelab import load_config, load_run, train
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import importance_sampled
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 def free_port() -> int:

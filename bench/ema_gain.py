@@ -21,7 +21,7 @@ from vaelab.runs.checkpoint import load_checkpoint
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.runs import find_checkpoint, model_from_checkpoint
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 def main() -> int:

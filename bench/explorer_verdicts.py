@@ -28,7 +28,7 @@ from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import load_run_data
 from vaelab.serve.app import ExplorerApp
 from vaelab.serve.reference import UNUSUAL
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from vaelab import load_config
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.models import build_model
 from vaelab.models.conv import FoldConvTranspose2d
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 def median_ms(fn, repeats: int = 21) -> float:

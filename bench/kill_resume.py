@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from vaelab import load_run
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 ARGS = ["--set", "data.dataset=digits", "--set", "data.image_size=16", "--set", "train.epochs=6",
         "--set", "train.grid_every=0", "--set", "train.grid_size=4", "--set", "eval.nll_images=0",

@@ -34,7 +34,7 @@ from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import estimate_nll, importance_sampled
 from vaelab.objectives import bernoulli_log_likelihood, log_normal_diag, log_standard_normal
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 PUBLISHED = [  # test NLL on dynamically binarized Fashion-MNIST, nats (Norouzi et al. 2020, Exemplar VAE, table)
     ("VAE, Gaussian prior", 228.70), ("VampPrior", 227.35), ("Exemplar VAE", 226.75),

@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vaelab.runs.load import load_run, load_run_data
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 SEED = 20261207
 BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
@@ -228,16 +228,14 @@ def rings(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
     return drawn(rng, n, size, (1, 3), _rings_stroke)
 
 
+def _dots_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    w = int(rng.integers(1, 4))
+    y, x = (int(v) for v in rng.integers(0, size - w, size=2))
+    draw.rectangle((x, y, x + w - 1, y + w - 1), fill=255)  # a filled w x w square
+
+
 def dots(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
-    out = []
-    for _ in range(n):
-        a = np.zeros((size, size), np.uint8)
-        for _ in range(int(rng.integers(5, 31))):
-            w = int(rng.integers(1, 4))
-            y, x = (int(v) for v in rng.integers(0, size - w, size=2))
-            a[y:y + w, x:x + w] = 255
-        out.append(Image.fromarray(a, "L"))
-    return out
+    return drawn(rng, n, size, (5, 31), _dots_stroke)
 
 
 def edges(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:

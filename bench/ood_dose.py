@@ -41,7 +41,7 @@ from vaelab.evaluation.oodformat import format_typicality
 from vaelab.evaluation.typicality import typicality_table
 from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.runs.load import find_checkpoint
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS = ["noise", "constant", "inverted", "flipped", "digits"]

@@ -27,7 +27,7 @@ from sklearn.neighbors import NearestNeighbors
 from vaelab.evaluation.ood import detection_values
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import load_run, load_run_data
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 def flat(images: torch.Tensor) -> np.ndarray:

@@ -23,7 +23,7 @@ from vaelab.data import load_dataset
 from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.evaluation.likelihood import importance_sampled
 from vaelab.evaluation.ood import PUBLISHED_AUROC, balanced_index, detection_metrics
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 def main() -> int:

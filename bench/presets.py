@@ -31,7 +31,7 @@ from pathlib import Path
 from vaelab import load_run
 from vaelab.data import eval_view, load_dataset, spread_index
 from vaelab.evaluation.likelihood import estimate_nll
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 PUBLISHED = {  # test NLL, dynamically binarized Fashion-MNIST, nats per image (the table)
     "VAE": 228.70, "VampPrior": 227.35, "Exemplar VAE": 226.75, "HVAE": 227.37, "conv HVAE": 225.38,

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 PRETRAINED = "pretrained:fashion-mnist-vae"
 READY = re.compile(r"ready in ([0-9.]+) s")

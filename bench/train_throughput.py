@@ -33,7 +33,7 @@ from vaelab import load_config
 from vaelab.data import eval_view, load_dataset
 from vaelab.evaluation.elbo import evaluate_images
 from vaelab.training.loop import Trainer
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 
 # --------------------------------------------------------------------------- the plain PyTorch baseline

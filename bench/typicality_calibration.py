@@ -35,7 +35,7 @@ from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, 
                                           fit_typicality)
 from vaelab.evaluation.unseen import load_eval_set
 from vaelab.runs.load import find_checkpoint
-from _results import provenance, write_result  # noqa: E402 (bench/ is on sys.path)
+from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 

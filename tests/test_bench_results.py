@@ -18,6 +18,16 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 NOT_IMPORTABLE = {"gpu_vae_long_vamp.py", "fuzz_atheris.py"}
 
 
+def _load(script: str, monkeypatch):
+    """Import bench/SCRIPT as a module, with bench/ on sys.path as when it runs as a script."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while defined
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def results(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
@@ -55,20 +65,12 @@ def test_write_result_refuses_a_directory(results, tmp_path):
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")
                                           if p.name not in NOT_IMPORTABLE and not p.name.startswith("_")))
 def test_every_benchmark_imports(script, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while defined
-    spec.loader.exec_module(module)
+    module = _load(script, monkeypatch)
     assert callable(getattr(module, "main", None)), f"{script} has no main()"
 
 
 def test_the_blind_check_passes_settings_on_to_vaelab_evaluate(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_ood_blind_cmd", BENCH / "ood_blind.py")
-    blind = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, blind)
-    spec.loader.exec_module(blind)
+    blind = _load("ood_blind.py", monkeypatch)
     cmd = blind.evaluate_command("RUN", tmp_path, 3, 300, ["eval.dose_images=2000", "eval.seed=1"], tmp_path / "e")
     assert cmd[:4] == ["vaelab", "evaluate", "RUN", "--on"]
     assert [c for c in cmd if c.startswith("folder:")] == [f"folder:{tmp_path / n}" for n in blind.BATCHES[3]]
