@@ -77,3 +77,26 @@ def test_the_blind_check_passes_settings_on_to_vaelab_evaluate(monkeypatch, tmp_
     sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
     assert sets == ["eval.gap_images=0", "eval.ood_images=300", "eval.dose_images=2000", "eval.seed=1"]
     assert cmd[-2:] == ["--out", str(tmp_path / "e")]
+
+
+def test_the_ceiling_classifier_never_trains_on_the_images_it_is_scored_on(monkeypatch, mnist10k_dir):
+    """bench/ood_ceiling.py's labelled examples: a shift is made from the training split, a dataset's are
+    the images the evaluation's seeded choice leaves out."""
+    import torch
+    from vaelab.config import RunConfig
+    from vaelab.data import load_dataset
+    from vaelab.evaluation.unseen import load_eval_set
+
+    ceiling = _load("ood_ceiling.py", monkeypatch)
+    cfg = RunConfig().replace(data={"dataset": "mnist", "data_dir": str(mnist10k_dir), "binarize": "none",
+                                    "download": False})
+    splits = load_dataset(cfg.data)
+    scored = load_eval_set("digits", cfg, splits, 1000, 7).images
+    examples = ceiling.training_examples("digits", cfg, splits, 1000, 7, 20000)
+    assert len(examples) == 1797 - 1000
+    assert not {bytes(x.numpy()) for x in scored} & {bytes(x.numpy()) for x in examples}
+    flips = ceiling.training_examples("flipped", cfg, splits, 1000, 7, 300)
+    train = {bytes(torch.flip(x, dims=(1,)).numpy()) for x in splits.train.images}
+    assert len(flips) == 300 and all(bytes(x.numpy()) in train for x in flips)
+    test = {bytes(x.numpy()) for x in splits.test.images}
+    assert not any(bytes(torch.flip(x, dims=(1,)).numpy()) in test for x in flips)
