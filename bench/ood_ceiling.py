@@ -116,7 +116,7 @@ def dose_row(run_dir: Path, spec: str, evaluation: Path | None = None) -> dict |
     if not path.is_file():
         return None
     intervals = json.loads(path.read_text()).get("datasets_eval", {}).get("ood_intervals", {})
-    row = intervals.get(spec, {}).get("DoSE")
+    row = (intervals.get(spec) or intervals.get(spec.split("@", 1)[0]) or {}).get("DoSE")  # mnist@DIR is "mnist"
     return {"auroc": row["auroc"]["value"], "fpr_at_95_tpr": row["fpr_at_95_tpr"]["value"]} if row else None
 
 
