@@ -83,6 +83,11 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     lo, hi = typ["5"]["fpr_in_ci95"]  # the false alarms over 20 batches, with their exact interval, printed
     assert lo <= typ["5"]["fpr_in"] <= hi and f"exact 95% interval [{lo:.3f}, {hi:.3f}]" in text
     assert typ["5"]["sets"]["noise"]["flagged"] == 1.0 and 0 <= typ["1"]["fpr_in"] <= 0.1
+    # the DoSE batch test: the same batches, judged by their mean DoSE score against held-out validation scores
+    batches = data["dose_batches"]["rows"]
+    assert set(batches) == {"1", "5", "10", "25"} and batches["25"]["batches_in"] == 4
+    assert batches["5"]["sets"]["noise"]["flagged"] == 1.0 and 0 <= batches["5"]["fpr_in"] <= 0.2
+    assert batches["1"]["test"]["n_reference"] == 143 and "DoSE batch test" in text
     per_1000 = data["timing"]["seconds_per_1000_images"]
     assert data["timing"]["images"] == 300 and all(v >= 0 for v in per_1000.values()) and len(per_1000) == 3
     # the scorer and the validation statistics are kept in the run; each set's statistics in the evaluation
@@ -94,6 +99,7 @@ def test_every_score_has_intervals_and_dose_is_the_default(vae_run, tmp_path, ca
     assert len(list((out / "statistics").glob("*.safetensors"))) == 3
     report = (out / "report.md").read_text()
     assert "FPR@95%TPR" in report and "**DoSE** (default)" in report and "Typicality test" in report
+    assert "DoSE batch test" in report
     rows = list(csv.DictReader((out / "per_image_scores.csv").open()))
     assert len(rows) == 300 and "DoSE" in rows[0]
 

@@ -9,7 +9,8 @@ from vaelab.evaluation.intervals import detection_intervals, format_intervals_ta
 from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.oodformat import format_typicality
-from vaelab.evaluation.typicality import disjoint_batches, false_alarm_interval, fit_typicality, typicality_table
+from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_score_batch_test, fit_typicality,
+                                         score_batch_table, typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -139,3 +140,59 @@ def test_intervals_are_seeded_and_contain_the_estimate():
     assert "published AUROC 1.000" in table and "FPR@95" in table
     with pytest.raises(ValueError, match="non-finite"):
         detection_intervals(np.r_[np.nan, 1.0], np.ones(2))
+
+
+# --------------------------------------------------------------------------- the DoSE batch test
+
+
+@pytest.mark.parametrize("m", [1, 5, 10, 25])
+def test_score_batch_test_false_alarms_are_near_the_nominal_level(m):
+    """Reference and test scores from one (skewed, like -log density) distribution: about alpha of the
+    in-distribution batches are flagged, for every M."""
+    rng = np.random.default_rng(11)
+    test = fit_score_batch_test(rng.gamma(3.0, 2.0, 5000), m, alpha=0.05, bootstrap=20_000, seed=2)
+    flagged = test.flags(rng.gamma(3.0, 2.0, 4000 * m))
+    assert len(flagged) == 4000 and 0.025 < flagged.mean() < 0.075  # nominal 5%, a 5,000-score reference
+
+
+def test_score_batch_test_is_one_sided_and_gains_with_the_batch_size():
+    rng = np.random.default_rng(5)
+    reference, test = rng.normal(0, 1, 2000), rng.normal(0, 1, 1000)
+    shifted, lower = rng.normal(0.8, 1, 1000), rng.normal(-3, 1, 1000)
+    table = score_batch_table(reference, test, {"shifted": shifted, "lower": lower}, resamples=100)
+    rows = table["rows"]
+    flagged = [rows[str(m)]["sets"]["shifted"]["flagged"] for m in (1, 5, 10, 25)]
+    assert flagged == sorted(flagged) and flagged[0] < 0.2 and flagged[-1] > 0.9
+    assert rows["25"]["sets"]["shifted"]["auroc"]["value"] > 0.99 > rows["1"]["sets"]["shifted"]["auroc"]["value"]
+    assert all(rows[str(m)]["sets"]["lower"]["flagged"] == 0 for m in (1, 5, 10, 25))  # low score: typical
+    assert all(row["fpr_in"] < 0.1 for row in rows.values()) and table["score"] == "DoSE"
+    # the threshold is the reference's alone: the sets being judged do not move it
+    again = score_batch_table(reference, test, {"shifted": shifted + 5}, resamples=100)
+    assert again["rows"]["5"]["test"]["threshold"] == rows["5"]["test"]["threshold"]
+    # the same disjoint batches as the typicality test's for the same images and seed
+    t = fit_score_batch_test(reference, 5, seed=9)
+    typ = fit_typicality(ImageStatistics("val", {"log_px": -reference}), 5, seed=9)
+    batches = ImageStatistics("test", {"log_px": -test})
+    index = disjoint_batches(len(test), 5, 10)
+    assert np.allclose(t.batch_statistic(test), test[index].mean(1))
+    assert np.allclose(typ.batch_statistic(batches), np.abs(test[index].mean(1) - typ.entropy))
+
+
+def test_score_batch_test_needs_enough_reference_scores():
+    with pytest.raises(ConfigError, match="at least 50 reference scores"):
+        fit_score_batch_test(np.zeros(49), 25)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_score_batch_test(np.r_[np.zeros(30), np.nan], 5)
+    table = score_batch_table(np.zeros(30), np.zeros(12), {}, sizes=(5, 25), resamples=10)
+    assert list(table["rows"]) == ["5"] and table["skipped_sizes"] == [25]
+
+
+def test_both_batch_tables_are_printed():
+    rng = np.random.default_rng(3)
+    typ = typicality_table(_nll_stats("val", 500, 250.0, 1), _nll_stats("test", 500, 250.0, 2),
+                           {"far": _nll_stats("far", 500, 320.0, 3)}, sizes=(5,), resamples=50)
+    dose = score_batch_table(rng.normal(0, 1, 500), rng.normal(0, 1, 500), {"far": rng.normal(2, 1, 500)},
+                             sizes=(5,), resamples=50)
+    text = "\n".join(format_typicality({"typicality": typ, "dose_batches": dose}))
+    assert "typicality test" in text and "DoSE batch test" in text and text.count("test (in)") == 2
+    assert "\n".join(format_typicality({"dose_batches": dose})).startswith("DoSE batch test")

@@ -58,18 +58,14 @@ def _dose_lines(result: dict[str, Any]) -> list[str]:
             f"DoSE flags at the 99th percentile of held-out validation scores ({d['threshold_99']:.2f}): {flagged}"]
 
 
-def format_typicality(result: dict[str, Any]) -> list[str]:
-    typ = result.get("typicality")
-    if not typ or not typ.get("rows"):
+def _format_batches(record: dict[str, Any] | None, title: str) -> list[str]:
+    if not record or not record.get("rows"):
         return []
-    first = next(iter(typ["rows"].values()))["test"]
-    lines = [f"typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| above its "
-             f"{100 * (1 - first['alpha']):.0f}% bootstrap quantile, both from validation images only; flagged = "
-             "fraction of disjoint batches beyond it"]
-    w = max([12] + [len(name) + 2 for row in typ["rows"].values() for name in row["sets"]])  # names fit
+    lines = [title]
+    w = max([12] + [len(name) + 2 for row in record["rows"].values() for name in row["sets"]])  # names fit
     head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
-    for m, row in typ["rows"].items():
+    for m, row in record["rows"].items():
         ci = row.get("fpr_in_ci95")  # absent from evaluations made before it was recorded
         span = f", exact 95% interval [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         lines.append(f"{m:>3}  {'test (in)':<{w}}{row['batches_in']:>8}{row['fpr_in']:9.3f}  "
@@ -77,9 +73,27 @@ def format_typicality(result: dict[str, Any]) -> list[str]:
         for name, r in row["sets"].items():
             lines.append(f"{'':>3}  {name:<{w}}{r['batches']:>8}{r['flagged']:9.3f}  "
                          f"{interval_text(r['auroc']):<22}{interval_text(r[FPR_KEY]):<22}")
-    if typ.get("skipped_sizes"):
-        lines.append(f"(batch sizes {', '.join(map(str, typ['skipped_sizes']))} left out: too few images)")
+    if record.get("skipped_sizes"):
+        lines.append(f"(batch sizes {', '.join(map(str, record['skipped_sizes']))} left out: too few images)")
     return lines
+
+
+def _alpha(record: dict[str, Any]) -> float:
+    return next(iter(record["rows"].values()))["test"]["alpha"]
+
+
+def format_typicality(result: dict[str, Any]) -> list[str]:
+    """The typicality test's table, then the DoSE batch test's (each when the evaluation has it)."""
+    typ, dose = result.get("typicality"), result.get("dose_batches")
+    lines = _format_batches(typ, f"typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| "
+                                 f"above its {100 * (1 - _alpha(typ)):.0f}% bootstrap quantile, both from validation "
+                                 "images only; flagged = fraction of disjoint batches beyond it"
+                            if typ and typ.get("rows") else "")
+    more = _format_batches(dose, f"DoSE batch test for the same batches: mean DoSE score of the M images above the "
+                                 f"{100 * (1 - _alpha(dose)):.0f}% bootstrap quantile of mean held-out validation "
+                                 "scores; flagged = fraction of disjoint batches beyond it"
+                           if dose and dose.get("rows") else "")
+    return lines + ([""] if lines and more else []) + more
 
 
 def format_timing(result: dict[str, Any]) -> list[str]:

@@ -13,6 +13,8 @@ pass of every set is reused, not repeated) and adds, for the test split and each
 - `ood_intervals`: for each other set and every score, AUROC, AUPRC and FPR at 95% TPR, each with its 95%
   percentile-bootstrap interval (eval.ood_resamples resamples), balanced sizes, OOD positive;
 - `typicality`: the typicality test for batches of M = 1, 5, 10, 25 images, fitted on validation images;
+- `dose_batches`: the same question asked of DoSE (the mean DoSE score of M images against bootstrapped
+  means of held-out validation scores), laid out as `typicality`;
 - `timing`: the measured seconds per 1,000 images of each part.
 
 The record keeps every key it had (`ood` still holds the FPR at 80% TPR and ROC points of the likelihood
@@ -40,7 +42,7 @@ from vaelab.evaluation.oodrun import (DOSE, DOSE_DENSITY, FLAG_PERCENTILE, RunDo
                                       statistics_kwargs)
 from vaelab.evaluation.regret import likelihood_regret
 from vaelab.evaluation.statistics import ImageStatistics, compute_statistics, statistics_protocol, validation_images
-from vaelab.evaluation.typicality import typicality_table
+from vaelab.evaluation.typicality import score_batch_table, typicality_table
 from vaelab.log import say
 
 REGRET = "Likelihood Regret"
@@ -138,6 +140,16 @@ def typicality_record(validation: ImageStatistics, stats: dict[str, ImageStatist
     return typicality_table(validation, stats[test], others, seed=ec.seed, resamples=ec.ood_resamples)
 
 
+def dose_batch_record(dose: RunDose, per_image: dict[str, dict[str, np.ndarray]], test: str,
+                      cfg: RunConfig) -> dict[str, Any]:
+    """The DoSE batch test for each batch size M the sets allow: the mean DoSE score of M images against
+    the bootstrapped means of the validation images' held-out scores (`RunDose.reference`)."""
+    ec = cfg.eval
+    others = {name: scores[DOSE] for name, scores in per_image.items() if name != test}
+    return score_batch_table(dose.reference, per_image[test][DOSE], others, seed=ec.seed,
+                             resamples=ec.ood_resamples, score=DOSE)
+
+
 def _regret(model: Any, cfg: RunConfig, sets: list, per_image: dict, device: torch.device | str,
             log: Log) -> dict[str, Any]:
     """Likelihood Regret of eval.regret_images images (a seeded choice) of each set; NaN for the others."""
@@ -201,6 +213,8 @@ def extend_datasets(model: Any, cfg: RunConfig, splits: DatasetSplits, sets: lis
             else "here: off, eval.dose_orientation = false" if not ec.dose_orientation
             else "here: the model resists none")
         data["score_notes"][DOSE_DENSITY] = DOSE_DENSITY_NOTE
+    if dose is not None:
+        data["dose_batches"] = dose_batch_record(dose, per_image, test, cfg)
     validation = _validation_for_typicality(model, cfg, splits, dose, tag, device)
     if validation is not None:
         data["typicality"] = typicality_record(validation, stats, test, cfg)
@@ -240,5 +254,5 @@ def _timing(data: dict[str, Any], stats: dict[str, ImageStatistics], stats_s: fl
     return out
 
 
-__all__ = ["DOSE", "FLAG_PERCENTILE", "OodOptions", "PUBLISHED_2DP", "REGRET", "extend_datasets",
+__all__ = ["DOSE", "FLAG_PERCENTILE", "OodOptions", "PUBLISHED_2DP", "REGRET", "dose_batch_record", "extend_datasets",
            "interval_tables", "set_statistics", "typicality_record"]

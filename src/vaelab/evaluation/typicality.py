@@ -15,6 +15,14 @@ Everything is estimated from the validation split alone, split (seeded) in two h
 that set the threshold are not the images that gave H: `fit_typicality` takes only validation
 statistics. Batches to be judged are cut from a set of images as disjoint, seeded batches of M
 (`batch_statistic`), so the AUROC over batches counts independent batches.
+
+The same question asked of a per-image OOD score (`ScoreBatchTest`, vaelab's DoSE batch test): a batch
+is flagged when the mean score of its M images exceeds the (1 - alpha) quantile of the mean of M
+in-distribution reference scores drawn with replacement. One-sided, since a high score means atypical in
+either direction already. The reference must be scores of validation images that the scorer did not fit
+on (`RunDose.reference`: each by a density fitted without it), or the threshold would be too low. The
+likelihood alone misses OOD images whose likelihood is typical (a garment with a square cut out); a
+score built for single images, averaged over a batch, does not.
 """
 
 from __future__ import annotations
@@ -115,6 +123,34 @@ def fit_typicality(validation: ImageStatistics, /, m: int, *, alpha: float = ALP
                           n_bootstrap=len(boot_part), seed=seed)
 
 
+def _batch_rows(sizes: Sequence[int], fit: Any, stat_in: Any, stat_out: dict[str, Any], *, seed: int,
+                resamples: int, enough: Any) -> tuple[dict[str, Any], list[int]]:
+    """For each M with enough images (`enough(m)`): the fitted test `fit(m)`, the fraction of the test split's
+    disjoint batches it flags with its exact interval, and each other set's flagged fraction and AUROC, AUPRC
+    and FPR at 95% TPR over batches (test batches negative). `stat_in(t)` / `stat_out[name](t)`: the batch
+    statistic of each set under the test t (None for a set with fewer than M images)."""
+    rows: dict[str, Any] = {}
+    skipped = []
+    for m in sizes:
+        if not enough(m):
+            skipped.append(m)
+            continue
+        t = fit(m)
+        eps_in = stat_in(t)
+        flagged = int((eps_in > t.threshold).sum())
+        row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
+                               "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
+        for name, stat in stat_out.items():
+            eps_out = stat(t)
+            if eps_out is None:
+                continue
+            metrics = detection_intervals(eps_in, eps_out, resamples=resamples, seed=seed).as_dict()
+            metrics.pop("bootstrap")
+            row["sets"][name] = {**metrics, "batches": len(eps_out), "flagged": float((eps_out > t.threshold).mean())}
+        rows[str(m)] = row
+    return rows, skipped
+
+
 def typicality_table(validation: ImageStatistics, test: ImageStatistics, others: dict[str, ImageStatistics], *,
                      sizes: Sequence[int] = BATCH_SIZES, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
                      seed: int = TYPICALITY_SEED, column: str = "log_px", resamples: int = 1000) -> dict[str, Any]:
@@ -124,28 +160,85 @@ def typicality_table(validation: ImageStatistics, test: ImageStatistics, others:
     false-positive rate, near alpha when the test set is in-distribution) with its exact 95% interval, and for
     each other set the fraction of its batches flagged and the AUROC, AUPRC and FPR at 95% TPR of eps over
     batches (test batches negative), with bootstrap intervals."""
-    rows: dict[str, Any] = {}
-    skipped = []
-    for m in sizes:
-        if len(validation) < max(20, 2 * m) or len(test) < m:
-            skipped.append(m)
-            continue
-        t = fit_typicality(validation, m, alpha=alpha, bootstrap=bootstrap, seed=seed, column=column)
-        eps_in = t.batch_statistic(test)
-        flagged = int((eps_in > t.threshold).sum())
-        row: dict[str, Any] = {"test": t.as_dict(), "batches_in": len(eps_in), "fpr_in": flagged / len(eps_in),
-                               "fpr_in_ci95": false_alarm_interval(flagged, len(eps_in)), "sets": {}}
-        for name, stats in others.items():
-            if len(stats) < m:
-                continue
-            eps_out = t.batch_statistic(stats)
-            metrics = detection_intervals(eps_in, eps_out, resamples=resamples, seed=seed).as_dict()
-            metrics.pop("bootstrap")
-            row["sets"][name] = {**metrics, "batches": len(eps_out), "flagged": float((eps_out > t.threshold).mean())}
-        rows[str(m)] = row
+    def out(stats: ImageStatistics) -> Any:
+        return lambda t: t.batch_statistic(stats) if len(stats) >= t.m else None
+
+    rows, skipped = _batch_rows(
+        sizes, lambda m: fit_typicality(validation, m, alpha=alpha, bootstrap=bootstrap, seed=seed, column=column),
+        lambda t: t.batch_statistic(test), {name: out(stats) for name, stats in others.items()}, seed=seed,
+        resamples=resamples, enough=lambda m: len(validation) >= max(20, 2 * m) and len(test) >= m)
     return {"rows": rows, "skipped_sizes": skipped, "column": column,
             "fit": "H and the threshold from validation images only (two halves)"}
 
 
-__all__ = ["ALPHA", "BATCH_SIZES", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "fit_typicality", "typicality_table"]
+@dataclass(frozen=True)
+class ScoreBatchTest:
+    """A one-sided test for batches of `m` images on a per-image OOD score (see the module docstring)."""
+
+    m: int
+    threshold: float  # the (1 - alpha) quantile of bootstrapped mean reference scores of m images
+    alpha: float
+    score: str  # the score's name (DoSE)
+    bootstrap: int
+    n_reference: int
+    seed: int
+
+    def statistic(self, values: np.ndarray) -> np.ndarray:
+        """The mean score of each batch of `values` (B, M)."""
+        return np.asarray(values, dtype=np.float64).mean(axis=1)
+
+    def batch_statistic(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """The mean score of the len(scores) // m disjoint batches of a seeded shuffle of `scores` (B,): the
+        same batches as the typicality test's for the same images and seed."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return self.statistic(scores[disjoint_batches(len(scores), self.m, self.seed + 1 if seed is None else seed)])
+
+    def flags(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Whether each disjoint batch of M images is flagged out-of-distribution (mean score > threshold)."""
+        return self.batch_statistic(scores, seed) > self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+                         seed: int = TYPICALITY_SEED, score: str = "DoSE") -> ScoreBatchTest:
+    """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
+    images, never of the images to be judged. ConfigError: too few reference scores (the number needed)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
+    if m < 1 or bootstrap < 1:
+        raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
+    needed = max(20, 2 * m)
+    if reference.ndim != 1 or len(reference) < needed:
+        raise ConfigError(f"the {score} batch test for batches of {m} needs at least {needed} reference scores of "
+                          f"validation images, got {reference.size}")
+    if not np.isfinite(reference).all():
+        raise ValueError(f"the reference {score} scores hold non-finite values")
+    means = reference[np.random.default_rng(seed).integers(0, len(reference), (bootstrap, m))].mean(axis=1)
+    return ScoreBatchTest(m=m, threshold=float(np.quantile(means, 1 - alpha)), alpha=alpha, score=score,
+                          bootstrap=bootstrap, n_reference=len(reference), seed=seed)
+
+
+def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str, np.ndarray], *,
+                      sizes: Sequence[int] = BATCH_SIZES, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+                      seed: int = TYPICALITY_SEED, score: str = "DoSE", resamples: int = 1000) -> dict[str, Any]:
+    """The score batch test's record, laid out as `typicality_table`'s (`vaelab evaluate --on` keeps it as
+    "dose_batches"): `reference` the held-out scores of validation images, `test` and `others` the per-image
+    scores of the test split and of each other set."""
+    reference, test = np.asarray(reference, dtype=np.float64), np.asarray(test, dtype=np.float64)
+
+    def out(values: np.ndarray) -> Any:
+        return lambda t: t.batch_statistic(values) if len(values) >= t.m else None
+
+    rows, skipped = _batch_rows(
+        sizes, lambda m: fit_score_batch_test(reference, m, alpha=alpha, bootstrap=bootstrap, seed=seed, score=score),
+        lambda t: t.batch_statistic(test), {name: out(np.asarray(v, dtype=np.float64)) for name, v in others.items()},
+        seed=seed, resamples=resamples, enough=lambda m: len(reference) >= max(20, 2 * m) and len(test) >= m)
+    return {"rows": rows, "skipped_sizes": skipped, "score": score,
+            "fit": "the threshold from held-out scores of validation images only"}
+
+
+__all__ = ["ALPHA", "BATCH_SIZES", "ScoreBatchTest", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
+           "fit_score_batch_test", "fit_typicality", "score_batch_table", "typicality_table"]

@@ -57,15 +57,20 @@ def _ood_table(data: dict[str, Any]) -> list[str]:
 def _ood_extras(data: dict[str, Any]) -> list[str]:
     """DoSE's fit and flags, the typicality test, the timing and the notes, as the terminal shows them."""
     lines: list[str] = []
-    typ = data.get("typicality") or {}
-    if typ.get("rows"):
-        alpha = next(iter(typ["rows"].values()))["test"]["alpha"]
-        lines += [f"Typicality test (Nalisnick et al. 2019) for batches of M images: a batch is flagged when "
-                  f"|mean NLL - H| exceeds its {100 * (1 - alpha):.0f}% bootstrap quantile, both estimated from "
-                  "validation images only; *flagged* is the fraction of disjoint batches beyond it (on the test "
-                  f"split: the false-positive rate, nominal {alpha}).", ""]
+    for key, title in (("typicality", "Typicality test (Nalisnick et al. 2019) for batches of M images: a batch is "
+                                      "flagged when |mean NLL - H| exceeds its {level}% bootstrap quantile, both "
+                                      "estimated from validation images only"),
+                       ("dose_batches", "DoSE batch test for the same batches: a batch is flagged when the mean DoSE "
+                                        "score of its M images exceeds the {level}% bootstrap quantile of mean "
+                                        "held-out scores of validation images")):
+        record = data.get(key) or {}
+        if not record.get("rows"):
+            continue
+        alpha = next(iter(record["rows"].values()))["test"]["alpha"]
+        lines += [title.format(level=f"{100 * (1 - alpha):.0f}") + "; *flagged* is the fraction of disjoint "
+                  f"batches beyond it (on the test split: the false-positive rate, nominal {alpha}).", ""]
         rows = []
-        for m, row in typ["rows"].items():
+        for m, row in record["rows"].items():
             rows.append([m, "test (in)", row["batches_in"], _f(row["fpr_in"], 3), "-", "-"])
             rows += [[m, name, r["batches"], _f(r["flagged"], 3), interval_text(r["auroc"]),
                       interval_text(r[FPR_KEY])] for name, r in row["sets"].items()]
