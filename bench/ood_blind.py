@@ -57,7 +57,9 @@ the fourth:
 Each set is written as a folder of PNG files (the run's image size, 8-bit gray) and scored the way a
 user would: `vaelab evaluate RUN --on folder:DIR/letters ...` in a subprocess. The table is every score's
 AUROC and FPR at 95% TPR against the run's test split, and the share flagged at the 99th percentile of
-the validation images' DoSE. Writes JSON (bench/results/ood_blind.json by default).
+the validation images' DoSE, then the typicality test's and the DoSE batch test's AUROC over disjoint
+batches of M images (and the share of batches each flags). Writes JSON (bench/results/ood_blind.json by
+default).
 """
 
 from __future__ import annotations
@@ -468,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
             if score in iv:
                 row[score] = {"auroc": iv[score]["auroc"], "fpr_at_95_tpr": iv[score]["fpr_at_95_tpr"],
                               "auprc": iv[score]["auprc"]}
+        for key, label in (("typicality", "typicality"), ("dose_batches", "DoSE batch test")):
+            batch_rows = result.get(key, {}).get("rows", {})
+            row[label] = {m: {"flagged": r["sets"][spec]["flagged"], "auroc": r["sets"][spec]["auroc"]["value"],
+                              "fpr_at_95_tpr": r["sets"][spec]["fpr_at_95_tpr"]["value"], "fpr_in": r["fpr_in"]}
+                          for m, r in batch_rows.items() if spec in r["sets"]}
         rows.append(row)
         cells = " ".join(f"{row[s]['auroc']['value']:>26.3f}" if s in row else f"{'-':>26}" for s in SCORES)
         fpr = row["DoSE"]["fpr_at_95_tpr"]["value"]
@@ -477,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
            "evaluate": " ".join(command), "batch": args.batch, "seed": SEED, "sets": made, "rows": rows,
            "test_flagged_at_99": flagged.get("test"), "dose": result["dose"].get("orientation"),
            "seconds": round(time.perf_counter() - t0, 1)}
+    for label in ("typicality", "DoSE batch test"):
+        sizes = sorted(rows[0].get(label, {}), key=int) if rows else []
+        if sizes:
+            print(f"\n{label}: AUROC over disjoint batches of M images (flagged at its 99% level)")
+            print(f"{'set':<12}" + "".join(f"{'M=' + m:>16}" for m in sizes))
+            for row in rows:
+                print(f"{row['set']:<12}" + "".join(f"{row[label][m]['auroc']:.3f} ({row[label][m]['flagged']:.2f})"
+                                                     .rjust(16) for m in sizes))
     write_result(args.out, out)
     print(f"wrote {args.out}")
     return 0
