@@ -1,4 +1,5 @@
-"""How often the typicality test flags in-distribution batches: its false-alarm rate against alpha.
+"""How often the typicality test and the DoSE batch test flag in-distribution batches: their false-alarm
+rates against alpha.
 
     python bench/typicality_calibration.py RUN [--images 0] [--shuffles 20]
 
@@ -13,7 +14,9 @@ too few to tell 1% from 4%. This benchmark judges
 - a **control**: the test fitted on one seeded half of the validation slice and judged on the other
   half, where nothing but the method can be off;
 
-and prints the mean and spread of -log p(x) on the validation slice and the test split, since a
+the same for the DoSE batch test (the mean DoSE score of M images against bootstrapped means of the
+validation images' held-out scores, `RunDose.reference`; its control fits on half of those and judges the
+other half), and prints the mean and spread of -log p(x) on the validation slice and the test split, since a
 difference between those two samples, not the method, is what moves the false-alarm rate.
 Statistics are cached under --cache (default RUN/eval-typicality/). Writes JSON
 (bench/results/typicality_calibration.json by default).
@@ -22,7 +25,6 @@ Statistics are cached under --cache (default RUN/eval-typicality/). Writes JSON
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 
@@ -30,11 +32,11 @@ import numpy as np
 
 from vaelab import load_run
 from vaelab.data import load_dataset
-from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics, validation_images
+from vaelab.evaluation.oodrun import model_tag, run_dose, statistics_kwargs
+from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics
 from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, false_alarm_interval,
-                                          fit_typicality)
+                                          fit_score_batch_test, fit_typicality)
 from vaelab.evaluation.unseen import load_eval_set
-from vaelab.runs.load import find_checkpoint
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,18 +46,30 @@ def false_alarms(val: ImageStatistics, judged: ImageStatistics, m: int, shuffles
     """The test for batches of m fitted on `val`, judged on disjoint batches of `judged` cut `shuffles` ways."""
     t = fit_typicality(val, m)
     nll = -judged.matrix([t.column])[:, 0]
-    rates, low = [], 0
+    out = _cuts(nll, m, shuffles, lambda means: np.abs(means - t.entropy) > t.threshold,
+                lambda means: means < t.entropy)
+    return {**out, "entropy": t.entropy, "threshold": t.threshold}
+
+
+def dose_false_alarms(reference: np.ndarray, judged: np.ndarray, m: int, shuffles: int) -> dict:
+    """The DoSE batch test for batches of m fitted on held-out validation scores `reference`, judged on
+    disjoint batches of the DoSE scores `judged` cut `shuffles` ways (one-sided: no low side)."""
+    t = fit_score_batch_test(reference, m)
+    return {**_cuts(judged, m, shuffles, lambda means: means > t.threshold, lambda means: means < -np.inf),
+            "threshold": t.threshold}
+
+
+def _cuts(values: np.ndarray, m: int, shuffles: int, flag, low) -> dict:
+    rates = []
     for s in range(shuffles):
-        means = nll[disjoint_batches(len(nll), m, 1000 + s)].mean(axis=1)
-        flagged = np.abs(means - t.entropy) > t.threshold
+        means = values[disjoint_batches(len(values), m, 1000 + s)].mean(axis=1)
+        flagged = flag(means)
         rates.append(float(flagged.mean()))
         if s == 0:
-            first, batches = int(flagged.sum()), len(means)
-            low = int((flagged & (means < t.entropy)).sum())
+            first, batches, low_side = int(flagged.sum()), len(means), int((flagged & low(means)).sum())
     return {"m": m, "batches": batches, "flagged": first, "rate": first / batches,
-            "ci95": list(false_alarm_interval(first, batches)),
-            "low_side": low, "mean_rate_over_shuffles": float(np.mean(rates)), "shuffles": shuffles,
-            "entropy": t.entropy, "threshold": t.threshold}
+            "ci95": list(false_alarm_interval(first, batches)), "low_side": low_side,
+            "mean_rate_over_shuffles": float(np.mean(rates)), "shuffles": shuffles}
 
 
 def nll_summary(stats: ImageStatistics) -> dict:
@@ -88,24 +102,30 @@ def main() -> int:
     run = load_run(args.run, checkpoint=args.checkpoint)
     cfg, ec = run.config, run.config.eval
     splits = load_dataset(cfg.data)
-    tag = hashlib.sha256((find_checkpoint(args.run, args.checkpoint) / "model.safetensors").read_bytes()).hexdigest()
     cache = Path(args.cache) if args.cache else Path(run.path) / "eval-typicality"
-    protocol = dict(k=ec.ood_k, seed=ec.seed, batch_size=ec.nll_batch_size, llr_mode=ec.llr_mode,
-                    model_tag=tag[:16], binary=cfg.data.binarize != "none")
+    protocol = statistics_kwargs(cfg, model_tag(run.model))  # the protocol of the run's DoSE scorer
     n_test = args.images or len(splits.test)
-    images = {VALIDATION: validation_images(cfg, splits),
-              "test": load_eval_set("test", cfg, splits, n_test, ec.seed + 10).images}
-    stats = {}
-    for name, x in images.items():
-        t0 = time.perf_counter()
-        stats[name] = cached_statistics(cache / f"statistics-{name}.safetensors", run.model, x, split=name, **protocol)
-        print(f"{name}: {len(x)} images, statistics in {time.perf_counter() - t0:.1f} s (0: cached)", flush=True)
+    t0 = time.perf_counter()
+    dose = run_dose(run.model, cfg, splits, run.path, log=lambda msg: print(msg, flush=True))  # kept in RUN/ood
+    print(f"{VALIDATION}: {len(dose.validation)} images, statistics and DoSE scorer in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    t0 = time.perf_counter()
+    x = load_eval_set("test", cfg, splits, n_test, ec.seed + 10).images
+    stats = {VALIDATION: dose.validation,
+             "test": cached_statistics(cache / "statistics-test.safetensors", run.model, x, split="test", **protocol)}
+    print(f"test: {len(x)} images, statistics in {time.perf_counter() - t0:.1f} s (0: cached)", flush=True)
     val, test = stats[VALIDATION], stats["test"]
     halves = np.random.default_rng(ec.seed).permutation(len(val))
     fit_half, judged_half = val.subset(halves[: len(val) // 2]), val.subset(halves[len(val) // 2:])
     judged_half = ImageStatistics("val-half", judged_half.columns, judged_half.protocol)
     rows = {"test": [false_alarms(val, test, m, args.shuffles) for m in BATCH_SIZES],
             "control": [false_alarms(fit_half, judged_half, m, args.shuffles) for m in BATCH_SIZES]}
+    reference = dose.reference
+    half = np.random.default_rng(ec.seed).permutation(len(reference))
+    ref_fit, ref_judged = reference[half[: len(reference) // 2]], reference[half[len(reference) // 2:]]
+    test_scores = dose.score(test)
+    rows |= {"dose_test": [dose_false_alarms(reference, test_scores, m, args.shuffles) for m in BATCH_SIZES],
+             "dose_control": [dose_false_alarms(ref_fit, ref_judged, m, args.shuffles) for m in BATCH_SIZES]}
     nll = {"validation": nll_summary(val), "test": nll_summary(test)}
     print()
     print(table(f"typicality test (alpha {ALPHA}) fitted on {len(val)} validation images, judged on {len(test)} "
@@ -113,6 +133,12 @@ def main() -> int:
     print()
     print(table(f"control: fitted on {len(fit_half)} validation images, judged on the other {len(judged_half)}:",
                 rows["control"]))
+    print()
+    print(table(f"DoSE batch test (alpha {ALPHA}) on the held-out DoSE scores of {len(reference)} validation images, "
+                f"judged on {len(test)} test images:", rows["dose_test"]))
+    print()
+    print(table(f"control: fitted on {len(ref_fit)} of those scores, judged on the other {len(ref_judged)}:",
+                rows["dose_control"]))
     print()
     for name, s in nll.items():
         print(f"-log p(x) on the {name} images: mean {s['mean']:.2f} ± {s['se']:.2f} (se), sd {s['sd']:.2f}, "
