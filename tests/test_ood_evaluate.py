@@ -247,3 +247,25 @@ def test_a_damaged_reference_file_is_computed_again(vae_run, tmp_path, one_threa
     assert np.array_equal(load_file(str(path))["reference"], good)  # recomputed bit for bit, and kept again
     a, b = (json.loads((tmp_path / d / "evaluation.json").read_text())["datasets_eval"] for d in "ab")
     assert a["dose"]["threshold_99"] == b["dose"]["threshold_99"]
+
+
+def test_check_images_judges_each_image_and_the_set(vae_run, one_thread):
+    """vaelab.check_images: the Python API's verdict on a user's images, one by one and as a set."""
+    from vaelab import check_images
+    from vaelab.errors import DataError
+
+    run = load_run(vae_run)
+    test = load_dataset(run.config.data).test.images[:60]
+    seen = check_images(run, test)
+    assert seen.scores.shape == seen.percentiles.shape == seen.flagged.shape == (60,)
+    assert ((0 <= seen.percentiles) & (seen.percentiles <= 100)).all() and seen.validation_images == 143
+    assert seen.flagged.mean() < 0.1 and not seen.batch.flagged and seen.batch.p_value > seen.batch.alpha
+    noise = torch.randint(0, 256, (30, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    odd = check_images(run, noise)
+    assert odd.flagged.all() and odd.batch.flagged and odd.batch.p_value < 0.001
+    assert (odd.percentiles == 100).all() and "30 of 30 images flagged" in odd.summary()
+    # the scorer is kept in the run and reused: the same images get the same numbers
+    again = check_images(run, test[:, 0].numpy())  # (N, H, W) uint8 arrays work too
+    assert np.array_equal(again.scores, seen.scores) and again.batch == seen.batch
+    with pytest.raises(DataError, match=r"shape 1x7x7 but this model was trained on 1x8x8"):
+        check_images(run, noise[:, :, :7, :7])

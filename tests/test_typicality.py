@@ -10,7 +10,7 @@ from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.oodformat import format_typicality
 from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_score_batch_test, fit_typicality,
-                                         score_batch_table, typicality_table)
+                                         score_batch_p_value, score_batch_table, typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -179,8 +179,9 @@ def test_score_batch_test_is_one_sided_and_gains_with_the_batch_size():
 
 
 def test_score_batch_test_needs_enough_reference_scores():
-    with pytest.raises(ConfigError, match="at least 50 reference scores"):
-        fit_score_batch_test(np.zeros(49), 25)
+    with pytest.raises(ConfigError, match="at least 20 reference scores"):
+        fit_score_batch_test(np.zeros(19), 5)
+    assert fit_score_batch_test(np.arange(20.0), 1000).m == 1000  # drawn with replacement: any M
     with pytest.raises(ValueError, match="non-finite"):
         fit_score_batch_test(np.r_[np.zeros(30), np.nan], 5)
     table = score_batch_table(np.zeros(30), np.zeros(12), {}, sizes=(5, 25), resamples=10)
@@ -196,3 +197,12 @@ def test_both_batch_tables_are_printed():
     text = "\n".join(format_typicality({"typicality": typ, "dose_batches": dose}))
     assert "typicality test" in text and "DoSE batch test" in text and text.count("test (in)") == 2
     assert "\n".join(format_typicality({"dose_batches": dose})).startswith("DoSE batch test")
+
+
+def test_the_p_value_uses_the_threshold_s_own_draws():
+    rng = np.random.default_rng(8)
+    reference = rng.gamma(2.0, 1.0, 3000)
+    t = fit_score_batch_test(reference, 10, alpha=0.05, seed=4)
+    assert score_batch_p_value(reference, t.threshold, 10, seed=4) == pytest.approx(0.05, abs=0.002)
+    assert score_batch_p_value(reference, reference.max() + 1, 10, seed=4) == pytest.approx(1 / 5001)
+    assert score_batch_p_value(reference, reference.min() - 1, 10, seed=4) == 1.0

@@ -204,21 +204,40 @@ class ScoreBatchTest:
 def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
                          seed: int = TYPICALITY_SEED, score: str = "DoSE") -> ScoreBatchTest:
     """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
-    images, never of the images to be judged. ConfigError: too few reference scores (the number needed)."""
+    images, never of the images to be judged. ConfigError: fewer than MIN_REFERENCE reference scores."""
     reference = np.asarray(reference, dtype=np.float64)
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
     if m < 1 or bootstrap < 1:
         raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
-    needed = max(20, 2 * m)
-    if reference.ndim != 1 or len(reference) < needed:
-        raise ConfigError(f"the {score} batch test for batches of {m} needs at least {needed} reference scores of "
-                          f"validation images, got {reference.size}")
-    if not np.isfinite(reference).all():
-        raise ValueError(f"the reference {score} scores hold non-finite values")
-    means = reference[np.random.default_rng(seed).integers(0, len(reference), (bootstrap, m))].mean(axis=1)
+    means = _bootstrap_means(reference, m, bootstrap, seed, score)
     return ScoreBatchTest(m=m, threshold=float(np.quantile(means, 1 - alpha)), alpha=alpha, score=score,
                           bootstrap=bootstrap, n_reference=len(reference), seed=seed)
+
+
+MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batches are drawn with replacement)
+
+
+def _bootstrap_means(reference: np.ndarray, m: int, bootstrap: int, seed: int, score: str) -> np.ndarray:
+    if reference.ndim != 1 or len(reference) < MIN_REFERENCE:
+        raise ConfigError(f"the {score} batch test needs at least {MIN_REFERENCE} reference scores of validation "
+                          f"images, got {reference.size}")
+    if not np.isfinite(reference).all():
+        raise ValueError(f"the reference {score} scores hold non-finite values")
+    # chunks of bootstrap draws keep the (bootstrap, m) index array small for large m; the same seeded stream
+    rng = np.random.default_rng(seed)
+    rows = max(1, 2_000_000 // max(m, 1))
+    return np.concatenate([reference[rng.integers(0, len(reference), (min(rows, bootstrap - i), m))].mean(axis=1)
+                           for i in range(0, bootstrap, rows)])
+
+
+def score_batch_p_value(reference: np.ndarray, mean: float, m: int, *, bootstrap: int = BOOTSTRAP,
+                        seed: int = TYPICALITY_SEED) -> float:
+    """The one-sided p-value of a batch of m images whose mean score is `mean`: the share of `bootstrap`
+    means of m reference scores (the draws `fit_score_batch_test` makes with the same seed) at or above it,
+    (count + 1) / (bootstrap + 1)."""
+    means = _bootstrap_means(np.asarray(reference, dtype=np.float64), m, bootstrap, seed, "score")
+    return float((np.count_nonzero(means >= mean) + 1) / (bootstrap + 1))
 
 
 def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str, np.ndarray], *,
@@ -241,4 +260,4 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
 
 
 __all__ = ["ALPHA", "BATCH_SIZES", "ScoreBatchTest", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "fit_score_batch_test", "fit_typicality", "score_batch_table", "typicality_table"]
+           "fit_score_batch_test", "fit_typicality", "score_batch_p_value", "score_batch_table", "typicality_table"]

@@ -1,0 +1,113 @@
+"""Are these images from the run's training distribution? One call from Python: `check_images(run, images)`.
+
+    import vaelab
+    run = vaelab.load_run("pretrained:fashion-mnist-vae")
+    check = vaelab.check_images(run, images)      # uint8 or [0, 1] floats, (N, C, H, W) or (N, H, W)
+    check.scores, check.percentiles, check.flagged   # each image, by the run's default score (DoSE)
+    check.batch.flagged, check.batch.p_value          # the N images as one set (the DoSE batch test)
+
+Each image is judged by the run's DoSE score (vaelab.evaluation.oodrun: the density of its statistics
+joined with the orientation test), against the held-out scores of the run's validation images: its
+percentile among them, and flagged at or above their 99th percentile, as `vaelab evaluate` and `vaelab
+serve` flag. The images together are judged by the DoSE batch test (vaelab.evaluation.typicality): their
+mean score against the bootstrapped means of as many validation scores. For 10 or more images from one
+source, the set's verdict is the one to trust (BENCHMARKS.md, "Sets of images"): single images close to
+the training data often pass.
+
+The scorer is the one `vaelab evaluate --on` fits and keeps in RUN/ood/; the first call on a run without it
+fits it, which needs the run's dataset (`data_dir` says where it is) and takes a while. The images are
+prepared as an evaluation prepares an unseen set: binarized once (seeded) when the run binarizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vaelab.data import as_uint8_images, binarize_once
+from vaelab.errors import DataError
+from vaelab.evaluation.oodrun import FLAG_PERCENTILE, model_tag, run_dose, statistics_kwargs
+from vaelab.evaluation.statistics import compute_statistics
+from vaelab.evaluation.typicality import ALPHA, BOOTSTRAP, TYPICALITY_SEED, fit_score_batch_test, score_batch_p_value
+from vaelab.runs import Run, load_run_data
+
+CHECK_SEED_OFFSET = 4343  # images checked here are binarized with data.binarize_seed + this (same images, same numbers)
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """The N images judged as one set by the DoSE batch test."""
+
+    n: int
+    mean_score: float  # the mean DoSE score of the images
+    threshold: float  # the (1 - alpha) quantile of bootstrapped means of n validation scores
+    p_value: float  # the share of those bootstrapped means at or above mean_score (with the +1 correction)
+    alpha: float
+    flagged: bool  # mean_score > threshold: not a set from the training distribution, at level alpha
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """Each image's DoSE score and verdict, and the set's (see the module docstring)."""
+
+    scores: np.ndarray  # DoSE score of each image (N,), higher = more out-of-distribution
+    percentiles: np.ndarray  # of each score among the held-out validation scores (N,), 0-100
+    flagged: np.ndarray  # bool (N,): at or above the validation scores' FLAG_PERCENTILE-th percentile
+    threshold: float  # that percentile
+    batch: SetCheck
+    score: str  # what `scores` are: the run's default score and how it was fitted
+    validation_images: int  # how many held-out validation scores the verdicts are judged against
+
+    def summary(self) -> str:
+        b = self.batch
+        verdict = "not from the training distribution" if b.flagged else "consistent with the training distribution"
+        return (f"{int(self.flagged.sum())} of {len(self.scores)} images flagged one by one (at the "
+                f"{FLAG_PERCENTILE:g}th percentile of {self.validation_images} validation images); as a set: "
+                f"{verdict} (mean DoSE score {b.mean_score:.2f}, threshold {b.threshold:.2f}, p = {b.p_value:.3g})")
+
+
+def _prepared(run: Run, images: Any) -> torch.Tensor:
+    x8 = as_uint8_images(images, what="the images to check").cpu()
+    if x8.dim() == 3:  # (N, H, W) grey images
+        x8 = x8.unsqueeze(1)
+    if tuple(x8.shape[1:]) != tuple(run.image_shape):
+        shape = "x".join(map(str, run.image_shape))
+        raise DataError(f"the images to check have shape {'x'.join(map(str, x8.shape[1:]))} but this model was "
+                        f"trained on {shape} (channels x height x width); resize them first")
+    if not len(x8):
+        raise DataError("no images to check: pass at least one")
+    cfg = run.config
+    return binarize_once(x8, cfg.data.binarize_seed + CHECK_SEED_OFFSET) if cfg.data.binarize != "none" else x8
+
+
+def check_images(run: Run, images: Any, *, data_dir: str | Path | None = None, alpha: float = ALPHA,
+                 log: Callable[[str], None] | None = None) -> ImageCheck:
+    """Judge `images` (N of the run's image shape) one by one and as a set (see the module docstring).
+    ConfigError (one line) when the run has too few validation images for DoSE; DataError for images of
+    another shape, or when fitting the scorer needs the run's dataset and it is not found."""
+    x = _prepared(run, images)
+    say = log or (lambda _msg: None)
+    splits = load_run_data(run, data_dir)
+    dose = run_dose(run.model, run.config, splits, run.path, device=run.device, log=say)
+    tag = model_tag(run.model)
+    stats = compute_statistics(run.model, x, split="checked", device=run.device, log=say,
+                               **statistics_kwargs(run.config, tag))
+    scores = dose.score(stats)
+    reference = np.sort(dose.reference)
+    percentiles = 100.0 * np.searchsorted(reference, scores, side="left") / len(reference)
+    threshold = dose.threshold()
+    test = fit_score_batch_test(dose.reference, len(scores), alpha=alpha, bootstrap=BOOTSTRAP, seed=TYPICALITY_SEED)
+    mean = float(np.mean(scores))
+    batch = SetCheck(n=len(scores), mean_score=mean, threshold=test.threshold,
+                     p_value=score_batch_p_value(dose.reference, mean, len(scores), bootstrap=BOOTSTRAP,
+                                                 seed=TYPICALITY_SEED),
+                     alpha=alpha, flagged=bool(mean > test.threshold))
+    return ImageCheck(scores=scores, percentiles=percentiles, flagged=scores >= threshold, threshold=threshold,
+                      batch=batch, score=f"DoSE ({dose.info['density']})", validation_images=len(dose.reference))
+
+
+__all__ = ["ImageCheck", "SetCheck", "check_images"]
