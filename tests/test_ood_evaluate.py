@@ -269,3 +269,26 @@ def test_check_images_judges_each_image_and_the_set(vae_run, one_thread):
     assert np.array_equal(again.scores, seen.scores) and again.batch == seen.batch
     with pytest.raises(DataError, match=r"shape 1x7x7 but this model was trained on 1x8x8"):
         check_images(run, noise[:, :, :7, :7])
+
+
+def test_vaelab_check_judges_a_folder(vae_run, tmp_path, capsys, one_thread):
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    (folder / "noise").mkdir(parents=True)
+    test = load_dataset(load_run(vae_run).config.data).test.images[:30, 0].numpy()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(test[i]).save(folder / f"test{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "noise" / f"{i:02d}.png")
+    out = tmp_path / "check.json"
+    assert main(["check", str(vae_run), str(folder), "--list", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    images = {r["file"]: r for r in record["images"]}
+    assert len(images) == 60 and record["set"]["n"] == 60 and record["set"]["flagged"]
+    assert all(images[f"noise/{i:02d}.png"]["flagged"] for i in range(30))
+    assert sum(images[f"test{i:02d}.png"]["flagged"] for i in range(30)) <= 3
+    assert "not from the training distribution" in text and text.count("noise/") == 3  # the 3 highest listed
+    assert main(["check", str(vae_run), str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The `vaelab` command line: a thin layer over the Python API.
 
 One module per command group, each adding its parser with `register(sub)`: train, generate (sample,
-reconstruct, interpolate), compare, datasets, pretrained, hub, demo, evaluate, report, sweep, serve, export. What
+reconstruct, interpolate), compare, datasets, pretrained, hub, demo, evaluate, check, report, sweep, serve, export. What
 several of them share (the parser class, common options, loading a run) is in `common`.
 
 Every user mistake (bad config key, missing data, corrupt checkpoint) is a
@@ -16,13 +16,13 @@ import sys
 from typing import Callable, Sequence
 
 from vaelab._version import __version__
-from vaelab.cli import (compare, datasets, demo, evaluate, export, generate, hub, pretrained, report, serve, sweep,
-                        train)
+from vaelab.cli import (check, compare, datasets, demo, evaluate, export, generate, hub, pretrained, report, serve,
+                        sweep, train)
 from vaelab.cli.common import CONVENTIONS, _formatter, _Parser
 from vaelab.errors import VaelabError
 
 # in --help's order
-COMMANDS = (train, generate, compare, datasets, pretrained, hub, demo, evaluate, report, sweep, serve, export)
+COMMANDS = (train, generate, compare, datasets, pretrained, hub, demo, evaluate, check, report, sweep, serve, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

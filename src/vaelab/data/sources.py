@@ -220,7 +220,7 @@ def load_digits() -> RawData:
 # --------------------------------------------------------------------------- image folders
 
 
-def _list_images(root: Path) -> list[Path]:
+def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
@@ -368,7 +368,7 @@ def load_folder(path: str, image_size: int | None, channels: int | None, resize:
     root = folder_root(path, data_dir)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory; check folder:PATH")
-    files = _list_images(root)
+    files = list_images(root)
     if not files:
         raise DataError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     key = None
