@@ -58,10 +58,19 @@ def _dose_lines(result: dict[str, Any]) -> list[str]:
             f"DoSE flags at the 99th percentile of held-out validation scores ({d['threshold_99']:.2f}): {flagged}"]
 
 
-def _format_batches(record: dict[str, Any] | None, title: str) -> list[str]:
-    if not record or not record.get("rows"):
-        return []
-    lines = [title]
+BATCH_TITLES = (
+    ("typicality", "typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| above its "
+                   "{level}% bootstrap quantile, both from validation images only; flagged = fraction of disjoint "
+                   "batches beyond it"),
+    ("dose_batches", "DoSE batch test for the same batches: mean DoSE score of the M images above the {level}% "
+                     "bootstrap quantile of mean held-out validation scores; flagged = fraction of disjoint batches "
+                     "beyond it"),
+)
+
+
+def _format_batches(record: dict[str, Any], title: str) -> list[str]:
+    first = next(iter(record["rows"].values()))["test"]
+    lines = [title.format(level=f"{100 * (1 - first['alpha']):.0f}")]
     w = max([12] + [len(name) + 2 for row in record["rows"].values() for name in row["sets"]])  # names fit
     head = f"{'M':>3}  {'dataset':<{w}}{'batches':>8}{'flagged':>9}  {'AUROC over batches':<22}{'FPR@95':<22}"
     lines += [head, "-" * len(head)]
@@ -78,22 +87,11 @@ def _format_batches(record: dict[str, Any] | None, title: str) -> list[str]:
     return lines
 
 
-def _alpha(record: dict[str, Any]) -> float:
-    return next(iter(record["rows"].values()))["test"]["alpha"]
-
-
 def format_typicality(result: dict[str, Any]) -> list[str]:
     """The typicality test's table, then the DoSE batch test's (each when the evaluation has it)."""
-    typ, dose = result.get("typicality"), result.get("dose_batches")
-    lines = _format_batches(typ, f"typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| "
-                                 f"above its {100 * (1 - _alpha(typ)):.0f}% bootstrap quantile, both from validation "
-                                 "images only; flagged = fraction of disjoint batches beyond it"
-                            if typ and typ.get("rows") else "")
-    more = _format_batches(dose, f"DoSE batch test for the same batches: mean DoSE score of the M images above the "
-                                 f"{100 * (1 - _alpha(dose)):.0f}% bootstrap quantile of mean held-out validation "
-                                 "scores; flagged = fraction of disjoint batches beyond it"
-                           if dose and dose.get("rows") else "")
-    return lines + ([""] if lines and more else []) + more
+    parts = [_format_batches(result[key], title) for key, title in BATCH_TITLES
+             if (result.get(key) or {}).get("rows")]
+    return [line for i, part in enumerate(parts) for line in ([""] if i else []) + part]
 
 
 def format_timing(result: dict[str, Any]) -> list[str]:
