@@ -16,7 +16,10 @@ the training data often pass.
 
 The scorer is the one `vaelab evaluate --on` fits and keeps in RUN/ood/; the first call on a run without it
 fits it, which needs the run's dataset (`data_dir` says where it is) and takes a while. The images are
-prepared as an evaluation prepares an unseen set: binarized once (seeded) when the run binarizes.
+prepared as an evaluation prepares an unseen set: binarized once (seeded) when the run binarizes. As in
+`vaelab evaluate`, the seeded draws (binarization, importance samples) run over the images in order, so the
+same images give the same numbers, but one image checked alone may score a little differently than inside
+a larger set.
 """
 
 from __future__ import annotations
