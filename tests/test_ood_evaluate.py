@@ -290,5 +290,16 @@ def test_vaelab_check_judges_a_folder(vae_run, tmp_path, capsys, one_thread):
     assert all(images[f"noise/{i:02d}.png"]["flagged"] for i in range(30))
     assert sum(images[f"test{i:02d}.png"]["flagged"] for i in range(30)) <= 3
     assert "not from the training distribution" in text and text.count("noise/") == 3  # the 3 highest listed
+    # files and folders together; a file is shown as given
+    single = tmp_path / "one.png"
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(single)
+    assert main(["check", str(vae_run), str(single), str(folder / "noise"), "--list", "0", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["images"][0]["file"] == str(single) and len(record["images"]) == 31
+    assert record["images"][1]["file"] == str(folder / "noise" / "00.png")
+    capsys.readouterr()
     assert main(["check", str(vae_run), str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["check", str(vae_run), str(tmp_path / "bad.png")]) == 2
+    assert "bad.png" in capsys.readouterr().err

@@ -31,7 +31,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -312,6 +312,20 @@ def _decode(p: Path, mode: str, image_size: int | None, resize: str) -> np.ndarr
         return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, *_IMAGE_ERRORS) as exc:
         raise _unreadable(p, exc) from None
+
+
+def read_images(files: Sequence[Path], image_size: int, channels: int, resize: str = "resize") -> torch.Tensor:
+    """The image files as uint8 (N, C, H, W): each read as a folder's images are (8-bit grey or RGB, EXIF
+    orientation applied, transparency over black), cropped or padded to a square and resized to image_size.
+    DataError (naming the file) for one that is not a readable image."""
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for p in files:
+        arr = _decode(Path(p), mode, image_size, resize)
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    if not arrays:
+        raise DataError("no image files given")
+    return torch.from_numpy(np.stack(arrays))
 
 
 def _decode_folder(root: Path, files: list[Path], image_size: int | None, channels: int | None,
