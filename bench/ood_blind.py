@@ -97,8 +97,8 @@ BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
            5: ("jpeg", "dimmed", "grainy", "warped", "rolled", "stars"),
            6: ("dilated", "eroded", "mirrored", "patched", "hatching", "words")}
 FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes", "mosaic", "rotated45", "pixelated", "blurred",
-             "speckled", "chimera", "occluded", "jpeg", "dimmed", "grainy", "warped", "rolled", "dilated", "eroded", "mirrored",
-             "patched")  # made from the run's test images
+             "speckled", "chimera", "occluded", "jpeg", "dimmed", "grainy", "warped", "rolled", "dilated", "eroded",
+             "mirrored", "patched")  # made from the run's test images
 SCORES = ("DoSE", "DoSE density", "-log p(x)", "complexity-corrected")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SYMBOLS = "!?#$%&*+=<>@{}[]()/\\|~^"
@@ -316,14 +316,20 @@ def blurred(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Im
             for i in rng.choice(len(test), size=n, replace=False)]
 
 
+def edited(rng: np.random.Generator, n: int, test: np.ndarray,
+           edit: Callable[[np.ndarray, np.random.Generator], np.ndarray]) -> list[Image.Image]:
+    """n distinct test images, each a copy changed by `edit(copy, rng)` (which returns the image)."""
+    return [Image.fromarray(edit(test[i].copy(), rng), "L") for i in rng.choice(len(test), size=n, replace=False)]
+
+
+def _speckle(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    hit = rng.random(a.shape) < rng.uniform(0.04, 0.10)
+    a[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255).astype(np.uint8)
+    return a
+
+
 def speckled(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        a = test[i].copy()
-        hit = rng.random(a.shape) < rng.uniform(0.04, 0.10)
-        a[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255).astype(np.uint8)
-        out.append(Image.fromarray(a, "L"))
-    return out
+    return edited(rng, n, test, _speckle)
 
 
 def chimera(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
@@ -332,16 +338,18 @@ def chimera(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Im
     return [Image.fromarray(np.concatenate([test[a][:, :half], test[b][:, half:]], axis=1), "L") for a, b in pairs]
 
 
+def _square_of(low: int, high: int, fill: Callable[[np.random.Generator, int], np.ndarray | int]):
+    """An edit that pastes a w x w square (w from low to high) at a random place, filled by fill(rng, w)."""
+    def edit(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        w = int(rng.integers(low, high + 1))
+        y, x = (int(v) for v in rng.integers(0, a.shape[-1] - w + 1, size=2))
+        a[y:y + w, x:x + w] = fill(rng, w)
+        return a
+    return edit
+
+
 def occluded(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    size = test.shape[-1]
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        a = test[i].copy()
-        w = int(rng.integers(10, 15))
-        y, x = (int(v) for v in rng.integers(0, size - w + 1, size=2))
-        a[y:y + w, x:x + w] = 0
-        out.append(Image.fromarray(a, "L"))
-    return out
+    return edited(rng, n, test, _square_of(10, 14, lambda rng, w: 0))
 
 
 def _spirals_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
@@ -375,26 +383,25 @@ def dimmed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Ima
 
 
 def grainy(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        noisy = test[i] + rng.normal(0, rng.uniform(25, 45), size=test[i].shape)
-        out.append(Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8), "L"))
-    return out
+    def grain(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.clip(np.round(a + rng.normal(0, rng.uniform(25, 45), size=a.shape)), 0, 255).astype(np.uint8)
+    return edited(rng, n, test, grain)
+
+
+def _warp(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = a.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    field = []
+    for _ in range(2):  # a 4x4 grid of displacements, enlarged smoothly to the image
+        small = Image.fromarray(rng.uniform(-3, 3, size=(4, 4)).astype(np.float32), "F")
+        field.append(np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.float64))
+    y = np.clip(np.round(yy + field[0]), 0, size - 1).astype(int)
+    x = np.clip(np.round(xx + field[1]), 0, size - 1).astype(int)
+    return a[y, x]
 
 
 def warped(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    size = test.shape[-1]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        field = []
-        for _ in range(2):  # a 4x4 grid of displacements, enlarged smoothly to the image
-            small = Image.fromarray(rng.uniform(-3, 3, size=(4, 4)).astype(np.float32), "F")
-            field.append(np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.float64))
-        y = np.clip(np.round(yy + field[0]), 0, size - 1).astype(int)
-        x = np.clip(np.round(xx + field[1]), 0, size - 1).astype(int)
-        out.append(Image.fromarray(test[i][y, x], "L"))
-    return out
+    return edited(rng, n, test, _warp)
 
 
 def rolled(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
@@ -431,26 +438,18 @@ def eroded(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Ima
             for i in rng.choice(len(test), size=n, replace=False)]
 
 
+def _mirror(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    half = a.shape[1] // 2
+    a[:, a.shape[1] - half:] = a[:, :half][:, ::-1]
+    return a
+
+
 def mirrored(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    half = test.shape[-1] // 2
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        a = test[i].copy()
-        a[:, a.shape[1] - half:] = a[:, :half][:, ::-1]
-        out.append(Image.fromarray(a, "L"))
-    return out
+    return edited(rng, n, test, _mirror)
 
 
 def patched(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    size = test.shape[-1]
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        a = test[i].copy()
-        w = int(rng.integers(8, 13))
-        y, x = (int(v) for v in rng.integers(0, size - w + 1, size=2))
-        a[y:y + w, x:x + w] = rng.integers(0, 256, size=(w, w), dtype=np.uint8)
-        out.append(Image.fromarray(a, "L"))
-    return out
+    return edited(rng, n, test, _square_of(8, 12, lambda rng, w: rng.integers(0, 256, size=(w, w), dtype=np.uint8)))
 
 
 def hatching(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
@@ -501,6 +500,11 @@ def make_sets(run_spec: str, folder: Path, n: int, batch: int = 1) -> dict[str, 
     return made
 
 
+def default_eval_out(run: str, sets: Path) -> Path:
+    """Where the batch's evaluation goes unless --eval-out says: SETS/eval-RUNNAME."""
+    return sets / f"eval-{Path(run.replace(':', '-')).name}"
+
+
 def evaluate_command(run: str, sets: Path, batch: int, images: int, settings: list[str],
                      eval_out: Path) -> list[str]:
     """The `vaelab evaluate` line that scores one batch's folders: OOD only (no NLL, no gap), IMAGES per
@@ -526,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = Path(args.sets).resolve()
     t0 = time.perf_counter()
     made = make_sets(args.run, sets, args.images, args.batch)
-    eval_out = Path(args.eval_out or sets / f"eval-{Path(args.run.replace(':', '-')).name}")
+    eval_out = Path(args.eval_out) if args.eval_out else default_eval_out(args.run, sets)
     command = evaluate_command(args.run, sets, args.batch, args.images, args.set, eval_out)
     print("$", " ".join(command), flush=True)
     subprocess.run([str(Path(sys.executable).with_name("vaelab")), *command[1:]], check=True)

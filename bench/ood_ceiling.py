@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         sets_dir = Path(args.sets).resolve()
         blind_names = ood_blind.BATCHES[args.blind]
         args.on = [*args.on, *(f"folder:{sets_dir / name}" for name in blind_names)]
-        blind_eval = sets_dir / f"eval-{Path(args.run.replace(':', '-')).name}" / "evaluation.json"
+        blind_eval = ood_blind.default_eval_out(args.run, sets_dir) / "evaluation.json"
     if not args.on:
         raise SystemExit("bench/ood_ceiling.py: name the sets (--on) or a blind batch (--blind)")
     t0 = time.perf_counter()
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                "dose": dose_row(Path(run.path), spec, blind_eval if name in blind_names else None)}
         rows.append(row)
         d = row["dose"] or {}
-        print(f"{name if name in blind_names else spec:<34} {len(outside):>8} {iv.auroc.value:>7.3f} [{iv.auroc.low:.3f}, {iv.auroc.high:.3f}] "
-              f"{iv.fpr.value:>7.3f} {d.get('auroc', float('nan')):>11.3f} {d.get('fpr_at_95_tpr', float('nan')):>9.3f}",
-              flush=True)
+        shown, nan = name if name in blind_names else spec, float("nan")
+        print(f"{shown:<34} {len(outside):>8} {iv.auroc.value:>7.3f} [{iv.auroc.low:.3f}, {iv.auroc.high:.3f}] "
+              f"{iv.fpr.value:>7.3f} {d.get('auroc', nan):>11.3f} {d.get('fpr_at_95_tpr', nan):>9.3f}", flush=True)
     result = {**provenance("bench/ood_ceiling.py", argv), "run": args.run, "images": args.images,
               "epochs": args.epochs, "classifier": "2 conv layers (32, 64) + 128 hidden, Adam 1e-3, batch 128",
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}

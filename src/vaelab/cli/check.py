@@ -24,8 +24,9 @@ from vaelab.log import say
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="judge images against the training data, one by one and as a set",
                        formatter_class=_formatter,
-                       description="Score each image (files, and the images in folders) with the run's default OOD score (DoSE, fitted on "
-                                   "validation images and kept in RUN/ood/) and judge them as one set (the "
+                       description="Score each image (files, and the images in folders) with the run's default "
+                                   "OOD score (DoSE, fitted on validation images and kept in RUN/ood/) and judge "
+                                   "them as one set (the "
                                    "DoSE batch test). For 10 or more images from one source, trust the set's "
                                    "verdict: single images close to the training data often pass.")
     _add_run_args(p)
