@@ -10,7 +10,7 @@ from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.oodformat import format_typicality
 from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_score_batch_test, fit_typicality,
-                                         score_batch_p_value, score_batch_table, typicality_table)
+                                         check_score_set, score_batch_table, typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -203,6 +203,12 @@ def test_the_p_value_uses_the_threshold_s_own_draws():
     rng = np.random.default_rng(8)
     reference = rng.gamma(2.0, 1.0, 3000)
     t = fit_score_batch_test(reference, 10, alpha=0.05, seed=4)
-    assert score_batch_p_value(reference, t.threshold, 10, seed=4) == pytest.approx(0.05, abs=0.002)
-    assert score_batch_p_value(reference, reference.max() + 1, 10, seed=4) == pytest.approx(1 / 5001)
-    assert score_batch_p_value(reference, reference.min() - 1, 10, seed=4) == 1.0
+
+    def p_value(mean):  # a set of 10 scores with this mean
+        return check_score_set(reference, np.full(10, mean), alpha=0.05, seed=4)
+
+    at = p_value(t.threshold)
+    assert at.threshold == t.threshold and not at.flagged and at.p_value == pytest.approx(0.05, abs=0.002)
+    far = p_value(reference.max() + 1)
+    assert far.p_value == pytest.approx(1 / 5001) and far.flagged and far.n == 10
+    assert p_value(reference.min() - 1).p_value == 1.0

@@ -35,22 +35,10 @@ from vaelab.data import as_uint8_images, binarize_once
 from vaelab.errors import DataError
 from vaelab.evaluation.oodrun import FLAG_PERCENTILE, model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.statistics import compute_statistics
-from vaelab.evaluation.typicality import ALPHA, BOOTSTRAP, TYPICALITY_SEED, fit_score_batch_test, score_batch_p_value
+from vaelab.evaluation.typicality import ALPHA, SetCheck, check_score_set
 from vaelab.runs import Run, load_run_data
 
 CHECK_SEED_OFFSET = 4343  # images checked here are binarized with data.binarize_seed + this (same images, same numbers)
-
-
-@dataclass(frozen=True)
-class SetCheck:
-    """The N images judged as one set by the DoSE batch test."""
-
-    n: int
-    mean_score: float  # the mean DoSE score of the images
-    threshold: float  # the (1 - alpha) quantile of bootstrapped means of n validation scores
-    p_value: float  # the share of those bootstrapped means at or above mean_score (with the +1 correction)
-    alpha: float
-    flagged: bool  # mean_score > threshold: not a set from the training distribution, at level alpha
 
 
 @dataclass(frozen=True)
@@ -61,7 +49,7 @@ class ImageCheck:
     percentiles: np.ndarray  # of each score among the held-out validation scores (N,), 0-100
     flagged: np.ndarray  # bool (N,): at or above the validation scores' FLAG_PERCENTILE-th percentile
     threshold: float  # that percentile
-    batch: SetCheck
+    batch: SetCheck  # the images as one set: the DoSE batch test
     score: str  # what `scores` are: the run's default score and how it was fitted
     validation_images: int  # how many held-out validation scores the verdicts are judged against
 
@@ -103,12 +91,7 @@ def check_images(run: Run, images: Any, *, data_dir: str | Path | None = None, a
     reference = np.sort(dose.reference)
     percentiles = 100.0 * np.searchsorted(reference, scores, side="left") / len(reference)
     threshold = dose.threshold()
-    test = fit_score_batch_test(dose.reference, len(scores), alpha=alpha, bootstrap=BOOTSTRAP, seed=TYPICALITY_SEED)
-    mean = float(np.mean(scores))
-    batch = SetCheck(n=len(scores), mean_score=mean, threshold=test.threshold,
-                     p_value=score_batch_p_value(dose.reference, mean, len(scores), bootstrap=BOOTSTRAP,
-                                                 seed=TYPICALITY_SEED),
-                     alpha=alpha, flagged=bool(mean > test.threshold))
+    batch = check_score_set(dose.reference, scores, alpha=alpha)
     return ImageCheck(scores=scores, percentiles=percentiles, flagged=scores >= threshold, threshold=threshold,
                       batch=batch, score=f"DoSE ({dose.info['density']})", validation_images=len(dose.reference))
 

@@ -231,13 +231,32 @@ def _bootstrap_means(reference: np.ndarray, m: int, bootstrap: int, seed: int, s
                            for i in range(0, bootstrap, rows)])
 
 
-def score_batch_p_value(reference: np.ndarray, mean: float, m: int, *, bootstrap: int = BOOTSTRAP,
-                        seed: int = TYPICALITY_SEED) -> float:
-    """The one-sided p-value of a batch of m images whose mean score is `mean`: the share of `bootstrap`
-    means of m reference scores (the draws `fit_score_batch_test` makes with the same seed) at or above it,
-    (count + 1) / (bootstrap + 1)."""
-    means = _bootstrap_means(np.asarray(reference, dtype=np.float64), m, bootstrap, seed, "score")
-    return float((np.count_nonzero(means >= mean) + 1) / (bootstrap + 1))
+@dataclass(frozen=True)
+class SetCheck:
+    """One set of n images judged by the score batch test (`check_score_set`)."""
+
+    n: int
+    mean_score: float  # the mean score of the images
+    threshold: float  # the (1 - alpha) quantile of bootstrapped means of n reference scores
+    p_value: float  # the share of those bootstrapped means at or above mean_score, (count + 1) / (bootstrap + 1)
+    alpha: float
+    flagged: bool  # mean_score > threshold: not a set from the reference's distribution, at level alpha
+
+
+def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+                    seed: int = TYPICALITY_SEED, score: str = "DoSE") -> SetCheck:
+    """Judge `scores` (one per image) as one set against `reference` (held-out scores of validation images):
+    the threshold `fit_score_batch_test` would give for M = len(scores), and the one-sided p-value, from one
+    set of bootstrap draws."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
+    if not len(scores) or bootstrap < 1:
+        raise ConfigError(f"a set needs at least one score and one bootstrap batch, got {len(scores)} and {bootstrap}")
+    means = _bootstrap_means(np.asarray(reference, dtype=np.float64), len(scores), bootstrap, seed, score)
+    mean, threshold = float(scores.mean()), float(np.quantile(means, 1 - alpha))
+    return SetCheck(n=len(scores), mean_score=mean, threshold=threshold, alpha=alpha, flagged=mean > threshold,
+                    p_value=float((np.count_nonzero(means >= mean) + 1) / (bootstrap + 1)))
 
 
 def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str, np.ndarray], *,
@@ -260,4 +279,5 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
 
 
 __all__ = ["ALPHA", "BATCH_SIZES", "ScoreBatchTest", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "fit_score_batch_test", "fit_typicality", "score_batch_p_value", "score_batch_table", "typicality_table"]
+           "SetCheck", "check_score_set", "fit_score_batch_test", "fit_typicality", "score_batch_table",
+           "typicality_table"]
