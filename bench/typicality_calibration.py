@@ -55,18 +55,20 @@ def dose_false_alarms(reference: np.ndarray, judged: np.ndarray, m: int, shuffle
     """The DoSE batch test for batches of m fitted on held-out validation scores `reference`, judged on
     disjoint batches of the DoSE scores `judged` cut `shuffles` ways (one-sided: no low side)."""
     t = fit_score_batch_test(reference, m)
-    return {**_cuts(judged, m, shuffles, lambda means: means > t.threshold, lambda means: means < -np.inf),
-            "threshold": t.threshold}
+    return {**_cuts(judged, m, shuffles, lambda means: means > t.threshold), "threshold": t.threshold}
 
 
-def _cuts(values: np.ndarray, m: int, shuffles: int, flag, low) -> dict:
+def _cuts(values: np.ndarray, m: int, shuffles: int, flag, low=None) -> dict:
+    """The share of disjoint batches of m that `flag(means)` flags, in `shuffles` seeded cuts; the first cut's
+    count with its exact interval, and how many of those were on the low side (`low(means)`; 0 without)."""
     rates = []
     for s in range(shuffles):
         means = values[disjoint_batches(len(values), m, 1000 + s)].mean(axis=1)
         flagged = flag(means)
         rates.append(float(flagged.mean()))
         if s == 0:
-            first, batches, low_side = int(flagged.sum()), len(means), int((flagged & low(means)).sum())
+            first, batches = int(flagged.sum()), len(means)
+            low_side = int((flagged & low(means)).sum()) if low is not None else 0
     return {"m": m, "batches": batches, "flagged": first, "rate": first / batches,
             "ci95": list(false_alarm_interval(first, batches)), "low_side": low_side,
             "mean_rate_over_shuffles": float(np.mean(rates)), "shuffles": shuffles}
