@@ -46,6 +46,8 @@ class ExplorerServer(ThreadingHTTPServer):
         self.app = app
         self.log = log or (lambda line: None)
         self.slots = threading.BoundedSemaphore(max_connections)
+        self._open: dict[threading.Thread, socket.socket] = {}  # handler threads alive, with their connections
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
         host = address[0]
         self.loopback = _is_loopback(host)
@@ -76,6 +78,8 @@ class ExplorerServer(ThreadingHTTPServer):
         release = _ReleaseOnce(self.slots)
         thread = threading.Thread(target=self._handle_in_thread, args=(request, client_address, release),
                                   daemon=self.daemon_threads)
+        with self._open_lock:
+            self._open[thread] = request
         try:
             thread.start()
         except BaseException:
@@ -91,6 +95,35 @@ class ExplorerServer(ThreadingHTTPServer):
         finally:
             self.shutdown_request(request)
             release()
+            with self._open_lock:
+                self._open.pop(threading.current_thread(), None)
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections a handler thread is serving now."""
+        with self._open_lock:
+            return len(self._open)
+
+    def close_connections(self, timeout: float = 10.0) -> int:
+        """End the open connections and wait (at most `timeout` seconds in all) for their handler threads.
+
+        Returns how many were still running at the deadline. `serve()` calls this before it returns: a handler
+        thread still alive when the interpreter exits is stopped by CPython in the middle of what it runs, and
+        with PyTorch loaded that aborts the process ("terminate called without an active exception", exit
+        status -6) after a clean Ctrl-C. Shutting a connection's reading side wakes a handler waiting for the
+        next keep-alive request (it reads end-of-file and closes); a request being answered is answered first."""
+        with self._open_lock:
+            open_now = dict(self._open)
+        for request in open_now.values():
+            try:
+                request.shutdown(socket.SHUT_RD)
+            except OSError:  # already closed by its handler
+                pass
+        deadline = time.monotonic() + timeout
+        for thread in open_now:
+            if thread.ident is not None:  # started (a Ctrl-C can land before start() returns)
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in open_now)
 
     def handle_error(self, request, client_address) -> None:  # type: ignore[override]
         self.log(f"error on a connection from {client_address[0]}:\n{traceback.format_exc()}")
@@ -330,6 +363,7 @@ def serve(server: ExplorerServer, announce: Callable[[str], None] = print) -> No
         pass
     finally:
         server.server_close()
+        server.close_connections()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     announce("stopped")
