@@ -267,6 +267,11 @@ def test_check_images_judges_each_image_and_the_set(vae_run, one_thread):
     # the scorer is kept in the run and reused: the same images get the same numbers
     again = check_images(run, test[:, 0].numpy())  # (N, H, W) uint8 arrays work too
     assert np.array_equal(again.scores, seen.scores) and again.batch == seen.batch
+    # each image is measured alone: the same number whatever it is checked with, wherever it stands
+    alone = check_images(run, test[7:8])
+    mixed = check_images(run, torch.cat([noise[:5], test[7:8].flip(0), test[:3]]))
+    assert alone.scores[0] == seen.scores[7] == mixed.scores[5] and alone.percentiles[0] == mixed.percentiles[5]
+    assert np.array_equal(mixed.scores[6:], seen.scores[:3]) and np.array_equal(mixed.scores[:5], odd.scores[:5])
     with pytest.raises(DataError, match=r"shape 1x7x7 but this model was trained on 1x8x8"):
         check_images(run, noise[:, :, :7, :7])
 

@@ -2,7 +2,7 @@
 
 The command line face of `vaelab.check_images` (vaelab.evaluation.imagecheck): every image of the PATHs
 (image files, and folders searched as a `folder:` dataset is: PNG, JPEG, BMP, WebP, read and resized to
-the run's size) gets its DoSE score, its percentile
+the run's size) gets its DoSE score (measured on its own: the same whatever it is checked with), its percentile
 among the held-out scores of the run's validation images and a flag at their 99th percentile; the images
 together get the DoSE batch test's verdict and p-value. `--json FILE` keeps every number.
 """
