@@ -277,6 +277,18 @@ def test_upload_with_an_extreme_reconstruction_error_is_not_typical(runs, splits
     assert r["verdict"] == UNUSUAL and r["verdict_reason"].startswith("its DoSE score is higher than that of 100.0%")
 
 
+def test_an_upload_gets_the_dose_score_vaelab_check_gives_it(server, runs, splits):
+    """The explorer and `vaelab check` / check_images judge a user's image alike: the same binarization and
+    statistics of the image alone, so the same DoSE score and percentile among the validation scores."""
+    from vaelab import check_images
+
+    images = splits.test.images[[3, 11]]
+    checked = check_images(load_run(runs["vae"], checkpoint="last"), images)
+    for i in range(2):
+        r = _json(server, "POST", "/api/upload", _png(images[i, 0].numpy()))[1]
+        assert r["dose_score"] == checked.scores[i] and r["dose_percentile_val"] == checked.percentiles[i]
+
+
 def test_dose_scorer_is_fitted_once_and_reloaded(server, runs, splits, monkeypatch):
     from vaelab.evaluation import oodrun
 

@@ -19,7 +19,7 @@ fits it, which needs the run's dataset (`data_dir` says where it is) and takes a
 prepared and measured on its own, with the same seeds: binarized once (seeded) when the run binarizes, and
 its statistics from the run's protocol (importance samples, forward draws) as if it were the only image.
 So an image gets the same score, percentile and flag whatever it is checked with and wherever it stands
-in the list. (`vaelab evaluate` draws over a whole set at once, so there an image's numbers differ a little;
+in the list, and the same DoSE score as `vaelab serve` gives it as an upload. (`vaelab evaluate` draws over a whole set at once, so there an image's numbers differ a little;
 measuring one image at a time costs about 2.5 times the batched pass on a CPU.)
 """
 
@@ -39,7 +39,9 @@ from vaelab.evaluation.statistics import ImageStatistics, compute_statistics
 from vaelab.evaluation.typicality import ALPHA, SetCheck, check_score_set
 from vaelab.runs import Run, load_run_data
 
-CHECK_SEED_OFFSET = 4343  # images checked here are binarized with data.binarize_seed + this (same images, same numbers)
+# a user's image is binarized with data.binarize_seed + this, here and in `vaelab serve`'s uploads, so an image gets
+# the same DoSE score from `vaelab check` as from the explorer
+IMAGE_SEED_OFFSET = 4242
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def image_statistics(run: Run, images: torch.Tensor, *, log: Callable[[str], Non
     for i in range(len(images)):
         x = images[i:i + 1]
         if cfg.data.binarize != "none":
-            x = binarize_once(x, cfg.data.binarize_seed + CHECK_SEED_OFFSET)
+            x = binarize_once(x, cfg.data.binarize_seed + IMAGE_SEED_OFFSET)
         parts.append(compute_statistics(run.model, x, split="checked", device=run.device, **kwargs))
         if log is not None and (i + 1) % every == 0 and i + 1 < len(images):
             log(f"  checked {i + 1} of {len(images)} images ...")

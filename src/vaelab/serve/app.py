@@ -21,6 +21,7 @@ import torch
 
 from vaelab.data import DatasetSplits, binarize_once, to_float
 from vaelab.errors import DataError
+from vaelab.evaluation.imagecheck import IMAGE_SEED_OFFSET  # uploads: seeded as `vaelab check` seeds
 from vaelab.evaluation.oodrun import RunDose, dose_problem, model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.unseen import has_likelihood
 from vaelab.models import eval_mode
@@ -33,7 +34,6 @@ from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAM
 from vaelab.serve.reference import (UNUSUAL_PERCENTILE, VAL_REFERENCE, Reference, Scoring, check, percentile,
                                     reference_images, summary, worst_verdict)
 
-UPLOAD_SEED_OFFSET = 4242  # uploads are binarized with data.binarize_seed + this (fixed: same bytes, same numbers)
 
 
 class ExplorerApp:
@@ -227,7 +227,7 @@ class ExplorerApp:
         if len(data) > MAX_BODY:
             raise RequestError(413, f"the upload is {len(data):,} bytes; send at most {MAX_BODY:,}")
         image = decode_upload(data, self.run.image_shape)
-        scored = binarize_once(image, self.cfg.data.binarize_seed + UPLOAD_SEED_OFFSET) if self.binary else image
+        scored = binarize_once(image, self.cfg.data.binarize_seed + IMAGE_SEED_OFFSET) if self.binary else image
         with self.lock:
             m, _, recon = self.scoring.measure(image, scored)
         err = float(m.recon_error[0])
