@@ -211,6 +211,38 @@ def test_upload_of_a_test_image_is_typical_and_noise_is_unusual(server, splits):
     assert r_inv["verdict"] == UNUSUAL
 
 
+def test_uploads_judged_as_a_set_as_vaelab_check_judges_them(server, runs, splits):
+    """/api/set: the DoSE scores of several uploads judged as one set by the DoSE batch test, the verdict
+    `vaelab check` gives the same images; a bad list is one line (400)."""
+    from vaelab import check_images
+
+    def scores_of(images):
+        return [_json(server, "POST", "/api/upload", _png(im))[1]["dose_score"] for im in images]
+
+    test = [splits.test.images[i, 0].numpy() for i in range(0, 36, 3)]
+    noise = [np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8) for i in range(12)]
+    status, seen = _json(server, "POST", "/api/set", json.dumps({"scores": scores_of(test)}).encode())
+    assert status == 200 and seen["n"] == 12 and not seen["flagged"] and seen["p_value"] > seen["alpha"]
+    assert seen["verdict"] == "consistent with the training distribution"
+    checked = check_images(load_run(runs["vae"], checkpoint="last"), np.stack(test))
+    assert seen["p_value"] == checked.batch.p_value and seen["threshold_percentile"] == checked.batch.threshold
+    assert seen["mean_percentile"] == checked.batch.mean_percentile
+    assert seen["flagged_one_by_one"] == int(checked.flagged.sum())
+    status, odd = _json(server, "POST", "/api/set", json.dumps({"scores": scores_of(noise)}).encode())
+    # one held-out validation score here is about 6e7: the first batch test, on the mean score, let these 12
+    # noise images pass (p = 0.11); few are flagged one by one by this small model, the set is
+    assert status == 200 and odd["flagged"] and odd["p_value"] < 0.01 and odd["mean_percentile"] > 90
+    assert odd["verdict"] == "not from the training distribution"
+    for body, words in [(b"[1, 2]", 'send JSON {"scores"'), (b"not json", 'send JSON {"scores"'),
+                        (b'{"scores": [1, "x"]}', "list of finite numbers"),
+                        (b'{"scores": [1, NaN]}', "list of finite numbers"),
+                        (b'{"scores": []}', "the number of scores must be from 1 to 1000"),
+                        (json.dumps({"scores": [0.0] * 1001}).encode(), "from 1 to 1000, got 1001")]:
+        status, answer = _json(server, "POST", "/api/set", body)
+        assert status == 400 and words in answer["error"], (body[:30], answer)
+    assert _json(server, "GET", "/api/set")[0] == 405
+
+
 def test_upload_scores_are_repeatable_and_colour_becomes_grey(server, splits):
     grey = splits.test.images[4, 0].numpy()
     first = _json(server, "POST", "/api/upload", _png(grey))[1]
@@ -330,6 +362,8 @@ def test_without_enough_validation_images_the_other_numbers_judge(tmp_path, spli
     r = app.score_upload(_png(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8)))
     assert r["dose_score"] is None and r["verdict"] == UNUSUAL and "at least 100 validation images" in \
         r["verdict_reason"]
+    with pytest.raises(RequestError, match="no DoSE score, so a set cannot be judged .*at least 100 validation"):
+        app.check_set(b'{"scores": [1.0, 2.0]}')
     assert not (tmp_path / "small" / "ood").exists()
 
 
@@ -807,3 +841,31 @@ def test_page_in_headless_chromium(server, browser, tmp_path, splits):
     assert "8x8" in browser.find_element(By.ID, "upload-error").text
     assert state("upload-recon")[0] == recon
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # several files: each scored (a thumbnail, red when unusual), the first one's numbers shown, the set judged
+    browser.find_element(By.ID, "resize").click()  # back on
+    assert not browser.find_element(By.ID, "set-result").is_displayed()
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"noise-{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(paths[-1])
+    recon = state("upload-recon")[0]
+    browser.find_element(By.ID, "upload").send_keys("\n".join(map(str, paths)))
+    WebDriverWait(browser, PAGE_WAIT).until(
+        lambda d: d.find_element(By.ID, "set-verdict").text.startswith("As a set"), "no set verdict")
+    verdict = browser.find_element(By.ID, "set-verdict")
+    assert "As a set of 6 images: not from the training distribution" in verdict.text
+    assert verdict.get_attribute("class") == "unusual" and "6 of 6 judged unusual one by one" in verdict.text
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#set-thumbs img")
+    assert len(thumbs) == 6 and all("unusual" in t.get_attribute("class").split() for t in thumbs)
+    assert thumbs[0].get_attribute("title").startswith("noise-0.png: unusual")
+    assert state("upload-recon")[0] != recon and browser.find_element(By.ID, "upload-error").text == ""
+    tests = []
+    for i in range(12):
+        tests.append(tmp_path / f"test-{i}.png")
+        Image.fromarray(splits.test.images[i, 0].numpy()).save(tests[-1])
+    browser.find_element(By.ID, "upload").send_keys("\n".join(map(str, tests)))  # replaces the six
+    WebDriverWait(browser, PAGE_WAIT).until(
+        lambda d: "As a set of 12 images" in d.find_element(By.ID, "set-verdict").text, "no verdict for 12")
+    assert "consistent with the training distribution" in browser.find_element(By.ID, "set-verdict").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#set-thumbs img")) == 12

@@ -9,22 +9,25 @@
 Each image is judged by the run's DoSE score (vaelab.evaluation.oodrun: the density of its statistics
 joined with the orientation test), against the held-out scores of the run's validation images: its
 percentile among them, and flagged at or above their 99th percentile, as `vaelab evaluate` and `vaelab
-serve` flag. The images together are judged by the DoSE batch test (vaelab.evaluation.typicality): their
-mean score against the bootstrapped means of as many validation scores. For 10 or more images from one
-source, the set's verdict is the one to trust (BENCHMARKS.md, "Sets of images"): single images close to
-the training data often pass.
+serve` flag. The images together are judged by the DoSE batch test (vaelab.evaluation.typicality): the
+mean of their scores' percentiles against the bootstrapped mean percentile of as many validation scores.
+For 10 or more images from one source, the set's verdict is the one to trust (BENCHMARKS.md, "Sets of
+images"): single images close to the training data often pass.
 
 The scorer is the one `vaelab evaluate --on` fits and keeps in RUN/ood/; the first call on a run without it
 fits it, which needs the run's dataset (`data_dir` says where it is) and takes a while. Each image is
-prepared and measured on its own, with the same seeds: binarized once (seeded) when the run binarizes, and
-its statistics from the run's protocol (importance samples, forward draws) as if it were the only image.
-So an image gets the same score, percentile and flag whatever it is checked with and wherever it stands
-in the list, and the same DoSE score as `vaelab serve` gives it as an upload. (`vaelab evaluate` draws over a whole set at once, so there an image's numbers differ a little;
-measuring one image at a time costs about 2.5 times the batched pass on a CPU.)
+prepared and measured on its own, with seeds taken from its pixels (`image_seed`): binarized once when the
+run binarizes, and its statistics from the run's protocol (importance samples, forward draws) as if it were
+the only image. So an image gets the same score, percentile and flag whatever it is checked with and
+wherever it stands in the list, and the same DoSE score as `vaelab serve` gives it as an upload, while
+different images get independent draws, as the set test assumes. (`vaelab evaluate` draws over a whole set
+at once, so there an image's numbers differ a little; measuring one image at a time costs about 2.5 times
+the batched pass on a CPU.)
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,12 +39,41 @@ from vaelab.data import as_uint8_images, binarize_once
 from vaelab.errors import DataError
 from vaelab.evaluation.oodrun import FLAG_PERCENTILE, model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.statistics import ImageStatistics, compute_statistics
-from vaelab.evaluation.typicality import ALPHA, SetCheck, check_score_set
+from vaelab.evaluation.typicality import ALPHA, SetCheck, check_score_set, percentiles_among
 from vaelab.runs import Run, load_run_data
 
-# a user's image is binarized with data.binarize_seed + this, here and in `vaelab serve`'s uploads, so an image gets
-# the same DoSE score from `vaelab check` as from the explorer
+# a user's image is binarized with data.binarize_seed + this + image_seed(image), here and in `vaelab serve`'s
+# uploads, so an image gets the same DoSE score from `vaelab check` as from the explorer
 IMAGE_SEED_OFFSET = 4242
+
+
+def image_seed(image: torch.Tensor) -> int:
+    """A seed from one uint8 image's pixels (C, H, W), added to the run's seeds for its binarization and its
+    statistics' draws: the same image gets the same draws wherever and with whatever it is checked, and
+    different images get different draws. (One seed for every image would give each image of a set the same
+    binarization noise and importance samples; their scores would then err together, and the set test,
+    which takes them as independent, would raise false alarms.)"""
+    digest = hashlib.sha256(str(tuple(image.shape)).encode() + image.contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1  # below 2**31
+
+
+def user_image(run: Run, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One uint8 image (1, C, H, W) as the run scores a user's image (binarized once when it binarizes, with
+    the image's own seed), and that seed."""
+    seed = image_seed(image[0])
+    cfg = run.config
+    if cfg.data.binarize == "none":
+        return image, seed
+    return binarize_once(image, cfg.data.binarize_seed + IMAGE_SEED_OFFSET + seed), seed
+
+
+def user_image_statistics(model: Any, image: torch.Tensor, seed: int, kwargs: dict[str, Any], *,
+                          device: torch.device | str, split: str) -> ImageStatistics:
+    """The statistics of one prepared user image (1, C, H, W) by the protocol `kwargs` (statistics_kwargs),
+    its draws seeded by the protocol's seed plus the image's own `seed`. The protocol recorded keeps the
+    run's seed (the DoSE scorer checks it) and adds the image's."""
+    stats = compute_statistics(model, image, split=split, device=device, **(kwargs | {"seed": kwargs["seed"] + seed}))
+    return ImageStatistics(split, stats.columns, stats.protocol | {"seed": kwargs["seed"], "image_seed": seed})
 
 
 @dataclass(frozen=True)
@@ -61,7 +93,8 @@ class ImageCheck:
         verdict = "not from the training distribution" if b.flagged else "consistent with the training distribution"
         return (f"{int(self.flagged.sum())} of {len(self.scores)} images flagged one by one (at the "
                 f"{FLAG_PERCENTILE:g}th percentile of {self.validation_images} validation images); as a set: "
-                f"{verdict} (mean DoSE score {b.mean_score:.2f}, threshold {b.threshold:.2f}, p = {b.p_value:.3g})")
+                f"{verdict} (their DoSE scores' mean percentile {b.mean_percentile:.1f}, threshold {b.threshold:.1f}; "
+                f"p = {b.p_value:.3g})")
 
 
 def _as_images(run: Run, images: Any) -> torch.Tensor:
@@ -79,22 +112,19 @@ def _as_images(run: Run, images: Any) -> torch.Tensor:
 
 def image_statistics(run: Run, images: torch.Tensor, *, log: Callable[[str], None] | None = None,
                      every: int = 200) -> ImageStatistics:
-    """The run's statistics of each uint8 image (N, C, H, W), each prepared and measured alone (binarized
-    with one seed, the run's statistics protocol on a batch of one), so its values do not depend on the
-    other images; `log` hears progress every `every` images."""
-    cfg = run.config
-    kwargs = statistics_kwargs(cfg, model_tag(run.model))
+    """The run's statistics of each uint8 image (N, C, H, W), each prepared and measured alone (`user_image`,
+    then the run's statistics protocol on a batch of one, its seed moved by the image's own), so its values
+    do not depend on the other images; `log` hears progress every `every` images."""
+    kwargs = statistics_kwargs(run.config, model_tag(run.model))
     parts = []
     for i in range(len(images)):
-        x = images[i:i + 1]
-        if cfg.data.binarize != "none":
-            x = binarize_once(x, cfg.data.binarize_seed + IMAGE_SEED_OFFSET)
-        parts.append(compute_statistics(run.model, x, split="checked", device=run.device, **kwargs))
+        x, seed = user_image(run, images[i:i + 1])
+        parts.append(user_image_statistics(run.model, x, seed, kwargs, device=run.device, split="checked"))
         if log is not None and (i + 1) % every == 0 and i + 1 < len(images):
             log(f"  checked {i + 1} of {len(images)} images ...")
     columns = {name: np.concatenate([p.columns[name] for p in parts]) for name in parts[0].columns}
-    protocol = {key: value for key, value in parts[0].protocol.items() if key != "images_sha256"}
-    return ImageStatistics("checked", columns, protocol | {"images": len(images), "one_at_a_time": True})
+    protocol = {key: value for key, value in parts[0].protocol.items() if key not in ("images_sha256", "image_seed")}
+    return ImageStatistics("checked", columns, protocol | {"images": len(images), "image_seeds": True})
 
 
 def check_images(run: Run, images: Any, *, data_dir: str | Path | None = None, alpha: float = ALPHA,
@@ -108,8 +138,7 @@ def check_images(run: Run, images: Any, *, data_dir: str | Path | None = None, a
     dose = run_dose(run.model, run.config, splits, run.path, device=run.device, log=say)
     stats = image_statistics(run, x, log=say)
     scores = dose.score(stats)
-    reference = np.sort(dose.reference)
-    percentiles = 100.0 * np.searchsorted(reference, scores, side="left") / len(reference)
+    percentiles = percentiles_among(np.sort(dose.reference), scores)
     threshold = dose.threshold()
     batch = check_score_set(dose.reference, scores, alpha=alpha)
     return ImageCheck(scores=scores, percentiles=percentiles, flagged=scores >= threshold, threshold=threshold,

@@ -16,18 +16,27 @@ that set the threshold are not the images that gave H: `fit_typicality` takes on
 statistics. Batches to be judged are cut from a set of images as disjoint, seeded batches of M
 (`batch_statistic`), so the AUROC over batches counts independent batches.
 
-The same question asked of a per-image OOD score (`ScoreBatchTest`, vaelab's DoSE batch test): a batch
-is flagged when the mean score of its M images exceeds the (1 - alpha) quantile of the mean of M
-in-distribution reference scores drawn with replacement. One-sided, since a high score means atypical in
-either direction already. The reference must be scores of validation images that the scorer did not fit
-on (`RunDose.reference`: each by a density fitted without it), or the threshold would be too low. The
-likelihood alone misses OOD images whose likelihood is typical (a garment with a square cut out); a
-score built for single images, averaged over a batch, does not.
+The same question asked of a per-image OOD score (`ScoreBatchTest`, vaelab's DoSE batch test): each
+image's score becomes its percentile among in-distribution reference scores (`percentiles_among`: the
+share below it, ties counted one half), and a batch is flagged when the mean percentile of its M images
+exceeds the (1 - alpha) quantile of the mean percentile of M reference scores drawn with replacement (a
+rank test: Mann-Whitney's U against the reference, calibrated by the bootstrap). One-sided, since a high
+score means atypical in either direction already. The reference must be scores of validation images that
+the scorer did not fit on (`RunDose.reference`: each by a density fitted without it), or the threshold
+would be too low. The likelihood alone misses OOD images whose likelihood is typical (a garment with a
+square cut out); a score built for single images, pooled over a batch, does not.
+
+Why percentiles, not the mean score itself (vaelab's first version): a held-out score can be huge for one
+validation image (a density fitted without it puts it far out in a tail), and one such score among 100
+put the mean test's threshold near it, so that 12 noise images passed as a set (p = 0.11). Percentiles
+are bounded, so no single reference image moves the threshold much; and a set of images that are each a
+little unusual, none beyond the single-image threshold, is what a set test is for (BENCHMARKS.md, "Sets
+of images"). Images far out are flagged one by one already.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -171,63 +180,80 @@ def typicality_table(validation: ImageStatistics, test: ImageStatistics, others:
             "fit": "H and the threshold from validation images only (two halves)"}
 
 
+def percentiles_among(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each score's percentile (0-100) among `reference` (sorted ascending): the share of reference scores
+    below it, ties counted one half. Any shape."""
+    below = np.searchsorted(reference, scores, side="left")
+    ties = np.searchsorted(reference, scores, side="right") - below
+    return 100.0 * (below + 0.5 * ties) / len(reference)
+
+
 @dataclass(frozen=True)
 class ScoreBatchTest:
     """A one-sided test for batches of `m` images on a per-image OOD score (see the module docstring)."""
 
     m: int
-    threshold: float  # the (1 - alpha) quantile of bootstrapped mean reference scores of m images
+    threshold: float  # the (1 - alpha) quantile of the bootstrapped mean percentile of m reference scores
     alpha: float
     score: str  # the score's name (DoSE)
     bootstrap: int
     n_reference: int
     seed: int
+    reference: np.ndarray = field(repr=False, compare=False)  # sorted: what a score's percentile is taken among
 
     def statistic(self, values: np.ndarray) -> np.ndarray:
-        """The mean score of each batch of `values` (B, M)."""
-        return np.asarray(values, dtype=np.float64).mean(axis=1)
+        """The mean percentile (0-100, among the reference scores) of each batch of scores `values` (B, M)."""
+        return percentiles_among(self.reference, np.asarray(values, dtype=np.float64)).mean(axis=1)
 
     def batch_statistic(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """The mean score of the len(scores) // m disjoint batches of a seeded shuffle of `scores` (B,): the
-        same batches as the typicality test's for the same images and seed."""
+        """The mean percentile of the len(scores) // m disjoint batches of a seeded shuffle of `scores` (B,):
+        the same batches as the typicality test's for the same images and seed."""
         scores = np.asarray(scores, dtype=np.float64)
         return self.statistic(scores[disjoint_batches(len(scores), self.m, self.seed + 1 if seed is None else seed)])
 
     def flags(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """Whether each disjoint batch of M images is flagged out-of-distribution (mean score > threshold)."""
+        """Whether each disjoint batch of M images is flagged out-of-distribution (mean percentile > threshold)."""
         return self.batch_statistic(scores, seed) > self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("reference")
+        return out | {"statistic": "mean percentile among the reference scores"}
 
 
 def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
                          seed: int = TYPICALITY_SEED, score: str = "DoSE") -> ScoreBatchTest:
     """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
     images, never of the images to be judged. ConfigError: fewer than MIN_REFERENCE reference scores."""
-    reference = np.asarray(reference, dtype=np.float64)
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
     if m < 1 or bootstrap < 1:
         raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
-    means = _bootstrap_means(reference, m, bootstrap, seed, score)
+    ordered = _sorted_reference(reference, score)
+    means = _bootstrap_means(percentiles_among(ordered, ordered), m, bootstrap, seed)
     return ScoreBatchTest(m=m, threshold=float(np.quantile(means, 1 - alpha)), alpha=alpha, score=score,
-                          bootstrap=bootstrap, n_reference=len(reference), seed=seed)
+                          bootstrap=bootstrap, n_reference=len(ordered), seed=seed, reference=ordered)
 
 
 MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batches are drawn with replacement)
 
 
-def _bootstrap_means(reference: np.ndarray, m: int, bootstrap: int, seed: int, score: str) -> np.ndarray:
+def _sorted_reference(reference: np.ndarray, score: str) -> np.ndarray:
+    reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 1 or len(reference) < MIN_REFERENCE:
         raise ConfigError(f"the {score} batch test needs at least {MIN_REFERENCE} reference scores of validation "
                           f"images, got {reference.size}")
     if not np.isfinite(reference).all():
         raise ValueError(f"the reference {score} scores hold non-finite values")
+    return np.sort(reference)
+
+
+def _bootstrap_means(values: np.ndarray, m: int, bootstrap: int, seed: int) -> np.ndarray:
+    """Means of `bootstrap` seeded draws of m of `values` with replacement."""
     # chunks of bootstrap draws keep the (bootstrap, m) index array small for large m; the same seeded stream
     rng = np.random.default_rng(seed)
     rows = max(1, 2_000_000 // max(m, 1))
-    return np.concatenate([reference[rng.integers(0, len(reference), (min(rows, bootstrap - i), m))].mean(axis=1)
+    return np.concatenate([values[rng.integers(0, len(values), (min(rows, bootstrap - i), m))].mean(axis=1)
                            for i in range(0, bootstrap, rows)])
 
 
@@ -236,11 +262,12 @@ class SetCheck:
     """One set of n images judged by the score batch test (`check_score_set`)."""
 
     n: int
-    mean_score: float  # the mean score of the images
-    threshold: float  # the (1 - alpha) quantile of bootstrapped means of n reference scores
-    p_value: float  # the share of those bootstrapped means at or above mean_score, (count + 1) / (bootstrap + 1)
+    mean_score: float  # the mean score of the images (shown; the test uses their percentiles)
+    mean_percentile: float  # the mean of their scores' percentiles among the reference scores, 0-100
+    threshold: float  # the (1 - alpha) quantile of bootstrapped mean percentiles of n reference scores
+    p_value: float  # the share of those bootstrapped means at or above mean_percentile, (count + 1) / (bootstrap + 1)
     alpha: float
-    flagged: bool  # mean_score > threshold: not a set from the reference's distribution, at level alpha
+    flagged: bool  # mean_percentile > threshold: not a set from the reference's distribution, at level alpha
 
 
 def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
@@ -253,9 +280,14 @@ def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float =
         raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
     if not len(scores) or bootstrap < 1:
         raise ConfigError(f"a set needs at least one score and one bootstrap batch, got {len(scores)} and {bootstrap}")
-    means = _bootstrap_means(np.asarray(reference, dtype=np.float64), len(scores), bootstrap, seed, score)
-    mean, threshold = float(scores.mean()), float(np.quantile(means, 1 - alpha))
-    return SetCheck(n=len(scores), mean_score=mean, threshold=threshold, alpha=alpha, flagged=mean > threshold,
+    if not np.isfinite(scores).all():
+        raise ValueError(f"the {score} scores to judge hold non-finite values")
+    ordered = _sorted_reference(reference, score)
+    means = _bootstrap_means(percentiles_among(ordered, ordered), len(scores), bootstrap, seed)
+    mean = float(percentiles_among(ordered, scores).mean())
+    threshold = float(np.quantile(means, 1 - alpha))
+    return SetCheck(n=len(scores), mean_score=float(scores.mean()), mean_percentile=mean, threshold=threshold,
+                    alpha=alpha, flagged=mean > threshold,
                     p_value=float((np.count_nonzero(means >= mean) + 1) / (bootstrap + 1)))
 
 
@@ -279,5 +311,6 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
 
 
 __all__ = ["ALPHA", "BATCH_SIZES", "ScoreBatchTest", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "SetCheck", "check_score_set", "fit_score_batch_test", "fit_typicality", "score_batch_table",
+           "SetCheck", "check_score_set", "fit_score_batch_test", "fit_typicality", "percentiles_among",
+           "score_batch_table",
            "typicality_table"]

@@ -60,9 +60,9 @@ def _ood_extras(data: dict[str, Any]) -> list[str]:
     for key, title in (("typicality", "Typicality test (Nalisnick et al. 2019) for batches of M images: a batch is "
                                       "flagged when |mean NLL - H| exceeds its {level}% bootstrap quantile, both "
                                       "estimated from validation images only"),
-                       ("dose_batches", "DoSE batch test for the same batches: a batch is flagged when the mean DoSE "
-                                        "score of its M images exceeds the {level}% bootstrap quantile of mean "
-                                        "held-out scores of validation images")):
+                       ("dose_batches", "DoSE batch test for the same batches: a batch is flagged when the mean "
+                                        "percentile of its M images' DoSE scores among held-out scores of "
+                                        "validation images exceeds its {level}% bootstrap quantile")):
         record = data.get(key) or {}
         if not record.get("rows"):
             continue

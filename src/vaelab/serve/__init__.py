@@ -16,7 +16,7 @@ Modules, each importing only those above it:
 """
 
 from vaelab.serve.limits import (DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT, DEFAULT_REFERENCE, MAX_BODY, MAX_K,
-                                 MAX_REFERENCE, MAX_SAMPLES, MAX_STEPS, MAX_TEMPERATURE, MAX_THUMBNAILS,
+                                 MAX_REFERENCE, MAX_SAMPLES, MAX_SET, MAX_STEPS, MAX_TEMPERATURE, MAX_THUMBNAILS,
                                  TRAVERSE_RANGE, RequestError, check_limits)
 from vaelab.serve.images import decode_upload, png_data_uri
 from vaelab.serve.reference import TYPICAL, UNUSUAL, UNUSUAL_PERCENTILE, Measures, Reference, percentile
@@ -27,7 +27,7 @@ from vaelab.serve.http import ExplorerServer, make_server, serve
 
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_K", "DEFAULT_PORT", "DEFAULT_REFERENCE", "MAX_BODY", "MAX_K", "MAX_REFERENCE",
-    "MAX_SAMPLES", "MAX_STEPS", "MAX_TEMPERATURE", "MAX_THUMBNAILS", "PAGE", "ROUTES", "TRAVERSE_RANGE",
+    "MAX_SAMPLES", "MAX_SET", "MAX_STEPS", "MAX_TEMPERATURE", "MAX_THUMBNAILS", "PAGE", "ROUTES", "TRAVERSE_RANGE",
     "TYPICAL", "UNUSUAL", "UNUSUAL_PERCENTILE", "ExplorerApp", "ExplorerServer", "Measures", "Reference",
     "RequestError", "check_limits", "decode_upload", "make_server", "percentile", "png_data_uri", "serve",
 ]

@@ -12,23 +12,26 @@ the same way. What uploads are compared with is in `vaelab.serve.reference`.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-from vaelab.data import DatasetSplits, binarize_once, to_float
+from vaelab.data import DatasetSplits, to_float
 from vaelab.errors import DataError
-from vaelab.evaluation.imagecheck import IMAGE_SEED_OFFSET  # uploads: seeded as `vaelab check` seeds
+from vaelab.evaluation.imagecheck import user_image  # uploads: prepared and seeded as `vaelab check` does
 from vaelab.evaluation.oodrun import RunDose, dose_problem, model_tag, run_dose, statistics_kwargs
+from vaelab.evaluation.typicality import check_score_set
 from vaelab.evaluation.unseen import has_likelihood
 from vaelab.models import eval_mode
 from vaelab.models.generate import latent_frame, lerp, slerp
 from vaelab.runs import Run
 from vaelab.serve.images import decode_upload, png_data_uri
-from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAMPLES, MAX_SEED, MAX_STEPS,
+from vaelab.serve.limits import (DEFAULT_K, DEFAULT_REFERENCE, MAX_BODY, MAX_SAMPLES, MAX_SEED, MAX_SET, MAX_STEPS,
                                  MAX_TEMPERATURE, MAX_THUMBNAILS, RequestError, TRAVERSE_RANGE, check_limits,
                                  check_range, shown)
 from vaelab.serve.reference import (UNUSUAL_PERCENTILE, VAL_REFERENCE, Reference, Scoring, check, percentile,
@@ -134,7 +137,8 @@ class ExplorerApp:
             "binarized": self.binary, "k": self.k if self.has_likelihood else None,
             "test_images": len(self.splits.test), "activity": self.activity, "traverse_units": self.frame.units,
             "limits": {"max_samples": MAX_SAMPLES, "max_temperature": MAX_TEMPERATURE, "max_steps": MAX_STEPS,
-                       "max_thumbnails": MAX_THUMBNAILS, "traverse_range": TRAVERSE_RANGE, "max_body": MAX_BODY},
+                       "max_thumbnails": MAX_THUMBNAILS, "traverse_range": TRAVERSE_RANGE, "max_body": MAX_BODY,
+                       "max_set": MAX_SET},
             "reference": {"train_images": len(ref.train.recon_error), "test_images": len(ref.test.recon_error),
                           "seconds": round(ref.seconds, 3), "train_nll": summary(ref.train.nll),
                           "test_ood": summary(ref.test.ood), "train_recon_error": summary(ref.train.recon_error)},
@@ -227,9 +231,9 @@ class ExplorerApp:
         if len(data) > MAX_BODY:
             raise RequestError(413, f"the upload is {len(data):,} bytes; send at most {MAX_BODY:,}")
         image = decode_upload(data, self.run.image_shape)
-        scored = binarize_once(image, self.cfg.data.binarize_seed + IMAGE_SEED_OFFSET) if self.binary else image
+        scored, seed = user_image(self.run, image)
         with self.lock:
-            m, _, recon = self.scoring.measure(image, scored)
+            m, _, recon = self.scoring.measure(image, scored, seeds=[seed])
         err = float(m.recon_error[0])
         out: dict[str, Any] = {
             "input": png_data_uri(image[0]), "scored": png_data_uri(scored[0]),
@@ -262,6 +266,29 @@ class ExplorerApp:
             out["ood_percentile_val"], out["nll_percentile_val"] = checks[-3]["percentile"], checks[-2]["percentile"]
         notes = "; ".join(n for n in (self.dose_note, judge["note"]) if n)
         return out | worst_verdict(checks, notes)
+
+    def check_set(self, data: bytes) -> dict[str, Any]:
+        """Several uploads judged as one set: the DoSE batch test (as `vaelab check` judges a set) on their DoSE
+        scores, sent as JSON {"scores": [...]} (what /api/upload answered for each), against the held-out
+        scores of the validation images."""
+        if self.dose is None:
+            raise RequestError(409, "this run has no DoSE score, so a set cannot be judged"
+                                    + (f" ({self.dose_note})" if self.dose_note else ""))
+        try:
+            scores = json.loads(data.decode("utf-8"))["scores"]
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+            raise RequestError(400, 'send JSON {"scores": [...]}: the dose_score of each upload') from None
+        if not isinstance(scores, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scores):
+            raise RequestError(400, '"scores" must be a list of finite numbers (the dose_score of each upload)')
+        check_range("the number of scores", len(scores), 1, MAX_SET)
+        result = check_score_set(self.dose.reference, np.asarray(scores, dtype=np.float64))
+        verdict = "not from the training distribution" if result.flagged else "consistent with the training distribution"
+        return {"n": result.n, "mean_score": result.mean_score, "mean_percentile": result.mean_percentile,
+                "threshold_percentile": result.threshold,
+                "p_value": result.p_value, "alpha": result.alpha, "flagged": result.flagged, "verdict": verdict,
+                "validation_images": len(self.dose.reference),
+                "flagged_one_by_one": int(np.count_nonzero(np.asarray(scores) >= self.dose.threshold()))}
 
     def _judging_references(self) -> dict[str, Any]:
         """What each number is judged against: validation images (held out of training, like an upload);

@@ -23,6 +23,7 @@ MAX_BODY = 2 * 1024 * 1024  # bytes of one upload
 MAX_SAMPLES = 64
 MAX_STEPS = 64
 MAX_THUMBNAILS = 100
+MAX_SET = 1000  # DoSE scores judged as one set (/api/set): the page uploads that many files at most
 MAX_TEMPERATURE = 5.0
 TRAVERSE_RANGE = 4.0  # traversal values, in prior standard deviations around the prior's centre
 MAX_SEED = 2**63 - 1

@@ -9,6 +9,7 @@ control and image has a stable id (the browser test drives them):
     traversal:      #dim  #base  #value  #traverse  #traverse-path
     upload:         #upload (file input)  #resize  #upload-input  #upload-scored  #upload-recon
                     #nll  #bpd  #nll-pct  #ood  #ood-pct  #recon-err  #verdict  #upload-error
+    several files:  #set-result > #set-thumbs > img#set-<i>  #set-verdict   (the details show the first file)
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ PAGE = """<!doctype html>
   #verdict { font-weight: 600; margin: 10px 0 0; }
   #verdict.unusual { color: #b4361c; }
   #verdict.typical { color: #1f7a45; }
+  #set-verdict { font-weight: 600; margin: 8px 0 0; }
+  #set-verdict.unusual { color: #b4361c; }
+  #set-verdict.typical { color: #1f7a45; }
+  #set-thumbs img.px.unusual { outline: 3px solid #b4361c; outline-offset: -3px; }
   .error { color: #b4361c; min-height: 1.2em; margin: 6px 0 0; }
   #error { margin: 10px 22px 0; padding: 8px 12px; background: #fdecea; border: 1px solid #f3b8ae; border-radius: 6px; }
 </style>
@@ -117,7 +122,8 @@ PAGE = """<!doctype html>
   <section id="panel-upload">
     <h2>Your image</h2>
     <div class="controls">
-      <input type="file" id="upload" accept="image/*">
+      <input type="file" id="upload" accept="image/*" multiple
+             title="one image, or several judged one by one and as a set">
       <label><input type="checkbox" id="resize" checked> resize to fit <span id="size-hint"></span></label>
     </div>
     <div class="row">
@@ -138,6 +144,15 @@ PAGE = """<!doctype html>
     </table>
     <p id="verdict"></p>
     <p id="upload-error" class="error"></p>
+    <div id="set-result" hidden>
+      <h2>Your images as a set</h2>
+      <p class="hint">Each image outlined in red is flagged on its own; the set is judged by the DoSE batch test
+        (the mean percentile of their DoSE scores among validation images' scores, against the same mean for as
+        many validation images). For 10 or more images from one source,
+        trust the set's verdict: single images close to the training data often pass.</p>
+      <div id="set-thumbs" class="strip"></div>
+      <p id="set-verdict"></p>
+    </div>
   </section>
 </main>
 <script>
@@ -305,46 +320,112 @@ async function resizedPng(file, width, height) {
   return await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
-async function upload() {
-  const file = $("upload").files[0];
-  if (!file) return;
-  $("upload-error").textContent = "";
+async function scoreFile(file) {
   const [, h, w] = state.info.image_shape;
   let body = file;
   if ($("resize").checked) {
     try { body = await resizedPng(file, w, h); } catch (e) { body = file; }  // not an image: the server says so
   }
-  try {
-    const r = await api("/api/upload", { method: "POST", body: body,
-                                         headers: { "Content-Type": body.type || "application/octet-stream" } });
-    $("upload-input").src = r.input;
-    $("upload-scored").src = r.scored;
-    $("upload-recon").src = r.reconstruction;
-    $("scored-label").textContent = r.binarized ? "as scored (binarized)" : "as scored";
-    if (r.likelihood) {
-      $("nll").textContent = `${fmt(r.nll, 2)} nats (k = ${r.k})`;
-      $("bpd").textContent = fmt(r.bits_per_dim, 4);
-      const val = r.nll_percentile_val !== undefined && r.nll_percentile_val !== null;
-      $("nll-pct").textContent = val ? `${fmt(r.nll_percentile_val, 1)}th percentile of validation images`
-                                     : `${fmt(r.nll_percentile_train, 1)}th percentile of training images`;
-      $("ood").textContent = `${fmt(r.ood_score, 1)} bits (PNG ${fmt(r.png_bits, 0)} bits)`;
-      $("ood-pct").textContent = val ? `${fmt(r.ood_percentile_val, 1)}th percentile of validation images`
-                                     : `${fmt(r.ood_percentile_test, 1)}th percentile of test images`;
-    } else {
-      $("nll").textContent = r.note;
-      for (const id of ["bpd", "nll-pct", "ood", "ood-pct"]) $(id).textContent = "\\u2013";
+  return await api("/api/upload", { method: "POST", body: body,
+                                    headers: { "Content-Type": body.type || "application/octet-stream" } });
+}
+
+function showUpload(r) {
+  $("upload-input").src = r.input;
+  $("upload-scored").src = r.scored;
+  $("upload-recon").src = r.reconstruction;
+  $("scored-label").textContent = r.binarized ? "as scored (binarized)" : "as scored";
+  if (r.likelihood) {
+    $("nll").textContent = `${fmt(r.nll, 2)} nats (k = ${r.k})`;
+    $("bpd").textContent = fmt(r.bits_per_dim, 4);
+    const val = r.nll_percentile_val !== undefined && r.nll_percentile_val !== null;
+    $("nll-pct").textContent = val ? `${fmt(r.nll_percentile_val, 1)}th percentile of validation images`
+                                   : `${fmt(r.nll_percentile_train, 1)}th percentile of training images`;
+    $("ood").textContent = `${fmt(r.ood_score, 1)} bits (PNG ${fmt(r.png_bits, 0)} bits)`;
+    $("ood-pct").textContent = val ? `${fmt(r.ood_percentile_val, 1)}th percentile of validation images`
+                                   : `${fmt(r.ood_percentile_test, 1)}th percentile of test images`;
+  } else {
+    $("nll").textContent = r.note;
+    for (const id of ["bpd", "nll-pct", "ood", "ood-pct"]) $(id).textContent = "\\u2013";
+  }
+  $("recon-err").textContent = r.recon_error_percentile_val !== null
+    ? `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_val, 1)}th percentile of validation images)`
+    : `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
+  const dosed = r.dose_score !== undefined && r.dose_score !== null;
+  $("dose").textContent = dosed ? fmt(r.dose_score, 2) : (state.info.dose.note || "\\u2013");
+  $("dose-pct").textContent = dosed ? `${fmt(r.dose_percentile_val, 1)}th percentile (held out of its fit)`
+                                    : "\\u2013";
+  const verdict = $("verdict");
+  verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
+  verdict.className = r.verdict === "unusual" ? "unusual" : "typical";
+}
+
+function setThumb(index, name, r) {
+  const img = document.createElement("img");
+  img.className = "px" + (r.verdict === "unusual" ? " unusual" : "");
+  img.id = `set-${index}`;
+  img.src = r.input;
+  img.alt = name;
+  const dose = r.dose_percentile_val !== undefined && r.dose_percentile_val !== null
+    ? `, DoSE score at the ${fmt(r.dose_percentile_val, 1)}th percentile` : "";
+  img.title = `${name}: ${r.verdict}${dose}`;
+  $("set-thumbs").appendChild(img);
+}
+
+// One file: its numbers. Several: each is scored as one upload (the first one's numbers are shown, each gets
+// a thumbnail, red when flagged), then their DoSE scores are judged as one set by the server (/api/set).
+async function upload() {
+  const files = Array.from($("upload").files);
+  $("upload").value = "";  // the next choice replaces this one (and the same file may be chosen again)
+  if (!files.length) return;
+  const several = files.length > 1;
+  const setVerdict = $("set-verdict");
+  $("upload-error").textContent = "";
+  if (several) {
+    $("set-result").hidden = false;
+    $("set-thumbs").replaceChildren();
+    setVerdict.className = "";
+    if (files.length > state.info.limits.max_set) {
+      setVerdict.textContent = "";
+      $("upload-error").textContent = `choose at most ${state.info.limits.max_set} images at once ` +
+                                      `(you chose ${files.length})`;
+      return;
     }
-    $("recon-err").textContent = r.recon_error_percentile_val !== null
-      ? `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_val, 1)}th percentile of validation images)`
-      : `${fmt(r.recon_error, 4)} (${fmt(r.recon_error_percentile_train, 1)}th percentile of training images)`;
-    const dosed = r.dose_score !== undefined && r.dose_score !== null;
-    $("dose").textContent = dosed ? fmt(r.dose_score, 2) : (state.info.dose.note || "\\u2013");
-    $("dose-pct").textContent = dosed ? `${fmt(r.dose_percentile_val, 1)}th percentile (held out of its fit)`
-                                      : "\\u2013";
-    const verdict = $("verdict");
-    verdict.textContent = `${r.verdict}: ${r.verdict_reason}`;
-    verdict.className = r.verdict === "unusual" ? "unusual" : "typical";
+  }
+  const scores = [], failed = [];
+  let unusual = 0;
+  for (const [i, file] of files.entries()) {
+    if (several) setVerdict.textContent = `scoring image ${i + 1} of ${files.length} \\u2026`;
+    try {
+      const r = await scoreFile(file);
+      if (i === 0) showUpload(r);
+      if (several) setThumb(i, file.name, r);
+      if (r.verdict === "unusual") unusual += 1;
+      if (r.dose_score !== undefined && r.dose_score !== null) scores.push(r.dose_score);
+    } catch (err) {
+      failed.push(`${file.name}: ${err.message}`);
+    }
+  }
+  if (failed.length) {
+    $("upload-error").textContent = several ? `${failed.length} of ${files.length} not scored: ${failed.join("; ")}`
+                                            : failed[0];
+  }
+  if (!several) return;
+  if (!state.info.dose.available) {
+    setVerdict.textContent = `no set verdict: ${state.info.dose.note || "this run has no DoSE score"}`;
+    return;
+  }
+  if (!scores.length) { setVerdict.textContent = "no image could be scored"; return; }
+  try {
+    const v = await api("/api/set", { method: "POST", body: JSON.stringify({ scores: scores }),
+                                      headers: { "Content-Type": "application/json" } });
+    setVerdict.textContent = `As a set of ${v.n} images: ${v.verdict} (their DoSE scores' mean percentile ` +
+      `${fmt(v.mean_percentile, 1)}, threshold ${fmt(v.threshold_percentile, 1)}; ` +
+      `p = ${Number(v.p_value).toPrecision(2)}); ` +
+      `${unusual} of ${files.length - failed.length} judged unusual one by one`;
+    setVerdict.className = v.flagged ? "unusual" : "typical";
   } catch (err) {
+    setVerdict.textContent = "";
     $("upload-error").textContent = err.message;
   }
 }

@@ -32,13 +32,14 @@ fixed evaluation views of their splits (`vaelab.data.eval_view`), binarized if t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from vaelab.config import DataConfig
 from vaelab.data import ImageSet, eval_view, spread_index, to_float
+from vaelab.evaluation.imagecheck import user_image_statistics
 from vaelab.evaluation.likelihood import NLL_SEED, importance_sampled
 from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
 from vaelab.evaluation.oodrun import RunDose
@@ -91,8 +92,8 @@ class Scoring:
     dose: RunDose | None = None  # the run's DoSE scorer
     stats_kwargs: dict[str, Any] = field(default_factory=dict)  # the statistics protocol it was fitted with
 
-    def measure(self, images: torch.Tensor, scored: torch.Tensor,
-                dose: bool = True) -> tuple[Measures, torch.Tensor, torch.Tensor]:
+    def measure(self, images: torch.Tensor, scored: torch.Tensor, dose: bool = True,
+                seeds: Sequence[int] | None = None) -> tuple[Measures, torch.Tensor, torch.Tensor]:
         """Reconstruction error of uint8 images (N, C, H, W), and the likelihood numbers of `scored` (the
         same images as the evaluation scores them: binarized if the run binarizes), with their DoSE scores
         when `dose` and the run has a scorer; also their codes and reconstructions. Not thread-safe: the
@@ -107,15 +108,20 @@ class Scoring:
         est = importance_sampled(self.model, scored, k=self.k, batch_size=64, seed=NLL_SEED, device=self.device)
         nll = (-est.log_px).numpy()
         bits = png_code_length_bits(scored, binary=self.binary and scored.shape[1] == 1).astype(np.float64)
-        doses = self._dose(scored, est) if dose else None
+        doses = self._dose(scored, est, seeds) if dose else None
         return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits), doses), codes, recon
 
-    def _dose(self, scored: torch.Tensor, est: Any) -> np.ndarray | None:
+    def _dose(self, scored: torch.Tensor, est: Any, seeds: Sequence[int] | None) -> np.ndarray | None:
         """DoSE scores of the images, their statistics computed with the scorer's protocol (the importance-
-        sampled pass above is reused when it is the protocol's)."""
+        sampled pass above is reused when it is the protocol's). `seeds`: a user's images, one at a time, each
+        with its own seed added to the protocol's (vaelab.evaluation.imagecheck.image_seed, as `vaelab check`
+        measures them)."""
         if self.dose is None:
             return None
         kw = self.stats_kwargs
+        if seeds is not None:
+            return np.concatenate([self.dose.score(user_image_statistics(
+                self.model, scored[i:i + 1], s, kw, device=self.device, split="upload")) for i, s in enumerate(seeds)])
         same = kw["k"] == self.k and kw["seed"] == NLL_SEED and kw["batch_size"] == 64
         stats = compute_statistics(self.model, scored, split="upload", device=self.device,
                                    estimate=est if same else None, **kw)

@@ -71,6 +71,7 @@ ROUTES: dict[str, Route] = {
     "/api/traverse": Route("GET", ("dim", "value", "steps", "base"), lambda app, q, body: app.traverse(
         _int(q, "dim", 0), _float(q, "value", None), _int(q, "steps", None), _base(q))),
     "/api/upload": Route("POST", (), lambda app, q, body: app.score_upload(body)),
+    "/api/set": Route("POST", (), lambda app, q, body: app.check_set(body)),
 }
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
