@@ -68,11 +68,13 @@ def user_image(run: Run, image: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def user_image_statistics(model: Any, image: torch.Tensor, seed: int, kwargs: dict[str, Any], *,
-                          device: torch.device | str, split: str) -> ImageStatistics:
+                          device: torch.device | str, split: str, estimate: Any = None) -> ImageStatistics:
     """The statistics of one prepared user image (1, C, H, W) by the protocol `kwargs` (statistics_kwargs),
     its draws seeded by the protocol's seed plus the image's own `seed`. The protocol recorded keeps the
-    run's seed (the DoSE scorer checks it) and adds the image's."""
-    stats = compute_statistics(model, image, split=split, device=device, **(kwargs | {"seed": kwargs["seed"] + seed}))
+    run's seed (the DoSE scorer checks it) and adds the image's. `estimate`: its importance-sampled pass
+    when the caller made it with that seed (compute_statistics then reuses it)."""
+    stats = compute_statistics(model, image, split=split, device=device, estimate=estimate,
+                               **(kwargs | {"seed": kwargs["seed"] + seed}))
     return ImageStatistics(split, stats.columns, stats.protocol | {"seed": kwargs["seed"], "image_seed": seed})
 
 

@@ -105,13 +105,19 @@ class Scoring:
         recon_error = ((recon - x) ** 2).flatten(1).mean(1).double().cpu().numpy()
         if not self.likelihood:
             return Measures(recon_error), codes, recon
-        est = importance_sampled(self.model, scored, k=self.k, batch_size=64, seed=NLL_SEED, device=self.device)
-        nll = (-est.log_px).numpy()
+        if seeds is None:
+            est = importance_sampled(self.model, scored, k=self.k, batch_size=64, seed=NLL_SEED, device=self.device)
+            nll = (-est.log_px).numpy()
+        else:  # a user's images: each alone, its draws moved by its own seed (as its DoSE statistics' are)
+            est = [importance_sampled(self.model, scored[i:i + 1], k=self.k, batch_size=64, seed=NLL_SEED + s,
+                                      device=self.device) for i, s in enumerate(seeds)]
+            nll = np.concatenate([(-e.log_px).numpy() for e in est])
         bits = png_code_length_bits(scored, binary=self.binary and scored.shape[1] == 1).astype(np.float64)
         doses = self._dose(scored, est, seeds) if dose else None
         return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits), doses), codes, recon
 
     def _dose(self, scored: torch.Tensor, est: Any, seeds: Sequence[int] | None) -> np.ndarray | None:
+        # est: the pass above, one estimate per image when `seeds` are given
         """DoSE scores of the images, their statistics computed with the scorer's protocol (the importance-
         sampled pass above is reused when it is the protocol's). `seeds`: a user's images, one at a time, each
         with its own seed added to the protocol's (vaelab.evaluation.imagecheck.image_seed, as `vaelab check`
@@ -119,10 +125,11 @@ class Scoring:
         if self.dose is None:
             return None
         kw = self.stats_kwargs
+        same = kw["k"] == self.k and kw["seed"] == NLL_SEED and kw["batch_size"] == 64
         if seeds is not None:
             return np.concatenate([self.dose.score(user_image_statistics(
-                self.model, scored[i:i + 1], s, kw, device=self.device, split="upload")) for i, s in enumerate(seeds)])
-        same = kw["k"] == self.k and kw["seed"] == NLL_SEED and kw["batch_size"] == 64
+                self.model, scored[i:i + 1], s, kw, device=self.device, split="upload",
+                estimate=est[i] if same else None)) for i, s in enumerate(seeds)])
         stats = compute_statistics(self.model, scored, split="upload", device=self.device,
                                    estimate=est if same else None, **kw)
         return self.dose.score(stats)
