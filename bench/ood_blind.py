@@ -64,6 +64,16 @@ for whatever is changed after the fifth:
 - hatching: parallel lines about 1 px wide, 3 to 6 px apart, at a random angle, inside a random ellipse;
 - words: two to four letters side by side in Pillow's font, 9 to 12 px high.
 
+A seventh batch (`--batch 7`), committed before any score of it was seen and left unscored, is kept sealed
+for whatever is changed after the sixth:
+
+- sheared: a test image under a horizontal shear of 0.3 to 0.6 (either way), about its centre;
+- tiled: a test image shrunk to half its size and repeated 2x2;
+- swapped: a test image's four quadrants in a random order other than their own;
+- outlines: a test image's outlines (a 3x3 maximum filter minus a 3x3 minimum filter);
+- fans: 3 to 8 straight rays, 1 or 2 px wide, from one point of the image to its edges;
+- squeezed: a test image narrowed to 45-70% of its width, centred on black.
+
 Each set is written as a folder of PNG files (the run's image size, 8-bit gray) and scored the way a
 user would: `vaelab evaluate RUN --on folder:DIR/letters ...` in a subprocess. The table is every score's
 AUROC and FPR at 95% TPR against the run's test split, and the share flagged at the 99th percentile of
@@ -95,10 +105,12 @@ BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
            3: ("lines", "rings", "dots", "edges", "mosaic", "rotated45"),
            4: ("pixelated", "blurred", "speckled", "chimera", "occluded", "spirals"),
            5: ("jpeg", "dimmed", "grainy", "warped", "rolled", "stars"),
-           6: ("dilated", "eroded", "mirrored", "patched", "hatching", "words")}
+           6: ("dilated", "eroded", "mirrored", "patched", "hatching", "words"),
+           7: ("sheared", "tiled", "swapped", "outlines", "fans", "squeezed")}
 FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes", "mosaic", "rotated45", "pixelated", "blurred",
              "speckled", "chimera", "occluded", "jpeg", "dimmed", "grainy", "warped", "rolled", "dilated", "eroded",
-             "mirrored", "patched")  # made from the run's test images
+             "mirrored", "patched", "sheared", "tiled", "swapped", "outlines",
+             "squeezed")  # made from the run's test images
 SCORES = ("DoSE", "DoSE density", "-log p(x)", "complexity-corrected")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SYMBOLS = "!?#$%&*+=<>@{}[]()/\\|~^"
@@ -473,6 +485,80 @@ def words(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
         image = Image.new("L", (size, size), 0)
         ImageDraw.Draw(image).text((size / 2 + float(rng.uniform(-2, 2)), size / 2 + float(rng.uniform(-4, 4))),
                                    text, fill=255, font=font, anchor="mm")
+        out.append(image)
+    return out
+
+
+def _shear(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    s = float(rng.uniform(0.3, 0.6)) * (1 if rng.random() < 0.5 else -1)
+    c = a.shape[0] / 2
+    image = Image.fromarray(a, "L").transform(a.shape[::-1], Image.AFFINE, (1, s, -s * c, 0, 1, 0),
+                                              resample=Image.BILINEAR)
+    return np.asarray(image).copy()
+
+
+def sheared(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _shear)
+
+
+def tiled(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    size = test.shape[-1]
+    out = []
+    for i in rng.choice(len(test), size=n, replace=False):
+        small = Image.fromarray(test[i], "L").resize((size // 2, size // 2), Image.LANCZOS)
+        tile = Image.new("L", (size, size), 0)
+        for y in (0, size // 2):
+            for x in (0, size // 2):
+                tile.paste(small, (x, y))
+        out.append(tile)
+    return out
+
+
+def _swap_quadrants(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h = a.shape[0] // 2
+    quads = [a[:h, :h].copy(), a[:h, h:].copy(), a[h:, :h].copy(), a[h:, h:].copy()]
+    order = np.arange(4)
+    while (order == np.arange(4)).all():
+        order = rng.permutation(4)
+    for k, (y, x) in enumerate(((0, 0), (0, h), (h, 0), (h, h))):
+        a[y:y + h, x:x + h] = quads[order[k]]
+    return a
+
+
+def swapped(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _swap_quadrants)
+
+
+def outlines(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    from PIL import ImageChops, ImageFilter
+
+    out = []
+    for i in rng.choice(len(test), size=n, replace=False):
+        image = Image.fromarray(test[i], "L")
+        out.append(ImageChops.subtract(image.filter(ImageFilter.MaxFilter(3)), image.filter(ImageFilter.MinFilter(3))))
+    return out
+
+
+def _fans_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    cx, cy = (float(v) for v in rng.uniform(0.2 * size, 0.8 * size, size=2))
+    width = int(rng.integers(1, 3))
+    for angle in rng.uniform(0, 2 * math.pi, size=int(rng.integers(3, 9))):
+        draw.line([(cx, cy), (cx + 2 * size * math.cos(angle), cy + 2 * size * math.sin(angle))], fill=255,
+                  width=width)
+
+
+def fans(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    return drawn(rng, n, size, (1, 2), _fans_stroke)
+
+
+def squeezed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    size = test.shape[-1]
+    out = []
+    for i in rng.choice(len(test), size=n, replace=False):
+        width = max(2, int(round(size * float(rng.uniform(0.45, 0.7)))))
+        narrow = Image.fromarray(test[i], "L").resize((width, size), Image.LANCZOS)
+        image = Image.new("L", (size, size), 0)
+        image.paste(narrow, ((size - width) // 2, 0))
         out.append(image)
     return out
 
