@@ -10,7 +10,8 @@ from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.oodformat import format_typicality
 from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_score_batch_test, fit_typicality,
-                                         check_score_set, score_batch_table, typicality_table)
+                                         check_score_set, percentiles_among, score_batch_table,
+                                         typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -174,8 +175,8 @@ def test_score_batch_test_is_one_sided_and_gains_with_the_batch_size():
     typ = fit_typicality(ImageStatistics("val", {"log_px": -reference}), 5, seed=9)
     batches = ImageStatistics("test", {"log_px": -test})
     index = disjoint_batches(len(test), 5, 10)
-    ranks = np.array([100 * np.mean(reference < v) for v in test])  # continuous scores: no ties
-    assert np.allclose(t.batch_statistic(test), ranks[index].mean(1))
+    evidence = np.array([-np.log((1 + np.sum(reference >= v)) / (len(reference) + 1)) for v in test])
+    assert np.allclose(t.batch_statistic(test), evidence[index].mean(1))
     assert np.allclose(typ.batch_statistic(batches), np.abs(test[index].mean(1) - typ.entropy))
 
 
@@ -205,21 +206,24 @@ def test_the_p_value_uses_the_threshold_s_own_draws():
     reference = rng.gamma(2.0, 1.0, 3000)
     t = fit_score_batch_test(reference, 10, alpha=0.05, seed=4)
 
-    def judged(percentile):  # a set of 10 scores, each at this percentile of the reference
-        return check_score_set(reference, np.full(10, np.percentile(reference, percentile)), alpha=0.05, seed=4)
+    def judged(evidence):  # a set of 10 scores, each with this evidence -log p among the reference
+        return check_score_set(reference, np.full(10, np.quantile(reference, 1 - np.exp(-evidence))), alpha=0.05,
+                               seed=4)
 
     at = judged(t.threshold)
-    assert at.threshold == t.threshold and at.p_value == pytest.approx(0.05, abs=0.003)
-    assert at.mean_percentile == pytest.approx(t.threshold, abs=0.05)
-    far = judged(100.0)
-    assert far.p_value == pytest.approx(1 / 5001) and far.flagged and far.n == 10 and far.mean_percentile > 99.9
-    assert judged(0.0).p_value == 1.0 and not judged(50.0).flagged
+    assert at.threshold == t.threshold and at.p_value == pytest.approx(0.05, abs=0.005)
+    assert at.mean_evidence == pytest.approx(t.threshold, abs=0.01)
+    far = check_score_set(reference, np.full(10, reference.max() + 1), alpha=0.05, seed=4)
+    assert far.p_value == pytest.approx(1 / 5001) and far.flagged and far.n == 10
+    assert far.mean_evidence == pytest.approx(np.log(3001))  # bounded: beyond every reference score
+    assert check_score_set(reference, np.full(10, -1.0), alpha=0.05, seed=4).p_value == 1.0
+    assert not judged(np.log(2)).flagged  # at the median
 
 
 def test_one_huge_reference_score_does_not_blind_the_set_test():
     """A held-out score far out in a tail (6e7 among 100 validation scores near 1, as one small model gave)
-    moved the first version's threshold, on the mean score, near it: 12 noise images passed as a set. On
-    percentiles the set is caught, and the verdict does not depend on how far out that one score lies."""
+    moved the first version's threshold, on the mean score, near it: 12 noise images passed as a set. On tail
+    p-values the set is caught, and the verdict does not depend on how far out that one score lies."""
     rng = np.random.default_rng(4)
     reference = np.r_[rng.gamma(2.0, 1.0, 99), 6e7]
     noise = np.percentile(reference[:99], 97) + rng.gamma(2.0, 1.0, 12)  # above 97% of them, below the outlier
@@ -229,3 +233,19 @@ def test_one_huge_reference_score_does_not_blind_the_set_test():
     assert judged.flagged and judged.p_value < 0.001
     assert check_score_set(np.r_[reference[:99], 50.0], noise) == judged
     assert not check_score_set(reference, rng.gamma(2.0, 1.0, 12)).flagged
+
+
+def test_a_few_images_far_out_count_fully_in_the_set_test():
+    """Fisher's pooling: 3 images beyond every reference score among 7 typical ones flag a set of 10 (a test
+    on percentiles, which counts an image far out no more than one at the 100th percentile, lets it pass)."""
+    rng = np.random.default_rng(6)
+    reference = rng.gamma(2.0, 1.0, 3000)
+    scores = np.r_[np.full(3, reference.max() + 5), np.full(7, np.median(reference))]
+    judged = check_score_set(reference, scores)
+    assert judged.flagged and judged.p_value < 0.01
+    ranks = percentiles_among(np.sort(reference), reference)
+    means = ranks[np.random.default_rng(2025).integers(0, 3000, (5000, 10))].mean(1)
+    assert percentiles_among(np.sort(reference), scores).mean() < np.quantile(means, 0.99)
+    # calibrated on the reference's own evidence: about alpha of in-distribution sets of 10 are flagged
+    flagged = [check_score_set(reference, rng.gamma(2.0, 1.0, 10), bootstrap=2000).flagged for _ in range(400)]
+    assert np.mean(flagged) < 0.04

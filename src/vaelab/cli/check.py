@@ -86,8 +86,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         b = result.batch
         record = {"run": str(run.path), "paths": args.paths, "score": result.score,
                   "validation_images": result.validation_images, "threshold_99": result.threshold,
-                  "set": {"n": b.n, "mean_score": b.mean_score, "mean_percentile": b.mean_percentile,
-                          "threshold_percentile": b.threshold, "p_value": b.p_value,
+                  "set": {"n": b.n, "mean_score": b.mean_score, "mean_evidence": b.mean_evidence,
+                          "threshold_evidence": b.threshold, "p_value": b.p_value,
                           "alpha": b.alpha, "flagged": b.flagged},
                   "images": [{"file": n, "score": float(s), "percentile": float(p), "flagged": bool(f)}
                              for n, s, p, f in zip(names, result.scores, result.percentiles, result.flagged)]}

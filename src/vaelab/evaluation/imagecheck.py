@@ -10,7 +10,7 @@ Each image is judged by the run's DoSE score (vaelab.evaluation.oodrun: the dens
 joined with the orientation test), against the held-out scores of the run's validation images: its
 percentile among them, and flagged at or above their 99th percentile, as `vaelab evaluate` and `vaelab
 serve` flag. The images together are judged by the DoSE batch test (vaelab.evaluation.typicality): the
-mean of their scores' percentiles against the bootstrapped mean percentile of as many validation scores.
+mean -log tail p-value of their scores against the same mean over as many validation scores, bootstrapped.
 For 10 or more images from one source, the set's verdict is the one to trust (BENCHMARKS.md, "Sets of
 images"): single images close to the training data often pass.
 
@@ -95,7 +95,7 @@ class ImageCheck:
         verdict = "not from the training distribution" if b.flagged else "consistent with the training distribution"
         return (f"{int(self.flagged.sum())} of {len(self.scores)} images flagged one by one (at the "
                 f"{FLAG_PERCENTILE:g}th percentile of {self.validation_images} validation images); as a set: "
-                f"{verdict} (their DoSE scores' mean percentile {b.mean_percentile:.1f}, threshold {b.threshold:.1f}; "
+                f"{verdict} (their DoSE scores' mean -log p {b.mean_evidence:.2f}, threshold {b.threshold:.2f}; "
                 f"p = {b.p_value:.3g})")
 
 

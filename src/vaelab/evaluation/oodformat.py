@@ -62,9 +62,9 @@ BATCH_TITLES = (
     ("typicality", "typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| above its "
                    "{level}% bootstrap quantile, both from validation images only; flagged = fraction of disjoint "
                    "batches beyond it"),
-    ("dose_batches", "DoSE batch test for the same batches: the mean percentile of the M images' DoSE scores "
-                     "among held-out validation scores above its {level}% bootstrap quantile; flagged = fraction "
-                     "of disjoint batches beyond it"),
+    ("dose_batches", "DoSE batch test for the same batches: the mean -log tail p-value of the M images' DoSE "
+                     "scores among held-out validation scores (Fisher) above its {level}% bootstrap quantile; "
+                     "flagged = fraction of disjoint batches beyond it"),
 )
 
 

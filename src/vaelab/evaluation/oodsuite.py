@@ -13,8 +13,8 @@ pass of every set is reused, not repeated) and adds, for the test split and each
 - `ood_intervals`: for each other set and every score, AUROC, AUPRC and FPR at 95% TPR, each with its 95%
   percentile-bootstrap interval (eval.ood_resamples resamples), balanced sizes, OOD positive;
 - `typicality`: the typicality test for batches of M = 1, 5, 10, 25 images, fitted on validation images;
-- `dose_batches`: the same question asked of DoSE (the mean percentile of M images' DoSE scores among
-  held-out validation scores, against its bootstrapped null), laid out as `typicality`;
+- `dose_batches`: the same question asked of DoSE (the mean -log tail p-value of M images' DoSE scores
+  among held-out validation scores, against its bootstrapped null), laid out as `typicality`;
 - `timing`: the measured seconds per 1,000 images of each part.
 
 The record keeps every key it had (`ood` still holds the FPR at 80% TPR and ROC points of the likelihood
@@ -142,8 +142,8 @@ def typicality_record(validation: ImageStatistics, stats: dict[str, ImageStatist
 
 def dose_batch_record(dose: RunDose, per_image: dict[str, dict[str, np.ndarray]], test: str,
                       cfg: RunConfig) -> dict[str, Any]:
-    """The DoSE batch test for each batch size M the sets allow: the mean percentile of M images' DoSE scores
-    among the validation images' held-out scores (`RunDose.reference`), against its bootstrapped null."""
+    """The DoSE batch test for each batch size M the sets allow: the mean -log tail p-value of M images' DoSE
+    scores among the validation images' held-out scores (`RunDose.reference`), against its bootstrapped null."""
     ec = cfg.eval
     others = {name: scores[DOSE] for name, scores in per_image.items() if name != test}
     return score_batch_table(dose.reference, per_image[test][DOSE], others, seed=ec.seed,

@@ -61,8 +61,8 @@ def _ood_extras(data: dict[str, Any]) -> list[str]:
                                       "flagged when |mean NLL - H| exceeds its {level}% bootstrap quantile, both "
                                       "estimated from validation images only"),
                        ("dose_batches", "DoSE batch test for the same batches: a batch is flagged when the mean "
-                                        "percentile of its M images' DoSE scores among held-out scores of "
-                                        "validation images exceeds its {level}% bootstrap quantile")):
+                                        "-log tail p-value of its M images' DoSE scores among held-out scores of "
+                                        "validation images (Fisher) exceeds its {level}% bootstrap quantile")):
         record = data.get(key) or {}
         if not record.get("rows"):
             continue

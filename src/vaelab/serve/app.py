@@ -284,8 +284,8 @@ class ExplorerApp:
         check_range("the number of scores", len(scores), 1, MAX_SET)
         result = check_score_set(self.dose.reference, np.asarray(scores, dtype=np.float64))
         verdict = "not from the training distribution" if result.flagged else "consistent with the training distribution"
-        return {"n": result.n, "mean_score": result.mean_score, "mean_percentile": result.mean_percentile,
-                "threshold_percentile": result.threshold,
+        return {"n": result.n, "mean_score": result.mean_score, "mean_evidence": result.mean_evidence,
+                "threshold_evidence": result.threshold,
                 "p_value": result.p_value, "alpha": result.alpha, "flagged": result.flagged, "verdict": verdict,
                 "validation_images": len(self.dose.reference),
                 "flagged_one_by_one": int(np.count_nonzero(np.asarray(scores) >= self.dose.threshold()))}

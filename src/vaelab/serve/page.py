@@ -147,8 +147,8 @@ PAGE = """<!doctype html>
     <div id="set-result" hidden>
       <h2>Your images as a set</h2>
       <p class="hint">Each image outlined in red is flagged on its own; the set is judged by the DoSE batch test
-        (the mean percentile of their DoSE scores among validation images' scores, against the same mean for as
-        many validation images). For 10 or more images from one source,
+        (the mean -log tail p-value of their DoSE scores among validation images' scores, against the same mean
+        for as many validation images). For 10 or more images from one source,
         trust the set's verdict: single images close to the training data often pass.</p>
       <div id="set-thumbs" class="strip"></div>
       <p id="set-verdict"></p>
@@ -419,8 +419,8 @@ async function upload() {
   try {
     const v = await api("/api/set", { method: "POST", body: JSON.stringify({ scores: scores }),
                                       headers: { "Content-Type": "application/json" } });
-    setVerdict.textContent = `As a set of ${v.n} images: ${v.verdict} (their DoSE scores' mean percentile ` +
-      `${fmt(v.mean_percentile, 1)}, threshold ${fmt(v.threshold_percentile, 1)}; ` +
+    setVerdict.textContent = `As a set of ${v.n} images: ${v.verdict} (their DoSE scores' mean -log p ` +
+      `${fmt(v.mean_evidence, 2)}, threshold ${fmt(v.threshold_evidence, 2)}; ` +
       `p = ${Number(v.p_value).toPrecision(2)}); ` +
       `${unusual} of ${files.length - failed.length} judged unusual one by one`;
     setVerdict.className = v.flagged ? "unusual" : "typical";
