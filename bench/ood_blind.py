@@ -80,6 +80,11 @@ AUROC and FPR at 95% TPR against the run's test split, and the share flagged at 
 the validation images' DoSE, then the typicality test's and the DoSE batch test's AUROC over disjoint
 batches of M images (and the share of batches each flags). Writes JSON (bench/results/ood_blind.json by
 default).
+
+`--rejudge` judges the batches again without scoring anything: the DoSE batch test is recomputed by
+today's code from the per-image DoSE scores the evaluation in SETS/eval-RUNNAME already holds and the
+run's stored scorer (its held-out validation scores), and written back into that evaluation.json; the
+per-image numbers and the typicality test stay as they were. For a change to the batch test alone.
 """
 
 from __future__ import annotations
@@ -600,6 +605,48 @@ def evaluate_command(run: str, sets: Path, batch: int, images: int, settings: li
             *[a for kv in settings for a in ("--set", kv)], "--out", str(eval_out)]
 
 
+def rejudge(run_spec: str, settings: list[str], eval_out: Path) -> None:
+    """The DoSE batch test again, by today's code, from eval_out's per-image DoSE scores and the run's stored
+    scorer (with the evaluation's eval.* settings); written into eval_out/evaluation.json as "dose_batches"."""
+    import csv
+    import dataclasses
+
+    from vaelab.config.io import parse_override
+    from vaelab.errors import VaelabError
+    from vaelab.evaluation.oodrun import run_dose
+    from vaelab.evaluation.statistics import ImageStatistics
+    from vaelab.evaluation.typicality import score_batch_table
+
+    run = load_run(run_spec)
+    cfg = run.config
+    for text in settings:
+        section, key, value = parse_override(text)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+    dose = run_dose(run.model, cfg, load_run_data(run), run.path, device=run.device)
+    scores: dict[str, np.ndarray] = {}
+    for path in sorted((eval_out / "statistics").glob("*.safetensors")):  # the evaluation's cached statistics
+        stats = ImageStatistics.load(path)
+        try:
+            scores[stats.split] = dose.score(stats)  # full precision (per_image_scores.csv rounds)
+        except VaelabError:  # statistics of another protocol (an older evaluation in the same folder)
+            continue
+    with open(eval_out / "per_image_scores.csv", newline="") as f:  # the check: the scores it printed
+        printed: dict[str, list[float]] = {}
+        for row in csv.DictReader(f):
+            printed.setdefault(row["dataset"], []).append(float(row["DoSE"]))
+    if sorted(scores) != sorted(printed) or not all(
+            np.allclose(scores[k], printed[k], rtol=1e-4, atol=1e-4) for k in printed):
+        raise SystemExit(f"bench/ood_blind.py: the statistics in {eval_out} do not give the scores it printed")
+    test = scores.pop("test")
+    table = score_batch_table(dose.reference, test, scores, seed=cfg.eval.seed, resamples=cfg.eval.ood_resamples,
+                              score="DoSE")
+    path = eval_out / "evaluation.json"
+    record = json.loads(path.read_text())
+    record["datasets_eval"]["dose_batches"] = json.loads(json.dumps(table, default=float))
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"rejudged the DoSE batch test in {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a run directory or pretrained:NAME")
@@ -611,15 +658,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="passed on to `vaelab evaluate` (repeatable), e.g. eval.dose_images=2000 to score with "
                          "the DoSE scorer the run's own tables were fitted with")
+    ap.add_argument("--rejudge", action="store_true",
+                    help="recompute the DoSE batch test from the evaluation already made (see above); score nothing")
     ap.add_argument("--out", default="bench/results/ood_blind.json")
     args = ap.parse_args(argv)
     sets = Path(args.sets).resolve()
     t0 = time.perf_counter()
-    made = make_sets(args.run, sets, args.images, args.batch)
     eval_out = Path(args.eval_out) if args.eval_out else default_eval_out(args.run, sets)
     command = evaluate_command(args.run, sets, args.batch, args.images, args.set, eval_out)
-    print("$", " ".join(command), flush=True)
-    subprocess.run([str(Path(sys.executable).with_name("vaelab")), *command[1:]], check=True)
+    if args.rejudge:
+        made = {name: len(list((sets / name).glob("*.png"))) for name in BATCHES[args.batch]}
+        rejudge(args.run, args.set, eval_out)
+    else:
+        made = make_sets(args.run, sets, args.images, args.batch)
+        print("$", " ".join(command), flush=True)
+        subprocess.run([str(Path(sys.executable).with_name("vaelab")), *command[1:]], check=True)
     result = json.loads((eval_out / "evaluation.json").read_text())["datasets_eval"]
     names = {spec: spec.rsplit("/", 1)[-1] for spec in result["ood"]}
     flagged = result["dose"].get("flagged_at_99", {})
