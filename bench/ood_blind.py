@@ -64,8 +64,8 @@ for whatever is changed after the fifth:
 - hatching: parallel lines about 1 px wide, 3 to 6 px apart, at a random angle, inside a random ellipse;
 - words: two to four letters side by side in Pillow's font, 9 to 12 px high.
 
-A seventh batch (`--batch 7`), committed before any score of it was seen and left unscored, is kept sealed
-for whatever is changed after the sixth:
+A seventh batch (`--batch 7`), committed before any score of it was seen, checked the change after the
+sixth (the DoSE batch test's pooling; BENCHMARKS.md, seventh measurement):
 
 - sheared: a test image under a horizontal shear of 0.3 to 0.6 (either way), about its centre;
 - tiled: a test image shrunk to half its size and repeated 2x2;
@@ -73,6 +73,16 @@ for whatever is changed after the sixth:
 - outlines: a test image's outlines (a 3x3 maximum filter minus a 3x3 minimum filter);
 - fans: 3 to 8 straight rays, 1 or 2 px wide, from one point of the image to its edges;
 - squeezed: a test image narrowed to 45-70% of its width, centred on black.
+
+An eighth batch (`--batch 8`), committed before any score of it was seen and left unscored, is kept sealed
+for whatever is changed after the seventh:
+
+- framed: a test image inside a white frame 1 or 2 px wide at its border;
+- ghosted: a test image and a copy shifted by 3 to 6 px, their maximum;
+- halfinverted: a test image with its top or bottom half inverted (255 - v);
+- masked: a test image multiplied by a checkerboard of 4 to 7 px cells (every other cell black);
+- clouds: smoothed uniform noise (a Gaussian blur of radius 2 to 4 px, contrast stretched);
+- crosses: two to five + or x marks, 5 to 11 px across, 1 or 2 px wide.
 
 Each set is written as a folder of PNG files (the run's image size, 8-bit gray) and scored the way a
 user would: `vaelab evaluate RUN --on folder:DIR/letters ...` in a subprocess. The table is every score's
@@ -111,11 +121,12 @@ BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
            4: ("pixelated", "blurred", "speckled", "chimera", "occluded", "spirals"),
            5: ("jpeg", "dimmed", "grainy", "warped", "rolled", "stars"),
            6: ("dilated", "eroded", "mirrored", "patched", "hatching", "words"),
-           7: ("sheared", "tiled", "swapped", "outlines", "fans", "squeezed")}
+           7: ("sheared", "tiled", "swapped", "outlines", "fans", "squeezed"),
+           8: ("framed", "ghosted", "halfinverted", "masked", "clouds", "crosses")}
 FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes", "mosaic", "rotated45", "pixelated", "blurred",
              "speckled", "chimera", "occluded", "jpeg", "dimmed", "grainy", "warped", "rolled", "dilated", "eroded",
              "mirrored", "patched", "sheared", "tiled", "swapped", "outlines",
-             "squeezed")  # made from the run's test images
+             "squeezed", "framed", "ghosted", "halfinverted", "masked")  # made from the run's test images
 SCORES = ("DoSE", "DoSE density", "-log p(x)", "complexity-corrected")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SYMBOLS = "!?#$%&*+=<>@{}[]()/\\|~^"
@@ -566,6 +577,73 @@ def squeezed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.I
         image.paste(narrow, ((size - width) // 2, 0))
         out.append(image)
     return out
+
+
+def _frame(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    w = int(rng.integers(1, 3))
+    a[:w, :], a[-w:, :], a[:, :w], a[:, -w:] = 255, 255, 255, 255
+    return a
+
+
+def framed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _frame)
+
+
+def _ghost(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    dy, dx = (int(v) * (1 if rng.random() < 0.5 else -1) for v in rng.integers(3, 7, size=2))
+    return np.maximum(a, np.roll(a, (dy, dx), axis=(0, 1)))
+
+
+def ghosted(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _ghost)
+
+
+def _half_invert(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    half = slice(0, a.shape[0] // 2) if rng.random() < 0.5 else slice(a.shape[0] // 2, None)
+    a[half] = 255 - a[half]
+    return a
+
+
+def halfinverted(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _half_invert)
+
+
+def _mask(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    cell = int(rng.integers(4, 8))
+    yy, xx = np.mgrid[0:a.shape[0], 0:a.shape[1]]
+    a[((yy // cell) + (xx // cell)) % 2 == 1] = 0
+    return a
+
+
+def masked(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _mask)
+
+
+def clouds(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    from PIL import ImageFilter
+
+    out = []
+    for _ in range(n):
+        noise = Image.fromarray(rng.integers(0, 256, size=(size, size), dtype=np.uint8), "L")
+        a = np.asarray(noise.filter(ImageFilter.GaussianBlur(float(rng.uniform(2, 4)))), dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
+        out.append(Image.fromarray(a.round().astype(np.uint8), "L"))
+    return out
+
+
+def _crosses_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    cx, cy = (float(v) for v in rng.uniform(0.15 * size, 0.85 * size, size=2))
+    r, width = float(rng.uniform(2.5, 5.5)), int(rng.integers(1, 3))
+    if rng.random() < 0.5:
+        draw.line([(cx - r, cy), (cx + r, cy)], fill=255, width=width)
+        draw.line([(cx, cy - r), (cx, cy + r)], fill=255, width=width)
+    else:
+        draw.line([(cx - r, cy - r), (cx + r, cy + r)], fill=255, width=width)
+        draw.line([(cx - r, cy + r), (cx + r, cy - r)], fill=255, width=width)
+
+
+def crosses(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    return drawn(rng, n, size, (2, 6), _crosses_stroke)
 
 
 def make_sets(run_spec: str, folder: Path, n: int, batch: int = 1) -> dict[str, int]:
