@@ -38,7 +38,6 @@ from vaelab.serve.reference import (UNUSUAL_PERCENTILE, VAL_REFERENCE, Reference
                                     reference_images, summary, worst_verdict)
 
 
-
 class ExplorerApp:
     """The explorer's logic, without HTTP: every method validates its values and returns a JSON-ready dict.
 
@@ -283,7 +282,8 @@ class ExplorerApp:
             raise RequestError(400, '"scores" must be a list of finite numbers (the dose_score of each upload)')
         check_range("the number of scores", len(scores), 1, MAX_SET)
         result = check_score_set(self.dose.reference, np.asarray(scores, dtype=np.float64))
-        verdict = "not from the training distribution" if result.flagged else "consistent with the training distribution"
+        verdict = ("not from the training distribution" if result.flagged
+                   else "consistent with the training distribution")
         return {"n": result.n, "mean_score": result.mean_score, "mean_evidence": result.mean_evidence,
                 "threshold_evidence": result.threshold,
                 "p_value": result.p_value, "alpha": result.alpha, "flagged": result.flagged, "verdict": verdict,

@@ -84,6 +84,9 @@ class ExplorerServer(ThreadingHTTPServer):
             thread.start()
         except BaseException:
             release()
+            if thread.ident is None:  # it never ran, so it will not take itself off the list
+                with self._open_lock:
+                    self._open.pop(thread, None)
             raise
 
     def _handle_in_thread(self, request, client_address, release: "_ReleaseOnce") -> None:

@@ -117,11 +117,10 @@ class Scoring:
         return Measures(recon_error, nll, bits, complexity_corrected_score(nll, bits), doses), codes, recon
 
     def _dose(self, scored: torch.Tensor, est: Any, seeds: Sequence[int] | None) -> np.ndarray | None:
-        # est: the pass above, one estimate per image when `seeds` are given
         """DoSE scores of the images, their statistics computed with the scorer's protocol (the importance-
-        sampled pass above is reused when it is the protocol's). `seeds`: a user's images, one at a time, each
-        with its own seed added to the protocol's (vaelab.evaluation.imagecheck.image_seed, as `vaelab check`
-        measures them)."""
+        sampled pass above, `est`, is reused when it is the protocol's). `seeds`: a user's images, one at a
+        time, each with its own seed added to the protocol's (vaelab.evaluation.imagecheck.image_seed, as
+        `vaelab check` measures them); `est` is then one estimate per image."""
         if self.dose is None:
             return None
         kw = self.stats_kwargs
