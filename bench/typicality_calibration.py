@@ -17,7 +17,8 @@ too few to tell 1% from 4%. This benchmark judges
 the same for the DoSE batch test (the mean -log tail p-value of M images' DoSE scores among the validation
 images' held-out scores, `RunDose.reference`, against its bootstrapped null; its control fits on half of
 those and judges the other half), and prints the mean and spread of -log p(x) on the validation slice and
-the test split, since a difference between those two samples, not the method, is what moves the false-alarm rate.
+the test split, since a difference between those two samples, not the method, is what moves the false-alarm
+rate.
 Statistics are cached under --cache (default RUN/eval-typicality/). Writes JSON
 (bench/results/typicality_calibration.json by default).
 """
@@ -35,7 +36,7 @@ from vaelab.data import load_dataset
 from vaelab.evaluation.oodrun import model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics
 from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, false_alarm_interval,
-                                          fit_score_batch_test, fit_typicality, tail_evidence, STATISTIC)
+                                          STATISTIC, fit_score_batch_test, fit_typicality, tail_evidence)
 from vaelab.evaluation.unseen import load_eval_set
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
@@ -111,8 +112,8 @@ def main() -> int:
     n_test = args.images or len(splits.test)
     t0 = time.perf_counter()
     dose = run_dose(run.model, cfg, splits, run.path, log=lambda msg: print(msg, flush=True))  # kept in RUN/ood
-    print(f"{VALIDATION}: {len(dose.validation)} images, statistics and DoSE scorer in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    print(f"{VALIDATION}: {len(dose.validation)} images, statistics and DoSE scorer in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     x = load_eval_set("test", cfg, splits, n_test, ec.seed + 10).images
     stats = {VALIDATION: dose.validation,

@@ -33,7 +33,7 @@ test's threshold near it, so that 12 noise images passed as a set (p = 0.11). Th
 log(n + 1), so no reference image moves the threshold much, while an image beyond every reference score
 still counts fully. (A second version pooled percentiles, a rank test: as robust, but it counts an image
 far out no more than one just past the median, and on the sealed batch 6 it caught the mirrored garments
-less often than the mean score did; BENCHMARKS.md, "Sets of images".)
+less often than the mean score did; BENCHMARKS.md, "three ways to pool a set".)
 """
 
 from __future__ import annotations
@@ -244,12 +244,7 @@ def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALP
                          seed: int = TYPICALITY_SEED, score: str = "DoSE") -> ScoreBatchTest:
     """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
     images, never of the images to be judged. ConfigError: fewer than MIN_REFERENCE reference scores."""
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
-    if m < 1 or bootstrap < 1:
-        raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
-    ordered = _sorted_reference(reference, score)
-    means = _bootstrap_means(reference_evidence(ordered), m, bootstrap, seed)
+    ordered, means = _null_means(reference, m, alpha, bootstrap, seed, score)
     return ScoreBatchTest(m=m, threshold=float(np.quantile(means, 1 - alpha)), alpha=alpha, score=score,
                           bootstrap=bootstrap, n_reference=len(ordered), seed=seed, reference=ordered)
 
@@ -257,14 +252,21 @@ def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALP
 MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batches are drawn with replacement)
 
 
-def _sorted_reference(reference: np.ndarray, score: str) -> np.ndarray:
+def _null_means(reference: np.ndarray, m: int, alpha: float, bootstrap: int, seed: int,
+                score: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked, sorted reference and the bootstrapped mean evidence of m of its scores (the test's null)."""
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
+    if m < 1 or bootstrap < 1:
+        raise ConfigError(f"the batch size M and the bootstrap batches must be >= 1, got {m} and {bootstrap}")
     reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 1 or len(reference) < MIN_REFERENCE:
         raise ConfigError(f"the {score} batch test needs at least {MIN_REFERENCE} reference scores of validation "
                           f"images, got {reference.size}")
     if not np.isfinite(reference).all():
         raise ValueError(f"the reference {score} scores hold non-finite values")
-    return np.sort(reference)
+    ordered = np.sort(reference)
+    return ordered, _bootstrap_means(reference_evidence(ordered), m, bootstrap, seed)
 
 
 def _bootstrap_means(values: np.ndarray, m: int, bootstrap: int, seed: int) -> np.ndarray:
@@ -295,14 +297,11 @@ def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float =
     the threshold `fit_score_batch_test` would give for M = len(scores), and the one-sided p-value, from one
     set of bootstrap draws."""
     scores = np.asarray(scores, dtype=np.float64)
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
     if not len(scores) or bootstrap < 1:
         raise ConfigError(f"a set needs at least one score and one bootstrap batch, got {len(scores)} and {bootstrap}")
     if not np.isfinite(scores).all():
         raise ValueError(f"the {score} scores to judge hold non-finite values")
-    ordered = _sorted_reference(reference, score)
-    means = _bootstrap_means(reference_evidence(ordered), len(scores), bootstrap, seed)
+    ordered, means = _null_means(reference, len(scores), alpha, bootstrap, seed, score)
     mean = float(tail_evidence(ordered, scores).mean())
     threshold = float(np.quantile(means, 1 - alpha))
     return SetCheck(n=len(scores), mean_score=float(scores.mean()), mean_evidence=mean, threshold=threshold,
@@ -324,13 +323,11 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
     rows, skipped = _batch_rows(
         sizes, lambda m: fit_score_batch_test(reference, m, alpha=alpha, bootstrap=bootstrap, seed=seed, score=score),
         lambda t: t.batch_statistic(test), {name: out(np.asarray(v, dtype=np.float64)) for name, v in others.items()},
-        seed=seed, resamples=resamples, enough=lambda m: len(reference) >= max(20, 2 * m) and len(test) >= m)
+        seed=seed, resamples=resamples, enough=lambda m: len(reference) >= max(MIN_REFERENCE, 2 * m) and len(test) >= m)
     return {"rows": rows, "skipped_sizes": skipped, "score": score,
             "fit": "the threshold from held-out scores of validation images only"}
 
 
-__all__ = ["ALPHA", "BATCH_SIZES", "ScoreBatchTest", "TypicalityTest", "disjoint_batches", "false_alarm_interval",
-           "SetCheck", "check_score_set", "fit_score_batch_test", "fit_typicality", "percentiles_among",
-           "reference_evidence", "tail_evidence",
-           "score_batch_table",
-           "typicality_table"]
+__all__ = ["ALPHA", "BATCH_SIZES", "MIN_REFERENCE", "STATISTIC", "ScoreBatchTest", "SetCheck", "TypicalityTest",
+           "check_score_set", "disjoint_batches", "false_alarm_interval", "fit_score_batch_test", "fit_typicality",
+           "percentiles_among", "reference_evidence", "score_batch_table", "tail_evidence", "typicality_table"]

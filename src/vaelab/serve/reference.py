@@ -44,6 +44,7 @@ from vaelab.evaluation.likelihood import NLL_SEED, importance_sampled
 from vaelab.evaluation.ood import complexity_corrected_score, png_code_length_bits
 from vaelab.evaluation.oodrun import RunDose
 from vaelab.evaluation.statistics import compute_statistics
+from vaelab.evaluation.typicality import percentiles_among
 from vaelab.models import eval_mode
 from vaelab.models.base import Model
 
@@ -142,10 +143,9 @@ def reference_images(split: ImageSet, name: str, n: int, seed: int,
 
 
 def percentile(value: float, reference: np.ndarray) -> float:
-    """Where `value` falls among `reference`, in percent: the share below it, ties counted one half."""
-    below = int(np.count_nonzero(reference < value))
-    ties = int(np.count_nonzero(reference == value))
-    return 100.0 * (below + 0.5 * ties) / len(reference)
+    """Where `value` falls among `reference`, in percent: the share below it, ties counted one half (as
+    `vaelab check` ranks an image: vaelab.evaluation.typicality.percentiles_among)."""
+    return float(percentiles_among(np.sort(np.asarray(reference)), value))
 
 
 def summary(values: np.ndarray | None) -> dict[str, float] | None:
