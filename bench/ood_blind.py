@@ -106,7 +106,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -683,9 +683,10 @@ def evaluate_command(run: str, sets: Path, batch: int, images: int, settings: li
             *[a for kv in settings for a in ("--set", kv)], "--out", str(eval_out)]
 
 
-def rejudge(run_spec: str, settings: list[str], eval_out: Path) -> None:
-    """The DoSE batch test again, by today's code, from eval_out's per-image DoSE scores and the run's stored
-    scorer (with the evaluation's eval.* settings); written into eval_out/evaluation.json as "dose_batches"."""
+def evaluation_scores(run_spec: str, settings: list[str], eval_out: Path) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """The run's config (with the evaluation's eval.* settings), its stored DoSE scorer (RunDose) and the
+    full-precision DoSE score of every image eval_out's evaluation scored, by set ("test", "folder:..."):
+    from its cached statistics, checked against the scores it printed (per_image_scores.csv, rounded)."""
     import csv
     import dataclasses
 
@@ -693,7 +694,6 @@ def rejudge(run_spec: str, settings: list[str], eval_out: Path) -> None:
     from vaelab.errors import VaelabError
     from vaelab.evaluation.oodrun import run_dose
     from vaelab.evaluation.statistics import ImageStatistics
-    from vaelab.evaluation.typicality import score_batch_table
 
     run = load_run(run_spec)
     cfg = run.config
@@ -715,6 +715,15 @@ def rejudge(run_spec: str, settings: list[str], eval_out: Path) -> None:
     if sorted(scores) != sorted(printed) or not all(
             np.allclose(scores[k], printed[k], rtol=1e-4, atol=1e-4) for k in printed):
         raise SystemExit(f"bench/ood_blind.py: the statistics in {eval_out} do not give the scores it printed")
+    return cfg, dose, scores
+
+
+def rejudge(run_spec: str, settings: list[str], eval_out: Path) -> None:
+    """The DoSE batch test again, by today's code, from eval_out's per-image DoSE scores and the run's stored
+    scorer (with the evaluation's eval.* settings); written into eval_out/evaluation.json as "dose_batches"."""
+    from vaelab.evaluation.typicality import score_batch_table
+
+    cfg, dose, scores = evaluation_scores(run_spec, settings, eval_out)
     test = scores.pop("test")
     table = score_batch_table(dose.reference, test, scores, seed=cfg.eval.seed, resamples=cfg.eval.ood_resamples,
                               score="DoSE")

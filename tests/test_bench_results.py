@@ -100,3 +100,26 @@ def test_the_ceiling_classifier_never_trains_on_the_images_it_is_scored_on(monke
     assert len(flips) == 300 and all(bytes(x.numpy()) in train for x in flips)
     test = {bytes(x.numpy()) for x in splits.test.images}
     assert not any(bytes(torch.flip(x, dims=(1,)).numpy()) in test for x in flips)
+
+
+def test_the_pooling_comparison_reproduces_the_default_batch_test(monkeypatch):
+    """bench/batch_pooling.py's tail-evidence column is the DoSE batch test `vaelab evaluate` records (same
+    batches, same draws); the mean-score column is the first version, which one huge reference score blinds."""
+    import numpy as np
+
+    from vaelab.evaluation.typicality import score_batch_table
+
+    pooling = _load("batch_pooling.py", monkeypatch)
+    rng = np.random.default_rng(3)
+    reference, test = rng.gamma(2.0, 1.0, 400), rng.gamma(2.0, 1.0, 400)
+    shifted = rng.gamma(2.0, 1.0, 400) + 3.0
+    table = pooling.compare(reference, {"test": test, "folder:x/shifted": shifted}, seed=5, sizes=(10,))
+    record = score_batch_table(reference, test, {"shifted": shifted}, seed=5, sizes=(10,), resamples=10)["rows"]["10"]
+    default = table["10"]["tail evidence (default)"]
+    assert default["threshold"] == record["test"]["threshold"] and default["test_flagged"] == record["fpr_in"]
+    assert default["sets"]["shifted"]["auroc"] == pytest.approx(record["sets"]["shifted"]["auroc"]["value"])
+    assert default["sets"]["shifted"]["flagged"] == record["sets"]["shifted"]["flagged"]
+    blinded = pooling.compare(np.r_[reference[:-1], 6e7], {"test": test, "shifted": shifted}, seed=5, sizes=(10,))
+    assert table["10"]["mean score"]["sets"]["shifted"]["flagged"] > 0.9
+    assert blinded["10"]["mean score"]["sets"]["shifted"]["flagged"] == 0.0
+    assert blinded["10"]["tail evidence (default)"]["sets"]["shifted"]["flagged"] > 0.9

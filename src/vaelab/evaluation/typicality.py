@@ -266,10 +266,10 @@ def _null_means(reference: np.ndarray, m: int, alpha: float, bootstrap: int, see
     if not np.isfinite(reference).all():
         raise ValueError(f"the reference {score} scores hold non-finite values")
     ordered = np.sort(reference)
-    return ordered, _bootstrap_means(reference_evidence(ordered), m, bootstrap, seed)
+    return ordered, bootstrap_means(reference_evidence(ordered), m, bootstrap, seed)
 
 
-def _bootstrap_means(values: np.ndarray, m: int, bootstrap: int, seed: int) -> np.ndarray:
+def bootstrap_means(values: np.ndarray, m: int, bootstrap: int, seed: int) -> np.ndarray:
     """Means of `bootstrap` seeded draws of m of `values` with replacement."""
     # chunks of bootstrap draws keep the (bootstrap, m) index array small for large m; the same seeded stream
     rng = np.random.default_rng(seed)
@@ -329,5 +329,6 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
 
 
 __all__ = ["ALPHA", "BATCH_SIZES", "MIN_REFERENCE", "STATISTIC", "ScoreBatchTest", "SetCheck", "TypicalityTest",
-           "check_score_set", "disjoint_batches", "false_alarm_interval", "fit_score_batch_test", "fit_typicality",
-           "percentiles_among", "reference_evidence", "score_batch_table", "tail_evidence", "typicality_table"]
+           "bootstrap_means", "check_score_set", "disjoint_batches", "false_alarm_interval", "fit_score_batch_test",
+           "fit_typicality", "percentiles_among", "reference_evidence", "score_batch_table", "tail_evidence",
+           "typicality_table"]
