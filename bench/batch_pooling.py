@@ -1,14 +1,15 @@
-"""Three ways to pool a set's per-image DoSE scores into one batch test, on the same batches and draws.
+"""Ways to pool a set's per-image DoSE scores into one batch test, on the same batches and draws.
 
     python bench/batch_pooling.py RUN --batch B --sets DIR [--set eval.KEY=VALUE ...] [--out FILE]
 
 The DoSE batch test (vaelab.evaluation.typicality) judges a batch of M images by one number pooled from
 their DoSE scores, against the (1 - alpha) quantile of the same number over M held-out validation scores
-drawn with replacement. This benchmark compares three poolings: the mean score (vaelab's first version),
-the mean percentile among the held-out scores (a rank test), and the mean tail evidence -log p (Fisher;
-the default). It scores nothing: it reads the per-image scores of the evaluation `bench/ood_blind.py`
-made of batch B in DIR (from its cached statistics, checked against the printed ones; the same --set as
-that run). For each M it prints the worst set's AUROC over disjoint batches (test batches negative), the
+drawn with replacement. This benchmark compares three single poolings, the mean score (vaelab's first
+version), the mean percentile among the held-out scores (a rank test) and the mean tail evidence -log p
+(Fisher; the second version), with the default: the union of the last two, calibrated on their joint
+bootstrap null (`fit_score_batch_test`). It scores nothing: it reads the per-image scores of the
+evaluation `bench/ood_blind.py` made of batch B in DIR (from its cached statistics, checked against the
+printed ones; the same --set as that run). For each M it prints the worst set's AUROC over disjoint batches (test batches negative), the
 share of that set's batches flagged, and the mean AUROC over the sets. Writes JSON
 (bench/results/batch_pooling.json by default).
 """
@@ -23,17 +24,25 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, BOOTSTRAP, bootstrap_means, disjoint_batches,
-                                          percentiles_among, reference_evidence, tail_evidence)
+                                          fit_score_batch_test, percentiles_among, reference_evidence, tail_evidence)
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 import ood_blind
 
 
-def poolings(reference: np.ndarray) -> dict:
-    """Each pooling: (per-image transform of scores, the same transform of the reference for the null)."""
+def poolings(reference: np.ndarray, m: int, seed: int) -> dict:
+    """Each pooling for batches of m: (statistic of each batch of scores (B, m), its threshold at level ALPHA).
+    The three single poolings use the same bootstrap draws as the default's union of two of them."""
     ordered = np.sort(reference)
-    return {"mean score": (lambda v: v, ordered),
-            "percentiles": (lambda v: percentiles_among(ordered, v), percentiles_among(ordered, ordered)),
-            "tail evidence (default)": (lambda v: tail_evidence(ordered, v), reference_evidence(ordered))}
+    single = {"mean score": (lambda v: v, ordered),
+              "percentiles": (lambda v: percentiles_among(ordered, v), percentiles_among(ordered, ordered)),
+              "tail evidence": (lambda v: tail_evidence(ordered, v), reference_evidence(ordered))}
+    out = {}
+    for name, (transform, null_values) in single.items():
+        threshold = float(np.quantile(bootstrap_means(null_values, m, BOOTSTRAP, seed), 1 - ALPHA))
+        out[name] = ((lambda t: lambda v: t(v).mean(axis=1))(transform), threshold)
+    union = fit_score_batch_test(reference, m, seed=seed)
+    out["either pooling (default)"] = (union.statistic, union.threshold)
+    return out
 
 
 def compare(reference: np.ndarray, scores: dict[str, np.ndarray], seed: int,
@@ -42,14 +51,13 @@ def compare(reference: np.ndarray, scores: dict[str, np.ndarray], seed: int,
     test = scores["test"]
     out: dict = {}
     for m in sizes:
-        for name, (transform, null_values) in poolings(reference).items():
-            threshold = float(np.quantile(bootstrap_means(null_values, m, BOOTSTRAP, seed), 1 - ALPHA))
-            inside = transform(test[disjoint_batches(len(test), m, seed + 1)]).mean(axis=1)
+        for name, (statistic, threshold) in poolings(reference, m, seed).items():
+            inside = statistic(test[disjoint_batches(len(test), m, seed + 1)])
             sets = {}
             for set_name, values in scores.items():
                 if set_name == "test" or len(values) < m:
                     continue
-                outside = transform(values[disjoint_batches(len(values), m, seed + 1)]).mean(axis=1)
+                outside = statistic(values[disjoint_batches(len(values), m, seed + 1)])
                 labels = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
                 sets[set_name.rsplit("/", 1)[-1]] = {
                     "auroc": float(roc_auc_score(labels, np.r_[inside, outside])),

@@ -14,9 +14,9 @@ too few to tell 1% from 4%. This benchmark judges
 - a **control**: the test fitted on one seeded half of the validation slice and judged on the other
   half, where nothing but the method can be off;
 
-the same for the DoSE batch test (the mean -log tail p-value of M images' DoSE scores among the validation
-images' held-out scores, `RunDose.reference`, against its bootstrapped null; its control fits on half of
-those and judges the other half), and prints the mean and spread of -log p(x) on the validation slice and
+the same for the DoSE batch test (M images' DoSE scores pooled two ways among the validation images'
+held-out scores, `RunDose.reference`, and judged against their bootstrapped null; its control fits on half
+of those and judges the other half), and prints the mean and spread of -log p(x) on the validation slice and
 the test split, since a difference between those two samples, not the method, is what moves the false-alarm
 rate.
 Statistics are cached under --cache (default RUN/eval-typicality/). Writes JSON
@@ -36,7 +36,7 @@ from vaelab.data import load_dataset
 from vaelab.evaluation.oodrun import model_tag, run_dose, statistics_kwargs
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, cached_statistics
 from vaelab.evaluation.typicality import (ALPHA, BATCH_SIZES, disjoint_batches, false_alarm_interval,
-                                          STATISTIC, fit_score_batch_test, fit_typicality, tail_evidence)
+                                          STATISTIC, fit_score_batch_test, fit_typicality)
 from vaelab.evaluation.unseen import load_eval_set
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
@@ -56,17 +56,17 @@ def dose_false_alarms(reference: np.ndarray, judged: np.ndarray, m: int, shuffle
     """The DoSE batch test for batches of m fitted on held-out validation scores `reference`, judged on
     disjoint batches of the DoSE scores `judged` cut `shuffles` ways (one-sided: no low side)."""
     t = fit_score_batch_test(reference, m)
-    evidence = tail_evidence(t.reference, judged)  # the test's statistic: the mean of these over a batch
-    return {**_cuts(evidence, m, shuffles, lambda means: means > t.threshold), "threshold": t.threshold,
-            "statistic": STATISTIC}
+    return {**_cuts(judged, m, shuffles, lambda means: means > t.threshold, pool=t.statistic),
+            "threshold": t.threshold, "statistic": STATISTIC}
 
 
-def _cuts(values: np.ndarray, m: int, shuffles: int, flag, low=None) -> dict:
-    """The share of disjoint batches of m that `flag(means)` flags, in `shuffles` seeded cuts; the first cut's
-    count with its exact interval, and how many of those were on the low side (`low(means)`; 0 without)."""
+def _cuts(values: np.ndarray, m: int, shuffles: int, flag, low=None, pool=lambda v: v.mean(axis=1)) -> dict:
+    """The share of disjoint batches of m whose pooled values (`pool`: the mean by default) `flag(means)` flags,
+    in `shuffles` seeded cuts; the first cut's count with its exact interval, and how many of those were on
+    the low side (`low(means)`; 0 without)."""
     rates = []
     for s in range(shuffles):
-        means = values[disjoint_batches(len(values), m, 1000 + s)].mean(axis=1)
+        means = pool(values[disjoint_batches(len(values), m, 1000 + s)])
         flagged = flag(means)
         rates.append(float(flagged.mean()))
         if s == 0:

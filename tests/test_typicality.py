@@ -9,9 +9,9 @@ from vaelab.evaluation.intervals import detection_intervals, format_intervals_ta
 from vaelab.evaluation.ood import detection_metrics, detection_values
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.oodformat import format_typicality
-from vaelab.evaluation.typicality import (disjoint_batches, false_alarm_interval, fit_score_batch_test, fit_typicality,
-                                         check_score_set, percentiles_among, score_batch_table,
-                                         typicality_table)
+from vaelab.evaluation.typicality import (bootstrap_means, check_score_set, disjoint_batches, false_alarm_interval,
+                                         fit_score_batch_test, fit_typicality, percentiles_among, reference_evidence,
+                                         score_batch_table, typicality_table)
 
 
 def _nll_stats(split, n, mean, seed, sd=20.0):
@@ -176,8 +176,15 @@ def test_score_batch_test_is_one_sided_and_gains_with_the_batch_size():
     batches = ImageStatistics("test", {"log_px": -test})
     index = disjoint_batches(len(test), 5, 10)
     evidence = np.array([-np.log((1 + np.sum(reference >= v)) / (len(reference) + 1)) for v in test])
-    assert np.allclose(t.batch_statistic(test), evidence[index].mean(1))
+    percentile = np.array([100 * (np.sum(reference < v) + 0.5 * np.sum(reference == v)) / len(reference) for v in test])
+    assert np.allclose(t.null.poolings(test[index]), (evidence[index].mean(1), percentile[index].mean(1)))
     assert np.allclose(typ.batch_statistic(batches), np.abs(test[index].mean(1) - typ.entropy))
+    # the statistic: -log of the smaller of the two poolings' tail p-values among their bootstrapped null means
+    null_p = [(1 + np.sum(t.null.evidence >= e)) / (t.bootstrap + 1) for e in evidence[index].mean(1)]
+    null_q = [(1 + np.sum(t.null.percentile >= q)) / (t.bootstrap + 1) for q in percentile[index].mean(1)]
+    inside = (evidence[index].mean(1) <= t.null.evidence[-1]) & (percentile[index].mean(1) <= t.null.percentile[-1])
+    assert inside.mean() > 0.9
+    assert np.allclose(t.batch_statistic(test)[inside], -np.log(np.minimum(null_p, null_q))[inside])
 
 
 def test_score_batch_test_needs_enough_reference_scores():
@@ -205,19 +212,21 @@ def test_the_p_value_uses_the_threshold_s_own_draws():
     rng = np.random.default_rng(8)
     reference = rng.gamma(2.0, 1.0, 3000)
     t = fit_score_batch_test(reference, 10, alpha=0.05, seed=4)
-
-    def judged(evidence):  # a set of 10 scores, each with this evidence -log p among the reference
-        return check_score_set(reference, np.full(10, np.quantile(reference, 1 - np.exp(-evidence))), alpha=0.05,
-                               seed=4)
-
-    at = judged(t.threshold)
-    assert at.threshold == t.threshold and at.p_value == pytest.approx(0.05, abs=0.005)
-    assert at.mean_evidence == pytest.approx(t.threshold, abs=0.01)
+    assert t.null.p_value(t.threshold) == pytest.approx(0.05, abs=0.002)  # the union, not each pooling, at alpha
+    # sets of 10 equal scores at each quantile of the reference: the set at the threshold has p near alpha
+    sets = [check_score_set(reference, np.full(10, np.quantile(reference, q)), alpha=0.05, seed=4)
+            for q in np.linspace(0.5, 0.99, 200)]
+    assert all(s.threshold == t.threshold for s in sets)
+    near = min(sets, key=lambda s: abs(s.statistic - t.threshold))
+    assert near.p_value == pytest.approx(0.05, abs=0.01)
+    assert [s.flagged for s in sets] == [s.statistic > t.threshold for s in sets] and sets[-1].flagged
+    assert not sets[0].flagged  # at the median
     far = check_score_set(reference, np.full(10, reference.max() + 1), alpha=0.05, seed=4)
     assert far.p_value == pytest.approx(1 / 5001) and far.flagged and far.n == 10
-    assert far.mean_evidence == pytest.approx(np.log(3001))  # bounded: beyond every reference score
-    assert check_score_set(reference, np.full(10, -1.0), alpha=0.05, seed=4).p_value == 1.0
-    assert not judged(np.log(2)).flagged  # at the median
+    assert far.mean_evidence == pytest.approx(np.log(3001)) and far.mean_percentile == 100.0  # bounded
+    low = check_score_set(reference, np.full(10, -1.0), alpha=0.05, seed=4)
+    assert low.p_value == 1.0 and low.statistic == 0.0 and low.mean_percentile == 0.0
+    assert "mean percentile 0.0" in low.describe() and low.as_dict()["statistic"] == 0.0
 
 
 def test_one_huge_reference_score_does_not_blind_the_set_test():
@@ -236,8 +245,9 @@ def test_one_huge_reference_score_does_not_blind_the_set_test():
 
 
 def test_a_few_images_far_out_count_fully_in_the_set_test():
-    """Fisher's pooling: 3 images beyond every reference score among 7 typical ones flag a set of 10 (a test
-    on percentiles, which counts an image far out no more than one at the 100th percentile, lets it pass)."""
+    """Fisher's pooling, one half of the union: 3 images beyond every reference score among 7 typical ones flag
+    a set of 10 (percentiles alone, which count an image far out no more than one at the 100th percentile,
+    let it pass)."""
     rng = np.random.default_rng(6)
     reference = rng.gamma(2.0, 1.0, 3000)
     scores = np.r_[np.full(3, reference.max() + 5), np.full(7, np.median(reference))]
@@ -246,6 +256,18 @@ def test_a_few_images_far_out_count_fully_in_the_set_test():
     ranks = percentiles_among(np.sort(reference), reference)
     means = ranks[np.random.default_rng(2025).integers(0, 3000, (5000, 10))].mean(1)
     assert percentiles_among(np.sort(reference), scores).mean() < np.quantile(means, 0.99)
-    # calibrated on the reference's own evidence: about alpha of in-distribution sets of 10 are flagged
+    # calibrated on the reference's own null: about alpha of in-distribution sets of 10 are flagged
     flagged = [check_score_set(reference, rng.gamma(2.0, 1.0, 10), bootstrap=2000).flagged for _ in range(400)]
     assert np.mean(flagged) < 0.04
+
+
+def test_many_images_a_little_unusual_count_in_the_set_test():
+    """The percentile pooling, the other half: 25 images each at the 75th percentile of the reference flag
+    the set, though their mean tail evidence (-log 0.25 each) stays under Fisher's own threshold."""
+    rng = np.random.default_rng(7)
+    reference = rng.gamma(2.0, 1.0, 3000)
+    scores = np.full(25, np.quantile(reference, 0.75))
+    judged = check_score_set(reference, scores)
+    evidence_alone = bootstrap_means(reference_evidence(np.sort(reference)), 25, 5000, 2025)
+    assert judged.mean_evidence < np.quantile(evidence_alone, 0.99)  # Fisher alone: a typical set
+    assert judged.flagged and judged.p_value < 0.01 and judged.mean_percentile == pytest.approx(75, abs=0.1)

@@ -86,9 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         b = result.batch
         record = {"run": str(run.path), "paths": args.paths, "score": result.score,
                   "validation_images": result.validation_images, "threshold_99": result.threshold,
-                  "set": {"n": b.n, "mean_score": b.mean_score, "mean_evidence": b.mean_evidence,
-                          "threshold_evidence": b.threshold, "p_value": b.p_value,
-                          "alpha": b.alpha, "flagged": b.flagged},
+                  "set": b.as_dict(),
                   "images": [{"file": n, "score": float(s), "percentile": float(p), "flagged": bool(f)}
                              for n, s, p, f in zip(names, result.scores, result.percentiles, result.flagged)]}
         atomic_write(Path(args.json), (json.dumps(record, indent=1) + "\n").encode(), "the check's JSON")

@@ -95,8 +95,7 @@ class ImageCheck:
         verdict = "not from the training distribution" if b.flagged else "consistent with the training distribution"
         return (f"{int(self.flagged.sum())} of {len(self.scores)} images flagged one by one (at the "
                 f"{FLAG_PERCENTILE:g}th percentile of {self.validation_images} validation images); as a set: "
-                f"{verdict} (their DoSE scores' mean -log p {b.mean_evidence:.2f}, threshold {b.threshold:.2f}; "
-                f"p = {b.p_value:.3g})")
+                f"{verdict} ({b.describe()})")
 
 
 def _as_images(run: Run, images: Any) -> torch.Tensor:

@@ -62,9 +62,10 @@ BATCH_TITLES = (
     ("typicality", "typicality test (Nalisnick et al. 2019) for batches of M images: |mean NLL - H| above its "
                    "{level}% bootstrap quantile, both from validation images only; flagged = fraction of disjoint "
                    "batches beyond it"),
-    ("dose_batches", "DoSE batch test for the same batches: the mean -log tail p-value of the M images' DoSE "
-                     "scores among held-out validation scores (Fisher) above its {level}% bootstrap quantile; "
-                     "flagged = fraction of disjoint batches beyond it"),
+    ("dose_batches", "DoSE batch test for the same batches: the M images' DoSE scores among held-out validation "
+                     "scores, pooled as mean -log tail p (Fisher) and as mean percentile (rank), -log of the "
+                     "smaller p-value above its {level}% bootstrap quantile; flagged = fraction of disjoint "
+                     "batches beyond it"),
 )
 
 

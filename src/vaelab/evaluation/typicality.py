@@ -17,23 +17,30 @@ statistics. Batches to be judged are cut from a set of images as disjoint, seede
 (`batch_statistic`), so the AUROC over batches counts independent batches.
 
 The same question asked of a per-image OOD score (`ScoreBatchTest`, vaelab's DoSE batch test): each
-image's score becomes the evidence -log p of its empirical tail p-value among in-distribution reference
-scores, p = (1 + #reference scores at or above it) / (n + 1) (`tail_evidence`), and a batch is flagged
-when the mean evidence of its M images exceeds the (1 - alpha) quantile of the same mean over M reference
-scores drawn with replacement (each reference score's evidence taken among the others). This is Fisher's
-way of pooling p-values, calibrated by the bootstrap. One-sided, since a high score means atypical in
-either direction already. The reference must be scores of validation images that the scorer did not fit
-on (`RunDose.reference`: each by a density fitted without it), or the threshold would be too low. The
-likelihood alone misses OOD images whose likelihood is typical (a garment with a square cut out); a
-score built for single images, pooled over a batch, does not.
+image's score is placed among in-distribution reference scores, and the batch is judged by two poolings
+of the M images at once:
 
-Why not the mean score itself (vaelab's first version): a held-out score can be huge for one validation
-image (a density fitted without it puts it far out in a tail), and one such score among 100 put the mean
-test's threshold near it, so that 12 noise images passed as a set (p = 0.11). The evidence is bounded by
-log(n + 1), so no reference image moves the threshold much, while an image beyond every reference score
-still counts fully. (A second version pooled percentiles, a rank test: as robust, but it counts an image
-far out no more than one just past the median, and on the sealed batch 6 it caught the mirrored garments
-less often than the mean score did; BENCHMARKS.md, "three ways to pool a set".)
+    evidence    the mean of -log p, p = (1 + #reference scores at or above it) / (n + 1) its empirical tail
+                p-value (`tail_evidence`): Fisher's way of pooling p-values. It counts an image far out fully.
+    percentile  the mean percentile among the reference scores (`percentiles_among`): a rank test (Mann and
+                Whitney's). It counts every image a little unusual, and no image more than one at the top.
+
+Each pooling's p-value is taken among the same pooling of `bootstrap` batches of M reference scores drawn
+with replacement (the same draws for both, each reference score's evidence taken among the others), and
+the statistic is -log of the smaller of the two p-values (Tippett's union). Its threshold is the
+(1 - alpha) quantile of the same statistic over those null draws, so the union, not each pooling, is
+calibrated at level alpha. One-sided, since a high score means atypical in either direction already. The
+reference must be scores of validation images that the scorer did not fit on (`RunDose.reference`: each
+by a density fitted without it), or the threshold would be too low. The likelihood alone misses OOD
+images whose likelihood is typical (a garment with a square cut out); a score built for single images,
+pooled over a batch, does not.
+
+Why two poolings: neither wins everywhere (BENCHMARKS.md, "three ways to pool a set"). Evidence catches
+a set of a few very odd images among near-typical ones (half-mirrored garments); percentiles a set whose
+images are each a little unusual (dimmed garments, squeezed digits). Both are bounded, so one huge
+held-out score cannot blind the test, as it blinded vaelab's first version, the mean score: one
+validation score of 6e7 among 100 put that threshold near it, and 12 noise images passed as a set
+(p = 0.11).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import numpy as np
 
 from vaelab.errors import ConfigError
 from vaelab.evaluation.intervals import detection_intervals
+from vaelab.evaluation.orientation import tail_log_p
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics
 
 BATCH_SIZES = (1, 5, 10, 25)
@@ -204,7 +212,43 @@ def reference_evidence(reference: np.ndarray) -> np.ndarray:
     return -np.log((1.0 + others_at_or_above) / len(reference))
 
 
-STATISTIC = "mean tail evidence -log p among the reference scores (Fisher)"
+STATISTIC = ("-log of the smaller of two p-values, each among bootstrapped reference batches: the mean tail "
+             "evidence -log p (Fisher) and the mean percentile (rank) of the images among the reference scores")
+MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batches are drawn with replacement)
+
+
+def union_statistic(null_evidence: np.ndarray, null_percentile: np.ndarray, evidence: np.ndarray,
+                    percentile: np.ndarray) -> np.ndarray:
+    """-log of the smaller of the two poolings' upper-tail p-values, each among its (sorted) null means; past
+    the largest null mean, the exponential tail of `orientation.tail_log_p` keeps batches in order."""
+    return np.maximum(-tail_log_p(null_evidence, evidence), -tail_log_p(null_percentile, percentile))
+
+
+@dataclass(frozen=True)
+class BatchNull:
+    """The null law of a batch of m in-distribution scores: the sorted reference scores, and each pooling's
+    means over the same bootstrapped batches of m of them (sorted), with the union statistic's threshold."""
+
+    m: int
+    reference: np.ndarray  # sorted
+    evidence: np.ndarray  # sorted bootstrapped mean evidence
+    percentile: np.ndarray  # sorted bootstrapped mean percentile, from the same draws
+    union: np.ndarray  # sorted: the union statistic of each of those draws
+
+    def poolings(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean evidence, mean percentile) of each batch of scores (B, M), over its last axis."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return (tail_evidence(self.reference, scores).mean(axis=-1),
+                percentiles_among(self.reference, scores).mean(axis=-1))
+
+    def union_of(self, evidence: np.ndarray, percentile: np.ndarray) -> np.ndarray:
+        """The union statistic of batches with these pooled values (`union_statistic` among this null's means)."""
+        return union_statistic(self.evidence, self.percentile, evidence, percentile)
+
+    def p_value(self, statistic: float) -> float:
+        """The share of null draws whose union statistic is at or above `statistic`, (count + 1) / (draws + 1)."""
+        at_or_above = len(self.union) - np.searchsorted(self.union, statistic, side="left")
+        return float((at_or_above + 1) / (len(self.union) + 1))
 
 
 @dataclass(frozen=True)
@@ -212,49 +256,50 @@ class ScoreBatchTest:
     """A one-sided test for batches of `m` images on a per-image OOD score (see the module docstring)."""
 
     m: int
-    threshold: float  # the (1 - alpha) quantile of the bootstrapped mean evidence of m reference scores
+    threshold: float  # the (1 - alpha) quantile of the union statistic over the bootstrapped reference batches
     alpha: float
     score: str  # the score's name (DoSE)
     bootstrap: int
     n_reference: int
     seed: int
-    reference: np.ndarray = field(repr=False, compare=False)  # sorted: what a score's tail p-value is taken among
+    null: BatchNull = field(repr=False, compare=False)
+
+    @property
+    def reference(self) -> np.ndarray:
+        return self.null.reference
 
     def statistic(self, values: np.ndarray) -> np.ndarray:
-        """The mean evidence (`tail_evidence` among the reference) of each batch of scores `values` (B, M)."""
-        return tail_evidence(self.reference, np.asarray(values, dtype=np.float64)).mean(axis=1)
+        """The union statistic of each batch of scores `values` (B, M): higher = less like the reference."""
+        return self.null.union_of(*self.null.poolings(values))
 
     def batch_statistic(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """The mean evidence of the len(scores) // m disjoint batches of a seeded shuffle of `scores` (B,):
+        """The union statistic of the len(scores) // m disjoint batches of a seeded shuffle of `scores` (B,):
         the same batches as the typicality test's for the same images and seed."""
         scores = np.asarray(scores, dtype=np.float64)
         return self.statistic(scores[disjoint_batches(len(scores), self.m, self.seed + 1 if seed is None else seed)])
 
     def flags(self, scores: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """Whether each disjoint batch of M images is flagged out-of-distribution (mean evidence > threshold)."""
+        """Whether each disjoint batch of M images is flagged out-of-distribution (statistic > threshold)."""
         return self.batch_statistic(scores, seed) > self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("reference")
-        return out | {"statistic": STATISTIC}
+        return {"m": self.m, "threshold": self.threshold, "alpha": self.alpha, "score": self.score,
+                "bootstrap": self.bootstrap, "n_reference": self.n_reference, "seed": self.seed,
+                "statistic": STATISTIC}
 
 
 def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
                          seed: int = TYPICALITY_SEED, score: str = "DoSE") -> ScoreBatchTest:
     """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
     images, never of the images to be judged. ConfigError: fewer than MIN_REFERENCE reference scores."""
-    ordered, means = _null_means(reference, m, alpha, bootstrap, seed, score)
-    return ScoreBatchTest(m=m, threshold=float(np.quantile(means, 1 - alpha)), alpha=alpha, score=score,
-                          bootstrap=bootstrap, n_reference=len(ordered), seed=seed, reference=ordered)
+    null = batch_null(reference, m, alpha, bootstrap, seed, score)
+    return ScoreBatchTest(m=m, threshold=float(np.quantile(null.union, 1 - alpha)), alpha=alpha, score=score,
+                          bootstrap=bootstrap, n_reference=len(null.reference), seed=seed, null=null)
 
 
-MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batches are drawn with replacement)
-
-
-def _null_means(reference: np.ndarray, m: int, alpha: float, bootstrap: int, seed: int,
-                score: str) -> tuple[np.ndarray, np.ndarray]:
-    """The checked, sorted reference and the bootstrapped mean evidence of m of its scores (the test's null)."""
+def batch_null(reference: np.ndarray, m: int, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
+               seed: int = TYPICALITY_SEED, score: str = "DoSE") -> BatchNull:
+    """The checked reference and both poolings over the same `bootstrap` seeded batches of m of its scores."""
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
     if m < 1 or bootstrap < 1:
@@ -266,16 +311,22 @@ def _null_means(reference: np.ndarray, m: int, alpha: float, bootstrap: int, see
     if not np.isfinite(reference).all():
         raise ValueError(f"the reference {score} scores hold non-finite values")
     ordered = np.sort(reference)
-    return ordered, bootstrap_means(reference_evidence(ordered), m, bootstrap, seed)
+    evidence, percentile = bootstrap_means(np.stack([reference_evidence(ordered), percentiles_among(ordered, ordered)]),
+                                           m, bootstrap, seed)
+    null_evidence, null_percentile = np.sort(evidence), np.sort(percentile)
+    union = union_statistic(null_evidence, null_percentile, evidence, percentile)
+    return BatchNull(m, ordered, null_evidence, null_percentile, np.sort(union))
 
 
 def bootstrap_means(values: np.ndarray, m: int, bootstrap: int, seed: int) -> np.ndarray:
-    """Means of `bootstrap` seeded draws of m of `values` with replacement."""
+    """Means of `bootstrap` seeded draws of m of `values` with replacement: (bootstrap,), or for `values` of
+    shape (K, n), (K, bootstrap), every row averaged over the same draws of m of its n columns."""
     # chunks of bootstrap draws keep the (bootstrap, m) index array small for large m; the same seeded stream
+    values = np.asarray(values)
     rng = np.random.default_rng(seed)
     rows = max(1, 2_000_000 // max(m, 1))
-    return np.concatenate([values[rng.integers(0, len(values), (min(rows, bootstrap - i), m))].mean(axis=1)
-                           for i in range(0, bootstrap, rows)])
+    return np.concatenate([values[..., rng.integers(0, values.shape[-1], (min(rows, bootstrap - i), m))].mean(axis=-1)
+                           for i in range(0, bootstrap, rows)], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -285,10 +336,20 @@ class SetCheck:
     n: int
     mean_score: float  # the mean score of the images (shown; the test pools their tail p-values)
     mean_evidence: float  # the mean of their scores' `tail_evidence` among the reference scores
-    threshold: float  # the (1 - alpha) quantile of the bootstrapped mean evidence of n reference scores
-    p_value: float  # the share of those bootstrapped means at or above mean_evidence, (count + 1) / (bootstrap + 1)
+    mean_percentile: float  # the mean of their scores' percentiles among the reference scores
+    statistic: float  # -log of the smaller of the two poolings' p-values among bootstrapped reference batches
+    threshold: float  # the (1 - alpha) quantile of that statistic over the bootstrapped batches of n
+    p_value: float  # the share of those batches whose statistic is at or above the set's, (count + 1) / (bootstrap + 1)
     alpha: float
-    flagged: bool  # mean_evidence > threshold: not a set from the reference's distribution, at level alpha
+    flagged: bool  # statistic > threshold: not a set from the reference's distribution, at level alpha
+
+    def describe(self) -> str:
+        """The numbers behind the verdict, in one phrase."""
+        return (f"mean -log p {self.mean_evidence:.2f} and mean percentile {self.mean_percentile:.1f} of their "
+                f"scores: {self.statistic:.2f} against a threshold of {self.threshold:.2f}; p = {self.p_value:.3g}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float = ALPHA, bootstrap: int = BOOTSTRAP,
@@ -301,12 +362,13 @@ def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float =
         raise ConfigError(f"a set needs at least one score and one bootstrap batch, got {len(scores)} and {bootstrap}")
     if not np.isfinite(scores).all():
         raise ValueError(f"the {score} scores to judge hold non-finite values")
-    ordered, means = _null_means(reference, len(scores), alpha, bootstrap, seed, score)
-    mean = float(tail_evidence(ordered, scores).mean())
-    threshold = float(np.quantile(means, 1 - alpha))
-    return SetCheck(n=len(scores), mean_score=float(scores.mean()), mean_evidence=mean, threshold=threshold,
-                    alpha=alpha, flagged=mean > threshold,
-                    p_value=float((np.count_nonzero(means >= mean) + 1) / (bootstrap + 1)))
+    null = batch_null(reference, len(scores), alpha, bootstrap, seed, score)
+    evidence, percentile = null.poolings(scores)
+    statistic = float(null.union_of(evidence, percentile))
+    threshold = float(np.quantile(null.union, 1 - alpha))
+    return SetCheck(n=len(scores), mean_score=float(scores.mean()), mean_evidence=float(evidence),
+                    mean_percentile=float(percentile), statistic=statistic, threshold=threshold,
+                    p_value=null.p_value(statistic), alpha=alpha, flagged=statistic > threshold)
 
 
 def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str, np.ndarray], *,
@@ -328,7 +390,7 @@ def score_batch_table(reference: np.ndarray, test: np.ndarray, others: dict[str,
             "fit": "the threshold from held-out scores of validation images only"}
 
 
-__all__ = ["ALPHA", "BATCH_SIZES", "MIN_REFERENCE", "STATISTIC", "ScoreBatchTest", "SetCheck", "TypicalityTest",
-           "bootstrap_means", "check_score_set", "disjoint_batches", "false_alarm_interval", "fit_score_batch_test",
-           "fit_typicality", "percentiles_among", "reference_evidence", "score_batch_table", "tail_evidence",
-           "typicality_table"]
+__all__ = ["ALPHA", "BATCH_SIZES", "BatchNull", "MIN_REFERENCE", "STATISTIC", "ScoreBatchTest", "SetCheck",
+           "TypicalityTest", "batch_null", "bootstrap_means", "check_score_set", "disjoint_batches",
+           "false_alarm_interval", "fit_score_batch_test", "fit_typicality", "percentiles_among",
+           "reference_evidence", "score_batch_table", "tail_evidence", "typicality_table", "union_statistic"]

@@ -60,9 +60,10 @@ def _ood_extras(data: dict[str, Any]) -> list[str]:
     for key, title in (("typicality", "Typicality test (Nalisnick et al. 2019) for batches of M images: a batch is "
                                       "flagged when |mean NLL - H| exceeds its {level}% bootstrap quantile, both "
                                       "estimated from validation images only"),
-                       ("dose_batches", "DoSE batch test for the same batches: a batch is flagged when the mean "
-                                        "-log tail p-value of its M images' DoSE scores among held-out scores of "
-                                        "validation images (Fisher) exceeds its {level}% bootstrap quantile")):
+                       ("dose_batches", "DoSE batch test for the same batches: its M images' DoSE scores among "
+                                        "held-out scores of validation images, pooled two ways (mean -log tail "
+                                        "p, Fisher; mean percentile, a rank test); a batch is flagged when -log "
+                                        "of the smaller p-value exceeds its {level}% bootstrap quantile")):
         record = data.get(key) or {}
         if not record.get("rows"):
             continue

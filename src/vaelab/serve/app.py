@@ -284,9 +284,7 @@ class ExplorerApp:
         result = check_score_set(self.dose.reference, np.asarray(scores, dtype=np.float64))
         verdict = ("not from the training distribution" if result.flagged
                    else "consistent with the training distribution")
-        return {"n": result.n, "mean_score": result.mean_score, "mean_evidence": result.mean_evidence,
-                "threshold_evidence": result.threshold,
-                "p_value": result.p_value, "alpha": result.alpha, "flagged": result.flagged, "verdict": verdict,
+        return {**result.as_dict(), "verdict": verdict,
                 "validation_images": len(self.dose.reference),
                 "flagged_one_by_one": int(np.count_nonzero(np.asarray(scores) >= self.dose.threshold()))}
 
