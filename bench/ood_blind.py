@@ -1,6 +1,6 @@
 """A blind check of vaelab's OOD scores: image sets made after every choice of the scores was fixed.
 
-    python bench/ood_blind.py RUN [--batch 1..6] [--images 1000] [--sets DIR] [--out bench/results/ood_blind.json]
+    python bench/ood_blind.py RUN [--batch 1..9] [--images 1000] [--sets DIR] [--out bench/results/ood_blind.json]
 
 The issue asks that the default score generalize to OOD sets nobody looked at while building it. The
 sets of the BENCHMARKS tables (MNIST, digits, the shifts) were all looked at. This script makes six
@@ -74,8 +74,8 @@ sixth (the DoSE batch test's pooling; BENCHMARKS.md, seventh measurement):
 - fans: 3 to 8 straight rays, 1 or 2 px wide, from one point of the image to its edges;
 - squeezed: a test image narrowed to 45-70% of its width, centred on black.
 
-An eighth batch (`--batch 8`), committed before any score of it was seen and left unscored, is kept sealed
-for whatever is changed after the seventh:
+An eighth batch (`--batch 8`), committed before any score of it was seen, checked the change after the
+seventh (the DoSE batch test's union of two poolings; BENCHMARKS.md, eighth measurement):
 
 - framed: a test image inside a white frame 1 or 2 px wide at its border;
 - ghosted: a test image and a copy shifted by 3 to 6 px, their maximum;
@@ -83,6 +83,16 @@ for whatever is changed after the seventh:
 - masked: a test image multiplied by a checkerboard of 4 to 7 px cells (every other cell black);
 - clouds: smoothed uniform noise (a Gaussian blur of radius 2 to 4 px, contrast stretched);
 - crosses: two to five + or x marks, 5 to 11 px across, 1 or 2 px wide.
+
+A ninth batch (`--batch 9`), committed before any score of it was seen and left unscored, is kept sealed
+for whatever is changed after the eighth:
+
+- shrunk: a test image shrunk to 40-60% of its size, centred on black;
+- scanlines: a test image with every 2nd, 3rd or 4th row set to black;
+- brightened: a test image's grey levels raised to a power of 0.3 to 0.5 (dark greys made light);
+- sliced: a test image cut at a random row, its lower part moved 4 to 8 px sideways (wrapping around);
+- lattice: two families of parallel lines 1 px wide, 4 to 8 px apart, at random angles;
+- barcodes: vertical bars of random widths (1 to 3 px) and gaps across a band of random height.
 
 Each set is written as a folder of PNG files (the run's image size, 8-bit gray) and scored the way a
 user would: `vaelab evaluate RUN --on folder:DIR/letters ...` in a subprocess. The table is every score's
@@ -122,11 +132,13 @@ BATCHES = {1: ("letters", "shapes", "gratings", "photos", "overlay", "zoomed"),
            5: ("jpeg", "dimmed", "grainy", "warped", "rolled", "stars"),
            6: ("dilated", "eroded", "mirrored", "patched", "hatching", "words"),
            7: ("sheared", "tiled", "swapped", "outlines", "fans", "squeezed"),
-           8: ("framed", "ghosted", "halfinverted", "masked", "clouds", "crosses")}
+           8: ("framed", "ghosted", "halfinverted", "masked", "clouds", "crosses"),
+           9: ("shrunk", "scanlines", "brightened", "sliced", "lattice", "barcodes")}
 FROM_TEST = ("overlay", "zoomed", "shifted", "silhouettes", "mosaic", "rotated45", "pixelated", "blurred",
              "speckled", "chimera", "occluded", "jpeg", "dimmed", "grainy", "warped", "rolled", "dilated", "eroded",
              "mirrored", "patched", "sheared", "tiled", "swapped", "outlines",
-             "squeezed", "framed", "ghosted", "halfinverted", "masked")  # made from the run's test images
+             "squeezed", "framed", "ghosted", "halfinverted", "masked", "shrunk", "scanlines", "brightened",
+             "sliced")  # made from the run's test images
 SCORES = ("DoSE", "DoSE density", "-log p(x)", "complexity-corrected")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SYMBOLS = "!?#$%&*+=<>@{}[]()/\\|~^"
@@ -644,6 +656,75 @@ def _crosses_stroke(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: i
 
 def crosses(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
     return drawn(rng, n, size, (2, 6), _crosses_stroke)
+
+
+def shrunk(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    size = test.shape[-1]
+    out = []
+    for i in rng.choice(len(test), size=n, replace=False):
+        side = max(2, int(round(size * float(rng.uniform(0.4, 0.6)))))
+        small = Image.fromarray(test[i], "L").resize((side, side), Image.LANCZOS)
+        image = Image.new("L", (size, size), 0)
+        image.paste(small, ((size - side) // 2, (size - side) // 2))
+        out.append(image)
+    return out
+
+
+def _scanlines(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    step = int(rng.integers(2, 5))
+    a[int(rng.integers(0, step))::step] = 0
+    return a
+
+
+def scanlines(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _scanlines)
+
+
+def _brighten(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.round(255 * (a / 255.0) ** float(rng.uniform(0.3, 0.5))).astype(np.uint8)
+
+
+def brightened(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _brighten)
+
+
+def _slice(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    row = int(rng.integers(a.shape[0] // 4, 3 * a.shape[0] // 4))
+    shift = int(rng.integers(4, 9)) * (1 if rng.random() < 0.5 else -1)
+    a[row:] = np.roll(a[row:], shift, axis=1)
+    return a
+
+
+def sliced(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return edited(rng, n, test, _slice)
+
+
+def lattice(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = []
+    for _ in range(n):
+        a = np.zeros((size, size), dtype=bool)
+        for _family in range(2):
+            angle, period = float(rng.uniform(0, np.pi)), float(rng.uniform(4, 8))
+            t = (xx * np.cos(angle) + yy * np.sin(angle) + float(rng.uniform(0, period))) % period
+            a |= t < 1.0
+        out.append(Image.fromarray(np.where(a, 255, 0).astype(np.uint8), "L"))
+    return out
+
+
+def barcodes(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
+    out = []
+    for _ in range(n):
+        a = np.zeros((size, size), dtype=np.uint8)
+        height = int(rng.integers(size // 3, size - 3))
+        top = int(rng.integers(1, size - height))
+        x = int(rng.integers(1, 5))
+        while x < size - 1:
+            width = int(rng.integers(1, 4))
+            a[top:top + height, x:min(x + width, size - 1)] = 255
+            x += width + int(rng.integers(1, 4))
+        out.append(Image.fromarray(a, "L"))
+    return out
 
 
 def make_sets(run_spec: str, folder: Path, n: int, batch: int = 1) -> dict[str, int]:
