@@ -226,8 +226,9 @@ def union_statistic(null_evidence: np.ndarray, null_percentile: np.ndarray, evid
 
 @dataclass(frozen=True)
 class BatchNull:
-    """The null law of a batch of m in-distribution scores: the sorted reference scores, and each pooling's
-    means over the same bootstrapped batches of m of them (sorted), with the union statistic's threshold."""
+    """The null law of a batch of m in-distribution scores: the sorted reference scores, each pooling's means
+    over the same bootstrapped batches of m of them, and the union statistic of each of those batches (all
+    sorted; a test's threshold is a quantile of `union`)."""
 
     m: int
     reference: np.ndarray  # sorted
