@@ -855,7 +855,7 @@ def test_page_in_headless_chromium(server, browser, tmp_path, splits):
     verdict = browser.find_element(By.ID, "set-verdict")
     assert "As a set of 6 images: not from the training distribution" in verdict.text
     assert verdict.get_attribute("class") == "unusual" and "6 of 6 judged unusual one by one" in verdict.text
-    assert "mean percentile" in verdict.text and "against a threshold of" in verdict.text
+    assert "mean percentile" in verdict.text and "-log of the smaller p-value" in verdict.text
     assert not any(word in verdict.text for word in ("undefined", "NaN", "null"))
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#set-thumbs img")
     assert len(thumbs) == 6 and all("unusual" in t.get_attribute("class").split() for t in thumbs)

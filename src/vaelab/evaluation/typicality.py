@@ -347,7 +347,8 @@ class SetCheck:
     def describe(self) -> str:
         """The numbers behind the verdict, in one phrase."""
         return (f"mean -log p {self.mean_evidence:.2f} and mean percentile {self.mean_percentile:.1f} of their "
-                f"scores: {self.statistic:.2f} against a threshold of {self.threshold:.2f}; p = {self.p_value:.3g}")
+                f"scores; -log of the smaller p-value {self.statistic:.2f}, threshold {self.threshold:.2f}; "
+                f"p = {self.p_value:.3g}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

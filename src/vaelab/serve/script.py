@@ -270,8 +270,8 @@ async function upload() {
     const v = await api("/api/set", { method: "POST", body: JSON.stringify({ scores: scores }),
                                       headers: { "Content-Type": "application/json" } });
     setVerdict.textContent = `As a set of ${v.n} images: ${v.verdict} (mean -log p ` +
-      `${fmt(v.mean_evidence, 2)} and mean percentile ${fmt(v.mean_percentile, 1)} of their DoSE scores: ` +
-      `${fmt(v.statistic, 2)} against a threshold of ${fmt(v.threshold, 2)}; ` +
+      `${fmt(v.mean_evidence, 2)} and mean percentile ${fmt(v.mean_percentile, 1)} of their DoSE scores; ` +
+      `-log of the smaller p-value ${fmt(v.statistic, 2)}, threshold ${fmt(v.threshold, 2)}; ` +
       `p = ${Number(v.p_value).toPrecision(2)}); ` +
       `${unusual} of ${files.length - failed.length} judged unusual one by one`;
     setVerdict.className = v.flagged ? "unusual" : "typical";
