@@ -9,9 +9,9 @@ version), the mean percentile among the held-out scores (a rank test) and the me
 (Fisher; the second version), with the default: the union of the last two, calibrated on their joint
 bootstrap null (`fit_score_batch_test`). It scores nothing: it reads the per-image scores of the
 evaluation `bench/ood_blind.py` made of batch B in DIR (from its cached statistics, checked against the
-printed ones; the same --set as that run). For each M it prints the worst set's AUROC over disjoint batches (test batches negative), the
-share of that set's batches flagged, and the mean AUROC over the sets. Writes JSON
-(bench/results/batch_pooling.json by default).
+printed ones; the same --set as that run). For each M it prints the worst set's AUROC over disjoint
+batches (test batches negative), the share of that set's batches flagged, and the mean AUROC over the
+sets. Writes JSON (bench/results/batch_pooling.json by default).
 """
 
 from __future__ import annotations

@@ -579,16 +579,24 @@ def fans(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
     return drawn(rng, n, size, (1, 2), _fans_stroke)
 
 
-def squeezed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+def _smaller_on_black(rng: np.random.Generator, n: int, test: np.ndarray, low: float, high: float,
+                      height_too: bool) -> list[Image.Image]:
+    """n distinct test images, each resized to a random share in [low, high) of its width (and of its height
+    when `height_too`) and centred on black."""
     size = test.shape[-1]
     out = []
     for i in rng.choice(len(test), size=n, replace=False):
-        width = max(2, int(round(size * float(rng.uniform(0.45, 0.7)))))
-        narrow = Image.fromarray(test[i], "L").resize((width, size), Image.LANCZOS)
+        width = max(2, int(round(size * float(rng.uniform(low, high)))))
+        height = width if height_too else size
+        small = Image.fromarray(test[i], "L").resize((width, height), Image.LANCZOS)
         image = Image.new("L", (size, size), 0)
-        image.paste(narrow, ((size - width) // 2, 0))
+        image.paste(small, ((size - width) // 2, (size - height) // 2))
         out.append(image)
     return out
+
+
+def squeezed(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
+    return _smaller_on_black(rng, n, test, 0.45, 0.7, height_too=False)
 
 
 def _frame(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -659,15 +667,7 @@ def crosses(rng: np.random.Generator, n: int, size: int) -> list[Image.Image]:
 
 
 def shrunk(rng: np.random.Generator, n: int, test: np.ndarray) -> list[Image.Image]:
-    size = test.shape[-1]
-    out = []
-    for i in rng.choice(len(test), size=n, replace=False):
-        side = max(2, int(round(size * float(rng.uniform(0.4, 0.6)))))
-        small = Image.fromarray(test[i], "L").resize((side, side), Image.LANCZOS)
-        image = Image.new("L", (size, size), 0)
-        image.paste(small, ((size - side) // 2, (size - side) // 2))
-        out.append(image)
-    return out
+    return _smaller_on_black(rng, n, test, 0.4, 0.6, height_too=True)
 
 
 def _scanlines(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:

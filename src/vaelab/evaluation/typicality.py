@@ -246,6 +246,10 @@ class BatchNull:
         """The union statistic of batches with these pooled values (`union_statistic` among this null's means)."""
         return union_statistic(self.evidence, self.percentile, evidence, percentile)
 
+    def threshold(self, alpha: float) -> float:
+        """The (1 - alpha) quantile of the union statistic over the null draws: a batch above it is flagged."""
+        return float(np.quantile(self.union, 1 - alpha))
+
     def p_value(self, statistic: float) -> float:
         """The share of null draws whose union statistic is at or above `statistic`, (count + 1) / (draws + 1)."""
         at_or_above = len(self.union) - np.searchsorted(self.union, statistic, side="left")
@@ -294,7 +298,7 @@ def fit_score_batch_test(reference: np.ndarray, /, m: int, *, alpha: float = ALP
     """The batch test for `m` images from `reference`: held-out scores of in-distribution (validation)
     images, never of the images to be judged. ConfigError: fewer than MIN_REFERENCE reference scores."""
     null = batch_null(reference, m, alpha, bootstrap, seed, score)
-    return ScoreBatchTest(m=m, threshold=float(np.quantile(null.union, 1 - alpha)), alpha=alpha, score=score,
+    return ScoreBatchTest(m=m, threshold=null.threshold(alpha), alpha=alpha, score=score,
                           bootstrap=bootstrap, n_reference=len(null.reference), seed=seed, null=null)
 
 
@@ -312,8 +316,8 @@ def batch_null(reference: np.ndarray, m: int, alpha: float = ALPHA, bootstrap: i
     if not np.isfinite(reference).all():
         raise ValueError(f"the reference {score} scores hold non-finite values")
     ordered = np.sort(reference)
-    evidence, percentile = bootstrap_means(np.stack([reference_evidence(ordered), percentiles_among(ordered, ordered)]),
-                                           m, bootstrap, seed)
+    per_score = np.stack([reference_evidence(ordered), percentiles_among(ordered, ordered)])
+    evidence, percentile = bootstrap_means(per_score, m, bootstrap, seed)
     null_evidence, null_percentile = np.sort(evidence), np.sort(percentile)
     union = union_statistic(null_evidence, null_percentile, evidence, percentile)
     return BatchNull(m, ordered, null_evidence, null_percentile, np.sort(union))
@@ -367,7 +371,7 @@ def check_score_set(reference: np.ndarray, scores: np.ndarray, *, alpha: float =
     null = batch_null(reference, len(scores), alpha, bootstrap, seed, score)
     evidence, percentile = null.poolings(scores)
     statistic = float(null.union_of(evidence, percentile))
-    threshold = float(np.quantile(null.union, 1 - alpha))
+    threshold = null.threshold(alpha)
     return SetCheck(n=len(scores), mean_score=float(scores.mean()), mean_evidence=float(evidence),
                     mean_percentile=float(percentile), statistic=statistic, threshold=threshold,
                     p_value=null.p_value(statistic), alpha=alpha, flagged=statistic > threshold)
