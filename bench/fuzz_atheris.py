@@ -21,7 +21,6 @@ last line, "Done N runs in S second(s)", gives the count.
 
 from __future__ import annotations
 
-import gzip
 import io
 import struct
 import sys

@@ -11,10 +11,8 @@ the H100 runs of 2026-11-26; BENCHMARKS.md quotes them). Run it from the reposit
 """
 import json
 import os
-import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch

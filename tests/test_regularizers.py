@@ -7,7 +7,6 @@ from vaelab import load_config, load_run, train
 from vaelab.data import batches
 from vaelab.data.splits import augment
 from vaelab.errors import VaelabError
-from vaelab.training.loss import training_loss
 from vaelab.models import build_model, eval_mode
 
 DIGITS = ["data.dataset=digits", "data.val_size=200", "train.grid_every=0", "train.grid_size=4", "eval.nll_images=0",

@@ -49,8 +49,8 @@ from vaelab.config import RunConfig
 from vaelab.data import DatasetSplits
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.evaluation.dose import DoseScorer, fit_dose, held_out_scores, images_needed
-from vaelab.evaluation.orientation import (PREFERENCE_RATE, combined_score, held_out_tail_log_p,
-                                          orientation_statistic, orientation_transforms, tail_log_p)
+from vaelab.evaluation.orientation import PREFERENCE_RATE, orientation_statistic, orientation_transforms
+from vaelab.evaluation.tails import combined_score, held_out_tail_log_p, tail_log_p
 from vaelab.evaluation.statistics import (VALIDATION, ImageStatistics, compute_statistics, statistics_protocol,
                                           validation_images)
 from vaelab.fileio import atomic_write

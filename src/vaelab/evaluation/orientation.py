@@ -19,10 +19,8 @@ nearly invariant to (left-right mirroring for Fashion-MNIST: preferred in 83% of
 orientation and is left out. The statistic is the smallest preference, `orientation_statistic`, and an
 image is atypical when it is low (one-sided).
 
-`tail_log_p` turns a score into the log of its upper-tail p-value among reference (validation) scores,
-with an exponential tail beyond the largest of them so that scores past every reference stay ordered;
-`combined_score` is Tippett's combination of two such tests (the smaller p-value), the union test that
-DoSE+orientation (vaelab.evaluation.oodrun) reports.
+DoSE+orientation (vaelab.evaluation.oodrun) joins this test to the density by Tippett's rule, with the
+tail p-values of vaelab.evaluation.tails.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from vaelab.models import eval_mode
 
 PREFIX = "prefer_"
 PREFERENCE_RATE = 0.9  # a transform counts when the model prefers the original in at least this share of images
-TAIL_FRACTION = 0.05  # the top share of reference scores whose mean excess sets the exponential tail's scale
 
 SYMMETRIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "hflip": lambda x: x.flip(-1),
@@ -88,45 +85,5 @@ def orientation_statistic(columns: dict[str, np.ndarray], transforms: tuple[str,
     return np.min(np.stack([columns[n] for n in transforms]), axis=0)
 
 
-def _tail_scale(ref: np.ndarray, tail: float) -> float:
-    """The mean excess over the (1 - tail) quantile of sorted `ref`: the exponential tail's scale."""
-    q = ref[int(np.floor((1 - tail) * (len(ref) - 1)))]
-    return max(float(np.mean(ref[ref >= q] - q)), 1e-12)
-
-
-def tail_log_p(reference: np.ndarray, scores: np.ndarray, tail: float = TAIL_FRACTION) -> np.ndarray:
-    """log of each score's upper-tail p-value among `reference`, (count of reference >= score + 1) / (n + 1),
-    continued past the largest reference by an exponential tail whose scale is the mean excess of the top
-    `tail` share (so scores beyond every reference keep their order instead of tying)."""
-    ref = np.sort(np.asarray(reference, dtype=np.float64))
-    x = np.asarray(scores, dtype=np.float64)
-    n = len(ref)
-    p = (n - np.searchsorted(ref, x, side="left") + 1) / (n + 1)
-    return np.where(x > ref[-1], -(x - ref[-1]) / _tail_scale(ref, tail) - np.log(n + 1), np.log(p))
-
-
-def held_out_tail_log_p(reference: np.ndarray, tail: float = TAIL_FRACTION) -> np.ndarray:
-    """`tail_log_p` of each reference score among the *other* reference scores: what a new image from the same
-    distribution gets, so percentiles of new images' combined scores among the reference's are fair (an
-    in-sample p-value would stop at 1/(n + 1), a new image's does not)."""
-    x = np.asarray(reference, dtype=np.float64)
-    ref = np.sort(x)
-    n = len(ref)
-    if n < 3:
-        raise ValueError(f"held-out tail p-values need at least 3 reference scores, got {n}")
-    others_ge = n - np.searchsorted(ref, x, side="left") - 1  # the other scores >= x (x itself left out)
-    log_p = np.log((others_ge + 1) / n)
-    top = x == ref[-1]
-    if top.sum() == 1:  # the largest lies past all the others: the tail of the others continues it
-        log_p[top] = -(x[top] - ref[-2]) / _tail_scale(ref[:-1], tail) - np.log(n)
-    return log_p
-
-
-def combined_score(log_p: list[np.ndarray]) -> np.ndarray:
-    """Tippett's combination of one-sided tests: -log of the smallest p-value (higher = more atypical)."""
-    return -np.min(np.stack(log_p), axis=0)
-
-
-__all__ = ["PREFERENCE_RATE", "PREFIX", "SYMMETRIES", "combined_score", "grid_symmetries", "held_out_tail_log_p",
-           "orientation_statistic",
-           "orientation_transforms", "preference_statistics", "tail_log_p"]
+__all__ = ["PREFERENCE_RATE", "PREFIX", "SYMMETRIES", "grid_symmetries", "orientation_statistic",
+           "orientation_transforms", "preference_statistics"]

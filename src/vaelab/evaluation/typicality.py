@@ -52,7 +52,7 @@ import numpy as np
 
 from vaelab.errors import ConfigError
 from vaelab.evaluation.intervals import detection_intervals
-from vaelab.evaluation.orientation import tail_log_p
+from vaelab.evaluation.tails import tail_log_p
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics
 
 BATCH_SIZES = (1, 5, 10, 25)
@@ -220,7 +220,7 @@ MIN_REFERENCE = 20  # reference scores a batch test needs, whatever M (the batch
 def union_statistic(null_evidence: np.ndarray, null_percentile: np.ndarray, evidence: np.ndarray,
                     percentile: np.ndarray) -> np.ndarray:
     """-log of the smaller of the two poolings' upper-tail p-values, each among its (sorted) null means; past
-    the largest null mean, the exponential tail of `orientation.tail_log_p` keeps batches in order."""
+    the largest null mean, the exponential tail of `tails.tail_log_p` keeps batches in order."""
     return np.maximum(-tail_log_p(null_evidence, evidence), -tail_log_p(null_percentile, percentile))
 
 
