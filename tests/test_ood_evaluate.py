@@ -276,6 +276,30 @@ def test_check_images_judges_each_image_and_the_set(vae_run, one_thread):
         check_images(run, noise[:, :, :7, :7])
 
 
+def test_check_images_keeps_the_scorer_in_memory(vae_run, one_thread, monkeypatch):
+    """After the first call on a run, check_images reads neither the dataset nor RUN/ood/ again; a run loaded
+    afresh from the same directory shares the scorer, and other settings get their own."""
+    import dataclasses
+
+    from vaelab import check_images
+    from vaelab.evaluation import imagecheck
+
+    run = load_run(vae_run)
+    test = load_dataset(run.config.data).test.images[:8]
+    first = check_images(run, test)
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the dataset was loaded again")
+
+    monkeypatch.setattr(imagecheck, "load_run_data", no_data)
+    again = check_images(load_run(vae_run), test)
+    assert np.array_equal(again.scores, first.scores) and again.batch == first.batch
+    other = load_run(vae_run)
+    other.config = dataclasses.replace(other.config, eval=dataclasses.replace(other.config.eval, seed=7))
+    with pytest.raises(AssertionError, match="loaded again"):
+        check_images(other, test)
+
+
 def test_vaelab_check_judges_a_folder(vae_run, tmp_path, capsys, one_thread):
     from PIL import Image
 
