@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 # Scripts that do their work on import (a device job) or need a fuzzing engine CI does not install.
@@ -124,3 +125,23 @@ def test_the_pooling_comparison_reproduces_the_default_batch_test(monkeypatch):
     assert blinded["10"]["mean score"]["sets"]["shifted"]["flagged"] == 0.0
     assert all(blinded["10"][name]["sets"]["shifted"]["flagged"] > 0.9
                for name in ("tail evidence", "percentiles", "either pooling (default)"))
+
+
+def test_the_first_binarization_draw_is_the_one_vaelab_evaluate_scores(monkeypatch):
+    """bench/binarization_draws.py: draw 0 of each set is the very image `vaelab evaluate --on` binarizes (so
+    B = 1 with the full budget is today's score), and later draws differ from it."""
+    from vaelab.config import RunConfig
+    from vaelab.data import load_dataset
+    from vaelab.evaluation.unseen import load_eval_set
+
+    bench = _load("binarization_draws.py", monkeypatch)
+    cfg = RunConfig().replace(data={"dataset": "digits", "binarize": "dynamic"})
+    splits = load_dataset(cfg.data)
+    grey = {g.name: g for g in bench.grey_sets(cfg, splits, ["noise", "flipped", "constant"], 100, 50)}
+    for name, spec, n, seed in [("val", "val", 100, cfg.eval.seed + 30), ("test", "test", 50, cfg.eval.seed),
+                                ("noise", "noise", 50, cfg.eval.seed), ("flipped", "flipped", 50, cfg.eval.seed),
+                                ("constant", "constant", 50, cfg.eval.seed)]:
+        scored = load_eval_set(spec, cfg, splits, n, seed).images
+        assert len(grey[name]) == n and torch.equal(bench.binarized(grey[name], cfg, 0), scored), name
+        if name != "constant":
+            assert not torch.equal(bench.binarized(grey[name], cfg, 1), scored), name
