@@ -10,12 +10,12 @@ unseen sets better. Everything else is vaelab's DoSE as `vaelab evaluate --on` c
 (vaelab.evaluation.oodrun): the same statistics, density family and size chosen on validation images alone,
 the same orientation test joined by Tippett's rule.
 
-`--budget matched` keeps the forward passes per image of today's protocol: each of the B draws gets k/B
-importance samples and samples/B forward draws. `--budget full` gives every draw the whole protocol (B times
-the cost). Draw 0 is the binarization `vaelab evaluate` uses, so B = 1 with `--budget full` is today's score
-(on `--val-images` validation images). For each B in 1, 2, ..., `--draws` (powers of 2) it prints every set's
-AUROC against the test split, FPR at 95% TPR and the density's AUROC alone, and writes JSON
-(bench/results/binarization_draws-RUN.json by default). Only the run's validation split is fitted on.
+`--budget matched` gives each binarization k/D importance samples and samples/D forward draws, D =
+`--draws`, so B = D costs what today's protocol costs (and B = 1 a D-th of it). `--budget full` gives every
+binarization the whole protocol (B times the cost). Draw 0 is the binarization `vaelab evaluate` uses, so
+B = 1 with `--budget full` is today's score (on `--val-images` validation images). For each B in 1, 2,
+..., `--draws` (powers of 2) it prints every set's AUROC against the test split, FPR at 95% TPR and the
+density's AUROC alone, and writes JSON (bench/results/binarization_draws-RUN-BUDGET.json by default). Only the run's validation split is fitted on.
 """
 
 from __future__ import annotations

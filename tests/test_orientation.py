@@ -1,5 +1,5 @@
 """The orientation test (vaelab.evaluation.orientation): the grid's symmetries, the preferences with common
-random numbers, the validation-only choice of transforms, and the tail p-values Tippett's rule combines."""
+random numbers and the validation-only choice of transforms (the tail p-values: tests/test_tails.py)."""
 
 import numpy as np
 import torch

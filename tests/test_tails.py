@@ -23,7 +23,7 @@ def test_held_out_p_values_make_the_combined_score_calibrated():
     dens_ref, orient_ref = rng.gumbel(size=n), rng.normal(size=n)
     reference = tails.combined_score([tails.held_out_tail_log_p(dens_ref), tails.held_out_tail_log_p(orient_ref)])
     new = tails.combined_score([tails.tail_log_p(dens_ref, rng.gumbel(size=fresh)),
-                              tails.tail_log_p(orient_ref, rng.normal(size=fresh))])
+                                tails.tail_log_p(orient_ref, rng.normal(size=fresh))])
     rate = float(np.mean(new >= np.percentile(reference, 99)))
     assert 0.007 < rate < 0.014
     # an in-sample reference (each image among its own) would stop at log(n + 1) and flag too much past the top

@@ -31,6 +31,7 @@ settings and data folder: later calls on the same run neither read its dataset n
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from vaelab.runs import Run, load_run_data
 IMAGE_SEED_OFFSET = 4242
 KEPT_SCORERS = 4  # runs whose scorer check_images keeps in memory (the least recently used goes first)
 _scorers: OrderedDict[tuple[str, ...], RunDose] = OrderedDict()
+_scorers_lock = threading.Lock()  # check_images may be called from several threads
 
 
 def image_seed(image: torch.Tensor) -> int:
@@ -139,18 +141,21 @@ def run_scorer(run: Run, data_dir: str | Path | None = None,
     """The run's DoSE scorer (vaelab.evaluation.oodrun.run_dose), from memory after the first call for the
     same run directory, weights (their hash), settings and data folder. Loading it from RUN/ood/ needs the
     run's dataset (its validation images identify the stored statistics): 0.4-0.6 s for Fashion-MNIST on
-    every call otherwise, six times the statistics of one image."""
+    every call otherwise, six times the statistics of one image. The data folder is keyed by its path, not
+    its contents: a dataset changed in place while the process runs keeps the scorer fitted before."""
     tag = model_tag(run.model)
-    key = (str(run.path), tag, repr(run.config), str(data_dir), str(run.device))
-    dose = _scorers.get(key)
-    if dose is None:
+    key = (str(Path(run.path).resolve()), tag, repr(run.config), str(data_dir), str(run.device))
+    with _scorers_lock:
+        dose = _scorers.get(key)
+    if dose is None:  # fitted or read outside the lock: two threads may both do it, and keep the same scorer
         splits = load_run_data(run, data_dir)
         dose = run_dose(run.model, run.config, splits, run.path, tag=tag, device=run.device,
                         log=log or (lambda _msg: None))
+    with _scorers_lock:
         _scorers[key] = dose
+        _scorers.move_to_end(key)
         while len(_scorers) > KEPT_SCORERS:
             _scorers.popitem(last=False)
-    _scorers.move_to_end(key)
     return dose
 
 

@@ -25,7 +25,7 @@ false alarms (BENCHMARKS.md: on 13 of 18 development sets of the Fashion-MNIST m
 by 0.001-0.010 and lowered none; on sets sealed until it was fixed it gained up to 0.002).
 
 The run's score, `RunDose.score` (the "DoSE" of every table), joins two tests with Tippett's rule
-(vaelab.evaluation.orientation): the DoSE density's upper-tail p-value among those held-out scores, and
+(vaelab.evaluation.tails): the DoSE density's upper-tail p-value among those held-out scores, and
 the orientation test's lower-tail p-value among the validation images' smallest preference for their own
 orientation, over the transforms the model resists on validation images. A model with no such transform
 (an autoencoder, or data with no way up) is scored by the density alone. `RunDose.reference`, the same
