@@ -15,7 +15,8 @@ the same orientation test joined by Tippett's rule.
 binarization the whole protocol (B times the cost). Draw 0 is the binarization `vaelab evaluate` uses, so
 B = 1 with `--budget full` is today's score (on `--val-images` validation images). For each B in 1, 2,
 ..., `--draws` (powers of 2) it prints every set's AUROC against the test split, FPR at 95% TPR and the
-density's AUROC alone, and writes JSON (bench/results/binarization_draws-RUN-BUDGET.json by default). Only the run's validation split is fitted on.
+density's AUROC alone, and writes JSON (bench/results/binarization_draws-RUN-BUDGET.json by default).
+Only the run's validation split is fitted on.
 """
 
 from __future__ import annotations
