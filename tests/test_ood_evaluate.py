@@ -279,8 +279,6 @@ def test_check_images_judges_each_image_and_the_set(vae_run, one_thread):
 def test_check_images_keeps_the_scorer_in_memory(vae_run, one_thread, monkeypatch):
     """After the first call on a run, check_images reads neither the dataset nor RUN/ood/ again; a run loaded
     afresh from the same directory shares the scorer, and other settings get their own."""
-    import dataclasses
-
     from vaelab import check_images
     from vaelab.evaluation import imagecheck
 
@@ -291,11 +289,15 @@ def test_check_images_keeps_the_scorer_in_memory(vae_run, one_thread, monkeypatc
     def no_data(*_args, **_kwargs):
         raise AssertionError("the dataset was loaded again")
 
+    def no_scorer(*_args, **_kwargs):
+        raise AssertionError("the scorer was read again")
+
     monkeypatch.setattr(imagecheck, "load_run_data", no_data)
+    monkeypatch.setattr(imagecheck, "run_dose", no_scorer)
     again = check_images(load_run(vae_run), test)
     assert np.array_equal(again.scores, first.scores) and again.batch == first.batch
     other = load_run(vae_run)
-    other.config = dataclasses.replace(other.config, eval=dataclasses.replace(other.config.eval, seed=7))
+    other.config = other.config.replace(eval={"seed": 7})
     with pytest.raises(AssertionError, match="loaded again"):
         check_images(other, test)
 

@@ -140,8 +140,8 @@ def run_scorer(run: Run, data_dir: str | Path | None = None,
                log: Callable[[str], None] | None = None) -> RunDose:
     """The run's DoSE scorer (vaelab.evaluation.oodrun.run_dose), from memory after the first call for the
     same run directory, weights (their hash), settings and data folder. Loading it from RUN/ood/ needs the
-    run's dataset (its validation images identify the stored statistics): 0.4-0.6 s for Fashion-MNIST on
-    every call otherwise, six times the statistics of one image. The data folder is keyed by its path, not
+    run's dataset (its validation images identify the stored statistics), which would otherwise be read on
+    every call, several times the cost of one image's statistics. The data folder is keyed by its path, not
     its contents: a dataset changed in place while the process runs keeps the scorer fitted before."""
     tag = model_tag(run.model)
     key = (str(Path(run.path).resolve()), tag, repr(run.config), str(data_dir), str(run.device))
