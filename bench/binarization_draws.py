@@ -22,18 +22,15 @@ Only the run's validation split is fitted on.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaelab.data import binarize_once, spread_index
 from vaelab.evaluation.dose import fit_dose, held_out_scores
-from vaelab.evaluation.ood import detection_metrics
+from vaelab.evaluation.ood import detection_values
 from vaelab.evaluation.oodrun import HELD_OUT_FOLDS, RunDose, model_tag, statistics_kwargs, with_orientation
 from vaelab.evaluation.orientation import orientation_transforms
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, compute_statistics
@@ -41,46 +38,20 @@ from vaelab.evaluation.unseen import load_eval_set, split_spec
 from vaelab.runs.load import load_run, load_run_data
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
-OWN = {"val": 1, "test": 2}  # vaelab.data.splits' seed offsets of the evaluation splits
-DRAW_STRIDE = 7919  # draw b > 0 is binarized with the evaluation's seed + b * this
+OWN = ("val", "test")  # the run's own splits: the test split is what every set is scored against
+DRAW_STRIDE = 7919  # draw b is binarized as `vaelab evaluate` binarizes with data.binarize_seed + b * this
 
 
-def _seed(cfg, name: str) -> int:
-    """The seed `vaelab evaluate` binarizes set `name` with (vaelab.data.splits.eval_view, unseen._prepare)."""
-    if name in OWN:
-        return cfg.data.binarize_seed + 1000 * OWN[name]
-    return cfg.data.binarize_seed + 5000 + zlib.crc32(name.encode("utf-8")) % 100_000
-
-
-@dataclasses.dataclass(frozen=True)
-class GreySet:
-    """A set's grey images before binarization. The run's own splits are binarized whole and then picked from
-    (vaelab.data.splits.eval_view), so for them `images` is the whole split and `pick` the images scored."""
-
-    name: str
-    images: torch.Tensor
-    pick: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.images) if self.pick is None else len(self.pick)
-
-
-def grey_sets(cfg, splits, specs: list[str], val_images: int, images: int) -> list[GreySet]:
-    """The grey images each set's evaluation would binarize: the same seeded picks, sizes and channels."""
-    grey_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, binarize="none"))
-    out = [GreySet(own, splits.split(own).images, torch.as_tensor(spread_index(len(splits.split(own)), n, seed)))
-           for own, n, seed in (("val", val_images, cfg.eval.seed + 30), ("test", images, cfg.eval.seed))]
-    for spec in specs:
-        out.append(GreySet(split_spec(spec)[0], load_eval_set(spec, grey_cfg, splits, images, cfg.eval.seed).images))
-    return out
-
-
-def binarized(grey: GreySet, cfg, draw: int) -> torch.Tensor:
-    """Binarization `draw` of the set's images; draw 0 is the one `vaelab evaluate --on` scores."""
-    if grey.name == "constant":  # thresholded, not sampled, as vaelab evaluate does: every draw is the same
-        return (grey.images >= 128).to(torch.uint8) * 255
-    images = binarize_once(grey.images, _seed(cfg, grey.name) + draw * DRAW_STRIDE)
-    return images if grey.pick is None else images[grey.pick]
+def set_draws(cfg, splits, specs: list[str], val_images: int, images: int, draws: int) -> dict[str, list[torch.Tensor]]:
+    """Each set's images as `vaelab evaluate --on` prepares them (the same seeded picks, sizes and channels),
+    binarized `draws` times: draw b by the run's own preparation with data.binarize_seed moved by b * DRAW_STRIDE,
+    so draw 0 is the very image it scores (and a constant set, thresholded, is the same in every draw)."""
+    seed = cfg.eval.seed
+    picks = [("val", val_images, seed + 30), ("test", images, seed)] + [(spec, images, seed) for spec in specs]
+    return {split_spec(spec)[0]: [load_eval_set(spec, cfg.replace(data={"binarize_seed": cfg.data.binarize_seed
+                                                                       + b * DRAW_STRIDE}), splits, n, s).images
+                                  for b in range(draws)]
+            for spec, n, s in picks}
 
 
 def mean_statistics(draws: list[ImageStatistics]) -> ImageStatistics:
@@ -103,10 +74,9 @@ def score_sets(stats: dict[str, list[ImageStatistics]], n: int, seed: int) -> di
         if name in OWN:
             continue
         s = mean_statistics(draws[:n])
-        scores = dose.score(s)
-        rows[name] = {"auroc": detection_metrics(t, scores).auroc,
-                      "fpr_at_95": float(np.mean(t >= np.quantile(scores, 0.05))),
-                      "density_auroc": detection_metrics(t_density, dose.density_score(s)).auroc}
+        auroc, _, fpr = detection_values(t, dose.score(s), 0.95)
+        rows[name] = {"auroc": auroc, "fpr_at_95": fpr,
+                      "density_auroc": detection_values(t_density, dose.density_score(s), 0.95)[0]}
     flagged = float(np.mean(t >= dose.threshold()))
     return {"density": scorer.describe(), "test_flagged": flagged, "sets": rows}
 
@@ -132,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         k, samples = max(1, k // args.draws), max(1, samples // args.draws)
     t0 = time.perf_counter()
     stats: dict[str, list[ImageStatistics]] = {}
-    for grey in grey_sets(cfg, load_run_data(run), args.on, args.val_images, args.images):
-        name = grey.name
-        stats[name] = [compute_statistics(run.model, binarized(grey, cfg, b), k=k, samples=samples,
-                                          split=VALIDATION if name == "val" else name, **kwargs)
-                       for b in range(args.draws)]
-        print(f"  {name}: {len(grey)} images x {args.draws} binarizations ({time.perf_counter() - t0:.0f} s)",
+    for name, images in set_draws(cfg, load_run_data(run), args.on, args.val_images, args.images, args.draws).items():
+        stats[name] = [compute_statistics(run.model, x, k=k, samples=samples,
+                                          split=VALIDATION if name == "val" else name, **kwargs) for x in images]
+        print(f"  {name}: {len(images[0])} images x {args.draws} binarizations ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     counts = [n for n in (1, 2, 4, 8, 16) if n <= args.draws]
     results = {n: score_sets(stats, n, cfg.eval.seed) for n in counts}
