@@ -149,3 +149,30 @@ def test_the_first_binarization_draw_is_the_one_vaelab_evaluate_scores(monkeypat
             x = load_eval_set(name, grey, splits, n, seed).images.float() / 255
             for d in (first, second):
                 assert abs(float((d.float() / 255).mean() - x.mean())) < 0.02, name
+
+
+def test_the_feature_knn_test_reads_the_layers_it_names_and_joins_dose_by_tippett(monkeypatch):
+    """bench/feature_knn.py: `hidden` is the input of the encoder's posterior head (fed on, it gives the
+    posterior's mean and log-variance), `conv` the flattened convolutions; a training image is its own
+    nearest neighbour; the union is the larger of DoSE and -log p_kNN (Tippett's rule on -log p scores)."""
+    import numpy as np
+    from vaelab.config import RunConfig
+    from vaelab.models import build_model
+
+    bench = _load("feature_knn.py", monkeypatch)
+    torch.manual_seed(0)
+    cfg = RunConfig().replace(model={"fc_hidden": 32, "latent_dim": 4})  # the shape of configs/vae-long.toml
+    model = build_model(cfg.model, image_shape=(1, 28, 28)).eval()
+    x = (torch.rand(6, 1, 28, 28) * 255).to(torch.uint8)
+    hidden = bench.feature_net(model.encoder, "hidden")
+    with torch.no_grad():
+        q = model.encode(x.float() / 255)
+        head = model.encoder.net[-1](hidden(x.float() / 255))
+    torch.testing.assert_close(head, torch.cat([q.mean, q.logvar], 1))
+    conv = bench.features(bench.feature_net(model.encoder, "conv"), x, unit=True)
+    assert conv.shape[1] == model.encoder.net[-3].in_features and np.allclose(np.linalg.norm(conv, axis=1), 1)
+    ref = bench.features(hidden, x, unit=False)
+    assert np.allclose(bench.knn_distance(ref, ref, 1), 0, atol=1e-5)
+    assert bench.knn_distance(ref, ref, 2).min() > 0
+    dose, log_p = np.array([1.0, 5.0]), np.log(np.array([0.001, 0.5]))
+    np.testing.assert_allclose(bench.union(dose, log_p), [-np.log(0.001), 5.0])
