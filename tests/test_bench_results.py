@@ -176,3 +176,16 @@ def test_the_feature_knn_test_reads_the_layers_it_names_and_joins_dose_by_tippet
     assert bench.knn_distance(ref, ref, 2).min() > 0
     dose, log_p = np.array([1.0, 5.0]), np.log(np.array([0.001, 0.5]))
     np.testing.assert_allclose(bench.union(dose, log_p), [-np.log(0.001), 5.0])
+
+
+def test_the_join_rules_comparison_uses_vaelabs_tippett_rule(monkeypatch):
+    """bench/join_rules.py: its Tippett column is vaelab's own union (tails.combined_score), Fisher's adds."""
+    import numpy as np
+    from vaelab.evaluation.tails import combined_score
+
+    bench = _load("join_rules.py", monkeypatch)
+    rng = np.random.default_rng(0)
+    a, b = np.log(rng.uniform(size=50)), np.log(rng.uniform(size=50))
+    np.testing.assert_array_equal(bench.RULES["Tippett"](a, b), combined_score([a, b]))
+    np.testing.assert_allclose(bench.RULES["Fisher"](a, b), -(a + b))
+    assert (bench.RULES["Fisher"](a, b) >= bench.RULES["Tippett"](a, b)).all()  # adding never scores lower
