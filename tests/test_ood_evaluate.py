@@ -232,7 +232,8 @@ def test_dose_llr_table_takes_the_tables_llr_and_all_takes_every_j(tmp_path, one
     assert columns["table", "test"] == columns["table", "noise"] == ["llr_1"]
     assert columns["all", "test"] == columns["all", "noise"] == ["llr_1", "llr_2"]
     kept = ImageStatistics.load(next((hvae / "ood").glob("statistics-val-*.safetensors")))  # the last protocol's
-    assert kept.protocol["llr_layers"] == [1, 2] and [c for c in kept.names if c.startswith("llr_")] == ["llr_1", "llr_2"]
+    assert kept.protocol["llr_layers"] == [1, 2]
+    assert [c for c in kept.names if c.startswith("llr_")] == ["llr_1", "llr_2"]
 
 
 def test_a_damaged_reference_file_is_computed_again(vae_run, tmp_path, one_thread):

@@ -3,8 +3,9 @@
 A small CNN trained on the dataset itself (`train_classifier`), its accuracy (`classifier_accuracy`), the
 128-d features of images (`image_features`), and saving and loading it (`save_classifier`,
 `load_classifier`): safetensors weights and a JSON sidecar; nothing is unpickled. `find_classifier` picks,
-among saved ones (a demo's, an earlier compare's), one trained on the same data with the same seed. What is computed in this
-feature space (Frechet distance, precision, recall, density, coverage) is in `vaelab.evaluation.generators`.
+among saved ones (a demo's, an earlier compare's), one trained on the same data with the same seed. What is
+computed in this feature space (Frechet distance, precision, recall, density, coverage) is in
+`vaelab.evaluation.generators`.
 """
 
 from __future__ import annotations

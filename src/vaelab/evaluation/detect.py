@@ -30,7 +30,8 @@ def scores_from_estimate(est: ImportanceEstimate, images: torch.Tensor, binary: 
     nll = (-est.log_px).numpy()
     if bits is None:
         bits = png_code_length_bits(images, binary=binary and images.shape[1] == 1)
-    return {"-log p(x)": nll, "-ELBO": (-est.elbo).numpy(), "complexity-corrected": complexity_corrected_score(nll, bits),
+    return {"-log p(x)": nll, "-ELBO": (-est.elbo).numpy(),
+            "complexity-corrected": complexity_corrected_score(nll, bits),
             "bits/dim": nll / (math.prod(images.shape[1:]) * math.log(2))}
 
 

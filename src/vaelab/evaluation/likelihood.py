@@ -206,7 +206,8 @@ def importance_sampled(model: Model, images: torch.Tensor, *, k: int = DEFAULT_K
     plan = _plan(model, device, noise, max_decode)
     gen = torch.Generator(device=plan.generator_device).manual_seed(seed)
     data = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    if discrete and model.likelihood is not None and model.likelihood.name == "bernoulli" and not ((data == 0) | (data == 255)).all():
+    bernoulli = model.likelihood is not None and model.likelihood.name == "bernoulli"
+    if discrete and bernoulli and not ((data == 0) | (data == 255)).all():
         raise ConfigError("the Bernoulli likelihood is a probability of binary images only, and these hold grey "
                           "values; binarize them once first (vaelab.data.eval_view / binarize_once)")
     if not len(data):

@@ -144,7 +144,8 @@ def detection_metrics(scores_in: np.ndarray | torch.Tensor, scores_out: np.ndarr
     )
 
 
-def roc_points(scores_in: np.ndarray | torch.Tensor, scores_out: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(scores_in: np.ndarray | torch.Tensor,
+               scores_out: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of the ROC curve for plotting: one point per distinct score, from (0, 0) to (1, 1).
 
     The trapezoidal area under these points equals `detection_metrics(...).auroc`.

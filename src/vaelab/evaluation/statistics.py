@@ -349,5 +349,6 @@ def validation_statistics(model: Any, cfg: RunConfig, splits: DatasetSplits, n: 
     return run_statistics(model, cfg, validation_images(cfg, splits, n), VALIDATION, **kwargs)
 
 
-__all__ = ["COLUMN_NOTES", "UNIT_COLUMNS", "run_statistics", "validation_images", "validation_statistics", "ImageStatistics", "PROTOCOL_KEYS", "VALIDATION", "cached_statistics",
-           "compute_statistics", "images_digest", "statistics_protocol"]
+__all__ = ["COLUMN_NOTES", "UNIT_COLUMNS", "run_statistics", "validation_images", "validation_statistics",
+           "ImageStatistics", "PROTOCOL_KEYS", "VALIDATION", "cached_statistics", "compute_statistics", "images_digest",
+           "statistics_protocol"]
