@@ -25,13 +25,21 @@ import numpy as np
 
 from vaelab.config import apply_mapping, parse_override
 from vaelab.evaluation.ood import detection_values
-from vaelab.evaluation.oodrun import FLAG_PERCENTILE, ORIENTATION, run_dose, with_orientation
+from vaelab.evaluation.oodrun import FLAG_PERCENTILE, ORIENTATION, RunDose, run_dose, with_orientation
 from vaelab.evaluation.statistics import ImageStatistics
 from vaelab.evaluation.tails import held_out_tail_log_p, tail_log_p
 from vaelab.runs.load import load_run, load_run_data
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 RULES = {"Tippett": lambda a, b: -np.minimum(a, b), "Fisher": lambda a, b: -(a + b)}  # of log p-values
+
+
+def log_p_values(dose: RunDose, stats: ImageStatistics) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's log p-value under DoSE's two tests: the density's upper tail among the held-out validation
+    scores, the orientation statistic's lower tail among the validation images' (as `RunDose.score` takes them)."""
+    moved = with_orientation(stats, dose.transforms)
+    return (tail_log_p(dose.density_reference, dose.scorer.score(moved)),
+            tail_log_p(-dose.orientation_reference, -moved.columns[ORIENTATION]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,16 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     if not dose.transforms:
         sys.exit("this model resists no flip or rotation: DoSE is its density alone, there is nothing to join")
     folder = Path(args.run, "eval-best", "statistics")
-    stats = {s.split: s for s in map(ImageStatistics.load, sorted(folder.glob("*.safetensors")))}
+    model = dose.validation.protocol.get("model")
+    stats = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        st = ImageStatistics.load(path)
+        if st.protocol.get("model") != model:  # kept by an evaluation of another checkpoint: not this scorer's
+            print(f"skipped {path.name}: statistics of another model than the scorer's", file=sys.stderr)
+            continue
+        stats[st.split] = st
     if "test" not in stats:
         sys.exit(f"no statistics of the test split in {folder}: run `vaelab evaluate RUN --on ...` first")
-
-    def log_p(st: ImageStatistics) -> tuple[np.ndarray, np.ndarray]:
-        moved = with_orientation(st, dose.transforms)
-        return (tail_log_p(dose.density_reference, dose.scorer.score(moved)),
-                tail_log_p(-dose.orientation_reference, -moved.columns[ORIENTATION]))
-
-    parts = {name: log_p(st) for name, st in stats.items()}
+    parts = {name: log_p_values(dose, st) for name, st in stats.items()}
     reference = (held_out_tail_log_p(dose.density_reference), held_out_tail_log_p(-dose.orientation_reference))
     rows = {}
     for rule, join in RULES.items():

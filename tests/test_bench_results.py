@@ -169,6 +169,9 @@ def test_the_feature_knn_test_reads_the_layers_it_names_and_joins_dose_by_tippet
         q = model.encode(x.float() / 255)
         head = model.encoder.net[-1](hidden(x.float() / 255))
     torch.testing.assert_close(head, torch.cat([q.mean, q.logvar], 1))
+    with torch.no_grad():  # features are those of the images as the model sees them, scaled only when asked
+        np.testing.assert_allclose(bench.features(hidden, x, unit=False), hidden(x.float() / 255).numpy(), rtol=1e-6)
+    assert not np.allclose(np.linalg.norm(bench.features(hidden, x, unit=False), axis=1), 1)
     conv = bench.features(bench.feature_net(model.encoder, "conv"), x, unit=True)
     assert conv.shape[1] == model.encoder.net[-3].in_features and np.allclose(np.linalg.norm(conv, axis=1), 1)
     ref = bench.features(hidden, x, unit=False)
@@ -184,6 +187,25 @@ def test_the_join_rules_comparison_uses_vaelabs_tippett_rule(monkeypatch):
     from vaelab.evaluation.tails import combined_score
 
     bench = _load("join_rules.py", monkeypatch)
+    from vaelab.evaluation.dose import fit_dose, held_out_scores
+    from vaelab.evaluation.oodrun import RunDose, with_orientation
+    from vaelab.evaluation.orientation import orientation_transforms
+    from vaelab.evaluation.statistics import ImageStatistics
+
+    def stats(split, n, seed, shift=0.0):  # two statistics and two orientation preferences, one of them resisted
+        g = np.random.default_rng(seed)
+        return ImageStatistics(split, {"log_px": g.normal(shift, 1, n), "kl": g.normal(0, 1, n),
+                                       "prefer_vflip": g.normal(3 - shift, 1, n), "prefer_hflip": g.normal(0, 1, n)},
+                               {"k": 10, "seed": 1, "model": "m"})
+
+    val = stats("val", 400, 1)
+    transforms = orientation_transforms(val.columns)
+    assert transforms == ("prefer_vflip",)
+    fit_on = with_orientation(val, transforms)
+    scorer = fit_dose(fit_on, features=fit_on.features(), seed=0)
+    dose = RunDose(scorer, val, held_out_scores(scorer, fit_on, folds=5, seed=0), transforms=transforms)
+    for st in (stats("test", 60, 2), stats("odd", 60, 3, shift=2.0)):  # the Tippett column is vaelab's DoSE
+        np.testing.assert_allclose(bench.RULES["Tippett"](*bench.log_p_values(dose, st)), dose.score(st))
     rng = np.random.default_rng(0)
     a, b = np.log(rng.uniform(size=50)), np.log(rng.uniform(size=50))
     np.testing.assert_array_equal(bench.RULES["Tippett"](a, b), combined_score([a, b]))
