@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.evaluation.dose import fit_dose, held_out_scores
 from vaelab.evaluation.ood import detection_values
-from vaelab.evaluation.oodrun import HELD_OUT_FOLDS, RunDose, model_tag, statistics_kwargs, with_orientation
-from vaelab.evaluation.orientation import orientation_transforms
+from vaelab.evaluation.oodrun import fit_run_dose, model_tag, statistics_kwargs
 from vaelab.evaluation.statistics import VALIDATION, ImageStatistics, compute_statistics
 from vaelab.evaluation.unseen import load_eval_set, split_spec
 from vaelab.runs.load import load_run, load_run_data
@@ -62,11 +60,7 @@ def mean_statistics(draws: list[ImageStatistics]) -> ImageStatistics:
 
 def score_sets(stats: dict[str, list[ImageStatistics]], n: int, seed: int) -> dict:
     """DoSE fitted on the validation statistics averaged over the first n draws; each set against the test split."""
-    val = mean_statistics(stats["val"][:n])
-    transforms = orientation_transforms(val.columns)
-    fit_on = with_orientation(val, transforms)
-    scorer = fit_dose(fit_on, features=fit_on.features(), seed=seed)
-    dose = RunDose(scorer, val, held_out_scores(scorer, fit_on, folds=HELD_OUT_FOLDS, seed=seed), {}, transforms)
+    dose = fit_run_dose(mean_statistics(stats["val"][:n]), seed)
     test = mean_statistics(stats["test"][:n])
     t, t_density = dose.score(test), dose.density_score(test)
     rows = {}
@@ -78,7 +72,7 @@ def score_sets(stats: dict[str, list[ImageStatistics]], n: int, seed: int) -> di
         rows[name] = {"auroc": auroc, "fpr_at_95": fpr,
                       "density_auroc": detection_values(t_density, dose.density_score(s), 0.95)[0]}
     flagged = float(np.mean(t >= dose.threshold()))
-    return {"density": scorer.describe(), "test_flagged": flagged, "sets": rows}
+    return {"density": dose.scorer.describe(), "test_flagged": flagged, "sets": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

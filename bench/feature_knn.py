@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from vaelab.config import apply_mapping, parse_override
+from vaelab.config import apply_overrides
 from vaelab.data.splits import eval_view
 from vaelab.evaluation.ood import detection_values
 from vaelab.evaluation.statistics import validation_images
@@ -42,7 +42,7 @@ from vaelab.evaluation.unseen import load_eval_sets
 from vaelab.runs.load import load_run, load_run_data
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
-LAYERS = {"hidden": -1, "conv": "flatten"}
+LAYERS = ("hidden", "conv")
 
 
 def feature_net(encoder: torch.nn.Module, layer: str) -> torch.nn.Module:
@@ -54,19 +54,24 @@ def feature_net(encoder: torch.nn.Module, layer: str) -> torch.nn.Module:
     return net[:cut + 1]
 
 
-def features(net: torch.nn.Module, images: torch.Tensor, unit: bool, batch: int = 2000) -> np.ndarray:
-    """Features of uint8 images (scaled to [0, 1] as the model sees them), each scaled to unit length if `unit`."""
-    out = []
+def features(net: torch.nn.Module, images: torch.Tensor, batch: int = 2000) -> np.ndarray:
+    """Features of uint8 images, scaled to [0, 1] as the model sees them."""
     with torch.no_grad():
-        for chunk in images.split(batch):
-            h = net(chunk.float() / 255.0).flatten(1)
-            out.append(torch.nn.functional.normalize(h, dim=1) if unit else h)
-    return torch.cat(out).numpy()
+        return torch.cat([net(chunk.float() / 255.0).flatten(1) for chunk in images.split(batch)]).numpy()
 
 
-def knn_distance(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Distance of each query to its k-th nearest reference row (scikit-learn, exact)."""
-    return NearestNeighbors(n_neighbors=k).fit(reference).kneighbors(queries)[0][:, -1]
+def unit_length(f: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (Sun et al.'s normalization), as torch.nn.functional.normalize does."""
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distances(reference: np.ndarray, queries: dict[str, np.ndarray],
+                  ks: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    """For each k, each query row's distance to its k-th nearest reference row (scikit-learn, exact): one
+    index, one search per query set at the largest k."""
+    index = NearestNeighbors(n_neighbors=max(ks)).fit(reference)
+    found = {name: index.kneighbors(q)[0] for name, q in queries.items()}
+    return {k: {name: d[:, k - 1] for name, d in found.items()} for k in ks}
 
 
 def union(dose: np.ndarray, knn_log_p: np.ndarray) -> np.ndarray:
@@ -93,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     run = load_run(args.run)
-    cfg = run.config
-    for text in args.set:
-        section, key, value = parse_override(text)
-        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
+    cfg = apply_overrides(run.config, args.set)
     splits = load_run_data(run)
     dose = dose_scores(Path(args.run) / "eval-best" / "per_image_scores.csv")
     sets = load_eval_sets(args.on, cfg, splits)
@@ -111,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     train = eval_view(splits.split("train"), "train", cfg.data.binarize, cfg.data.binarize_seed).images
     val = validation_images(cfg, splits)
     rows, t0 = [], time.perf_counter()
+    raw = {"train": features(net, train), "val": features(net, val)} | {s.name: features(net, s.images) for s in sets}
     for unit in (False, True):
-        ref, val_f = features(net, train, unit), features(net, val, unit)
-        set_f = {s.name: features(net, s.images, unit) for s in sets}
+        f = {name: unit_length(v) for name, v in raw.items()} if unit else raw
+        found = knn_distances(f["train"], {name: v for name, v in f.items() if name != "train"}, args.k)
         for k in args.k:
-            val_d = knn_distance(ref, val_f, k)
-            log_p = {name: tail_log_p(val_d, knn_distance(ref, f, k)) for name, f in set_f.items()}
+            val_d = found[k]["val"]
+            log_p = {s.name: tail_log_p(val_d, found[k][s.name]) for s in sets}
             flag = float(np.percentile(-held_out_tail_log_p(val_d), 99))
             row = {"layer": args.layer, "unit_length": unit, "k": k, "reference_images": len(train),
                    "test_flagged_by_knn": float(np.mean(-log_p["test"] >= flag)), "sets": {}}

@@ -23,23 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.config import apply_mapping, parse_override
+from vaelab.config import apply_overrides
 from vaelab.evaluation.ood import detection_values
-from vaelab.evaluation.oodrun import FLAG_PERCENTILE, ORIENTATION, RunDose, run_dose, with_orientation
+from vaelab.evaluation.oodrun import FLAG_PERCENTILE, run_dose
 from vaelab.evaluation.statistics import ImageStatistics
-from vaelab.evaluation.tails import held_out_tail_log_p, tail_log_p
 from vaelab.runs.load import load_run, load_run_data
 from _results import provenance, write_result  # bench/ is on sys.path when run as a script
 
 RULES = {"Tippett": lambda a, b: -np.minimum(a, b), "Fisher": lambda a, b: -(a + b)}  # of log p-values
-
-
-def log_p_values(dose: RunDose, stats: ImageStatistics) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's log p-value under DoSE's two tests: the density's upper tail among the held-out validation
-    scores, the orientation statistic's lower tail among the validation images' (as `RunDose.score` takes them)."""
-    moved = with_orientation(stats, dose.transforms)
-    return (tail_log_p(dose.density_reference, dose.scorer.score(moved)),
-            tail_log_p(-dose.orientation_reference, -moved.columns[ORIENTATION]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/join_rules.json")
     args = ap.parse_args(argv)
     run = load_run(args.run)
-    cfg = run.config
-    for text in args.set:
-        section, key, value = parse_override(text)
-        cfg = apply_mapping(cfg, {section: {key: value}}, origin=f"--set {text}")
+    cfg = apply_overrides(run.config, args.set)
     dose = run_dose(run.model, cfg, load_run_data(run), args.run, log=lambda _: None)
     if not dose.transforms:
         sys.exit("this model resists no flip or rotation: DoSE is its density alone, there is nothing to join")
@@ -67,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         stats[st.split] = st
     if "test" not in stats:
         sys.exit(f"no statistics of the test split in {folder}: run `vaelab evaluate RUN --on ...` first")
-    parts = {name: log_p_values(dose, st) for name, st in stats.items()}
-    reference = (held_out_tail_log_p(dose.density_reference), held_out_tail_log_p(-dose.orientation_reference))
+    parts = {name: dose.tests_log_p(st) for name, st in stats.items()}
+    reference = dose.reference_log_p
     rows = {}
     for rule, join in RULES.items():
         test = join(*parts["test"])

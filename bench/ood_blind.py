@@ -769,18 +769,14 @@ def evaluation_scores(run_spec: str, settings: list[str], eval_out: Path) -> tup
     full-precision DoSE score of every image eval_out's evaluation scored, by set ("test", "folder:..."):
     from its cached statistics, checked against the scores it printed (per_image_scores.csv, rounded)."""
     import csv
-    import dataclasses
 
-    from vaelab.config.io import parse_override
+    from vaelab.config import apply_overrides
     from vaelab.errors import VaelabError
     from vaelab.evaluation.oodrun import run_dose
     from vaelab.evaluation.statistics import ImageStatistics
 
     run = load_run(run_spec)
-    cfg = run.config
-    for text in settings:
-        section, key, value = parse_override(text)
-        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+    cfg = apply_overrides(run.config, settings)
     dose = run_dose(run.model, cfg, load_run_data(run), run.path, device=run.device)
     scores: dict[str, np.ndarray] = {}
     for path in sorted((eval_out / "statistics").glob("*.safetensors")):  # the evaluation's cached statistics

@@ -170,13 +170,14 @@ def test_the_feature_knn_test_reads_the_layers_it_names_and_joins_dose_by_tippet
         head = model.encoder.net[-1](hidden(x.float() / 255))
     torch.testing.assert_close(head, torch.cat([q.mean, q.logvar], 1))
     with torch.no_grad():  # features are those of the images as the model sees them, scaled only when asked
-        np.testing.assert_allclose(bench.features(hidden, x, unit=False), hidden(x.float() / 255).numpy(), rtol=1e-6)
-    assert not np.allclose(np.linalg.norm(bench.features(hidden, x, unit=False), axis=1), 1)
-    conv = bench.features(bench.feature_net(model.encoder, "conv"), x, unit=True)
+        np.testing.assert_allclose(bench.features(hidden, x), hidden(x.float() / 255).numpy(), rtol=1e-6)
+    assert not np.allclose(np.linalg.norm(bench.features(hidden, x), axis=1), 1)
+    conv = bench.unit_length(bench.features(bench.feature_net(model.encoder, "conv"), x))
     assert conv.shape[1] == model.encoder.net[-3].in_features and np.allclose(np.linalg.norm(conv, axis=1), 1)
-    ref = bench.features(hidden, x, unit=False)
-    assert np.allclose(bench.knn_distance(ref, ref, 1), 0, atol=1e-5)
-    assert bench.knn_distance(ref, ref, 2).min() > 0
+    ref = bench.features(hidden, x)
+    found = bench.knn_distances(ref, {"same": ref}, [1, 2])
+    assert np.allclose(found[1]["same"], 0, atol=1e-5)
+    assert found[2]["same"].min() > 0
     dose, log_p = np.array([1.0, 5.0]), np.log(np.array([0.001, 0.5]))
     np.testing.assert_allclose(bench.union(dose, log_p), [-np.log(0.001), 5.0])
 
@@ -187,9 +188,7 @@ def test_the_join_rules_comparison_uses_vaelabs_tippett_rule(monkeypatch):
     from vaelab.evaluation.tails import combined_score
 
     bench = _load("join_rules.py", monkeypatch)
-    from vaelab.evaluation.dose import fit_dose, held_out_scores
-    from vaelab.evaluation.oodrun import RunDose, with_orientation
-    from vaelab.evaluation.orientation import orientation_transforms
+    from vaelab.evaluation.oodrun import fit_run_dose
     from vaelab.evaluation.statistics import ImageStatistics
 
     def stats(split, n, seed, shift=0.0):  # two statistics and two orientation preferences, one of them resisted
@@ -198,14 +197,11 @@ def test_the_join_rules_comparison_uses_vaelabs_tippett_rule(monkeypatch):
                                        "prefer_vflip": g.normal(3 - shift, 1, n), "prefer_hflip": g.normal(0, 1, n)},
                                {"k": 10, "seed": 1, "model": "m"})
 
-    val = stats("val", 400, 1)
-    transforms = orientation_transforms(val.columns)
-    assert transforms == ("prefer_vflip",)
-    fit_on = with_orientation(val, transforms)
-    scorer = fit_dose(fit_on, features=fit_on.features(), seed=0)
-    dose = RunDose(scorer, val, held_out_scores(scorer, fit_on, folds=5, seed=0), transforms=transforms)
+    dose = fit_run_dose(stats("val", 400, 1), seed=0)
+    assert dose.transforms == ("prefer_vflip",)
     for st in (stats("test", 60, 2), stats("odd", 60, 3, shift=2.0)):  # the Tippett column is vaelab's DoSE
-        np.testing.assert_allclose(bench.RULES["Tippett"](*bench.log_p_values(dose, st)), dose.score(st))
+        np.testing.assert_allclose(bench.RULES["Tippett"](*dose.tests_log_p(st)), dose.score(st))
+    np.testing.assert_allclose(bench.RULES["Tippett"](*dose.reference_log_p), dose.reference)
     rng = np.random.default_rng(0)
     a, b = np.log(rng.uniform(size=50)), np.log(rng.uniform(size=50))
     np.testing.assert_array_equal(bench.RULES["Tippett"](a, b), combined_score([a, b]))

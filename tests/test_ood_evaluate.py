@@ -335,3 +335,16 @@ def test_vaelab_check_judges_a_folder(vae_run, tmp_path, capsys, one_thread):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["check", str(vae_run), str(tmp_path / "bad.png")]) == 2
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_a_scorer_fitted_in_memory_is_the_runs_scorer(vae_run, one_thread):
+    """oodrun.fit_run_dose (the fit without a run directory, used by the benchmarks) fits what run_dose keeps in
+    the run: the same density and held-out reference from the same validation statistics."""
+    from vaelab.evaluation.imagecheck import run_scorer
+
+    run = load_run(vae_run)
+    kept = run_scorer(run)
+    fresh = oodrun.fit_run_dose(kept.validation, run.config.eval.seed)
+    assert fresh.transforms == kept.transforms and fresh.scorer.describe() == kept.scorer.describe()
+    np.testing.assert_allclose(fresh.density_reference, kept.density_reference)
+    np.testing.assert_allclose(fresh.reference, kept.reference)

@@ -12,8 +12,8 @@ Import from here (`from vaelab.config import RunConfig, load_config`); the
 three modules import only downwards: validation <- schema <- io.
 """
 
-from vaelab.config.io import (describe_keys, from_dict, load_config, load_toml, parse_override, to_dict, to_toml,
-                              tomllib, toml_value)
+from vaelab.config.io import (apply_overrides, describe_keys, from_dict, load_config, load_toml, parse_override,
+                              to_dict, to_toml, tomllib, toml_value)
 from vaelab.config.schema import (SECTIONS, DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig,
                                   apply_mapping)
 from vaelab.config.validation import (MAX_IMAGE_SIZE, MAX_INT, MAX_THREADS, MAX_WIDTH, check_combinations,
@@ -21,7 +21,8 @@ from vaelab.config.validation import (MAX_IMAGE_SIZE, MAX_INT, MAX_THREADS, MAX_
 
 __all__ = [
     "SECTIONS", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RunConfig",
-    "apply_mapping", "load_config", "load_toml", "parse_override", "from_dict", "to_dict", "to_toml", "toml_value",
+    "apply_mapping", "apply_overrides", "load_config", "load_toml", "parse_override", "from_dict", "to_dict", "to_toml",
+    "toml_value",
     "describe_keys", "check_combinations", "check_types", "coerce", "closest_name", "short_repr",
     "MAX_INT", "MAX_THREADS", "MAX_IMAGE_SIZE", "MAX_WIDTH",
 ]

@@ -63,16 +63,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} holds a value too long or too deeply nested to read") from None
 
 
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """`cfg` with each `section.key=value` override applied in turn (checked as a TOML file's keys are)."""
+    for text in overrides:
+        section, key, value = parse_override(text)
+        cfg = apply_mapping(cfg, {section: {key: value}},
+                            origin=f"--set {text if len(text) <= 80 else text[:77] + '...'}")
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the TOML file (if any), then `section.key=value` overrides."""
     cfg = RunConfig()
     with deferred_combination_checks():
         if path is not None:
             cfg = apply_mapping(cfg, load_toml(path), origin=str(path))
-        for text in overrides:
-            section, key, value = parse_override(text)
-            cfg = apply_mapping(cfg, {section: {key: value}},
-                                origin=f"--set {text if len(text) <= 80 else text[:77] + '...'}")
+        cfg = apply_overrides(cfg, overrides)
     check_combinations(cfg)
     return cfg
 

@@ -14,6 +14,9 @@ images) and the fit's seed: another checkpoint, another protocol or other valida
 files, and a stale file is never reused. A run evaluated before DoSE existed simply has no such files yet:
 they are made on demand. A run directory that cannot be written is scored all the same (nothing cached).
 
+`fit_run_dose` fits the same scorer in memory from validation statistics a caller already has (the
+benchmarks that vary the statistics), reading and keeping nothing.
+
 `RunDose.density_reference` holds each validation image's DoSE density score under a density that did
 not see it (`dose.held_out_scores`, 5 folds).
 
@@ -123,27 +126,45 @@ class RunDose:
     def __post_init__(self) -> None:
         self.orientation_reference = (orientation_statistic(self.validation.columns, self.transforms)
                                       if self.transforms else None)
-        self.reference = (combined_score([held_out_tail_log_p(self.density_reference),
-                                          held_out_tail_log_p(-self.orientation_reference)])
-                          if self.transforms else self.density_reference)
+        # each validation image's log p-value under the density and the orientation test, among the others
+        self.reference_log_p = ([held_out_tail_log_p(self.density_reference),
+                                 held_out_tail_log_p(-self.orientation_reference)] if self.transforms else [])
+        self.reference = combined_score(self.reference_log_p) if self.transforms else self.density_reference
 
     def density_score(self, stats: ImageStatistics) -> np.ndarray:
         """The DoSE density's score of each image: -log density (higher = more out-of-distribution)."""
         return self.scorer.score(with_orientation(stats, self.transforms))
+
+    def tests_log_p(self, stats: ImageStatistics) -> list[np.ndarray]:
+        """Each image's log p-value under the two tests `score` joins: the density's upper tail among the
+        held-out validation scores, the orientation statistic's lower tail among the validation images'.
+        Only for a run with an orientation test (`transforms` not empty)."""
+        moved = with_orientation(stats, self.transforms)  # the statistic once, for the density and the test
+        low = -moved.columns[ORIENTATION]  # high = no preferred way up
+        return [tail_log_p(self.density_reference, self.scorer.score(moved)),
+                tail_log_p(-self.orientation_reference, low)]
 
     def score(self, stats: ImageStatistics) -> np.ndarray:
         """The run's OOD score of each image (higher = more out-of-distribution): -log of the smaller of the
         density's and the orientation test's p-values, or the density score when there is no orientation test."""
         if not self.transforms:
             return self.density_score(stats)
-        moved = with_orientation(stats, self.transforms)  # the statistic once, for the density and the test
-        low = -moved.columns[ORIENTATION]  # high = no preferred way up
-        return combined_score([tail_log_p(self.density_reference, self.scorer.score(moved)),
-                               tail_log_p(-self.orientation_reference, low)])
+        return combined_score(self.tests_log_p(stats))
 
     def threshold(self, percentile: float = FLAG_PERCENTILE) -> float:
         """The score at `percentile` of the validation images' scores: flagged at or above it."""
         return float(np.percentile(self.reference, percentile))
+
+
+def fit_run_dose(validation: ImageStatistics, seed: int) -> RunDose:
+    """A DoSE scorer fitted in memory on validation statistics, as `run_dose` fits one (the orientation test's
+    transforms chosen on them, the density's family and size by held-out likelihood, the held-out reference
+    scores), with nothing read from or kept in a run directory."""
+    transforms = orientation_transforms(validation.columns)
+    fit_on = with_orientation(validation, transforms)
+    scorer = fit_dose(fit_on, features=fit_on.features(), seed=seed)
+    return RunDose(scorer, validation, held_out_scores(scorer, fit_on, folds=HELD_OUT_FOLDS, seed=seed),
+                   transforms=transforms)
 
 
 def _scorer_key(validation: ImageStatistics, seed: int, features: tuple[str, ...]) -> str:
@@ -258,5 +279,5 @@ def run_dose(model: Any, cfg: RunConfig, splits: DatasetSplits, run_dir: str | P
     return run
 
 
-__all__ = ["DOSE", "DOSE_DENSITY", "FLAG_PERCENTILE", "OOD_DIR", "ORIENTATION", "RunDose", "dose_problem", "model_tag",
-           "run_dose", "statistics_kwargs", "with_orientation"]
+__all__ = ["DOSE", "DOSE_DENSITY", "FLAG_PERCENTILE", "OOD_DIR", "ORIENTATION", "RunDose", "dose_problem",
+           "fit_run_dose", "model_tag", "run_dose", "statistics_kwargs", "with_orientation"]
