@@ -36,8 +36,8 @@ demo: install data
 	$(VENV)/bin/vaelab demo
 
 # one test file per worker, one worker per core, one torch thread each: on the 2-core machine the
-# suite took 6.3 minutes this way with CI=true (937 tests, 2026-12-08, a fresh clone, the machine quiet;
-# 4.9 for 933 earlier that day; 8.1 with a training job beside it; 8.8 for 930 the day before; 10.6 for 911 while
+# suite took 4.6 minutes this way with CI=true (938 tests, 2026-12-08, a fresh clone, the machine quiet;
+# 4.9-6.3 for 933-937 earlier that day; 8.1 with a training job beside it; 8.8 for 930 the day before; 10.6 for 911 while
 # benchmarks held the cores; 5.3-5.5 for the 689 tests of 2026-12-06); serially with 2 threads it took 8.7 for 608
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
